@@ -1,0 +1,1 @@
+//! Certificate authority and leaf minting for TLS inspection.

@@ -1,0 +1,6 @@
+//! Portcullis: a forward proxy for networks that run Outlook/Exchange behind proxy
+//! authentication and TLS inspection.
+
+pub mod cli;
+pub mod config;
+pub mod netfilter_cmd;

@@ -1,0 +1,1 @@
+//! Test harness: start the real `portcullis` binary and loopback origins.
