@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::netfilter_cmd;
+use crate::{ca_cmd, netfilter_cmd};
 
 /// Portcullis: a forward proxy that keeps Outlook working behind proxy authentication and TLS
 /// inspection.
@@ -31,6 +31,9 @@ pub enum Command {
     /// pass directly while web traffic must use the proxy.
     #[command(subcommand)]
     Netfilter(netfilter_cmd::NetfilterCommand),
+    /// Create, inspect and export the certificate authority used for TLS inspection.
+    #[command(subcommand)]
+    Ca(ca_cmd::CaCommand),
 }
 
 #[derive(Debug, Args)]
@@ -74,5 +77,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Netfilter(cmd) => netfilter_cmd::run(cmd).context("netfilter"),
+        Command::Ca(cmd) => ca_cmd::run(cmd).context("ca"),
     }
 }
