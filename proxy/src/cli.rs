@@ -57,6 +57,37 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
+fn run_proxy(config: Config) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        crate::server::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// SIGTERM (systemd, Kubernetes) and SIGINT (Ctrl-C) start a graceful shutdown.
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
@@ -67,8 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = args.data_dir {
                 config.server.data_dir = dir;
             }
-            let _ = config;
-            anyhow::bail!("not yet")
+            run_proxy(config)
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -27,6 +27,10 @@ pub struct Config {
     pub resolve: BTreeMap<String, Vec<IpAddr>>,
     pub access_log: AccessLogConfig,
     pub log: LogConfig,
+    /// Firewall rules rendered by `portcullis netfilter`: mail, LDAP, DNS and Kerberos pass
+    /// directly, web only through the proxy. Lives in the proxy config so that the rules and
+    /// the proxy agree on its listening ports.
+    pub netfilter: portcullis_policy::netfilter::NetfilterConfig,
 }
 
 /// Listeners and per-connection limits.

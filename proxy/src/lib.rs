@@ -1,7 +1,21 @@
 //! Portcullis: a forward proxy for networks that run Outlook/Exchange behind proxy
 //! authentication and TLS inspection.
+//!
+//! A request's path: [`server`] accepts a connection and applies connection limits and
+//! deadlines; [`http::handle`] routes each request to forwarding, a CONNECT tunnel or the
+//! proxy's own pages; [`upstream`] resolves and dials origins; [`tunnel`] relays bytes;
+//! [`access_log`] records the outcome.
 
+pub mod access_log;
+pub mod activity;
+pub mod body;
 pub mod ca_cmd;
 pub mod cli;
 pub mod config;
+pub mod error;
+pub mod http;
 pub mod netfilter_cmd;
+pub mod server;
+pub mod telemetry;
+pub mod tunnel;
+pub mod upstream;

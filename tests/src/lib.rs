@@ -1,5 +1,16 @@
-//! Test harness: start the real `portcullis` binary and loopback origins.
+//! Test harness: start the real `portcullis` binary, loopback origins and real clients.
+//!
+//! Everything binds 127.0.0.1:0, so tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+pub mod client;
+pub mod origin;
+pub mod proxy;
+pub mod tls;
+
+pub use client::{curl, raw, Curl};
+pub use origin::TestOrigin;
+pub use proxy::TestProxy;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -24,7 +35,7 @@ pub fn portcullis_bin() -> PathBuf {
             .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
             .to_path_buf();
         let bin = profile_dir.join("portcullis");
-        if !bin.exists() {
+        if is_stale(&bin) {
             let target_dir = profile_dir.parent().map(PathBuf::from).unwrap_or_default();
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "-p", "portcullis", "--bin", "portcullis"])
@@ -36,4 +47,36 @@ pub fn portcullis_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// True when the binary is missing or older than any source file of the crates it is built
+/// from, so that `cargo test -p portcullis-e2e` never runs a stale proxy.
+fn is_stale(bin: &std::path::Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs: Vec<PathBuf> = ["proxy", "policy", "certs", "deploy"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    let mut files = vec![root.join("Cargo.toml"), root.join("Cargo.lock")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.iter().any(|f| {
+        std::fs::metadata(f)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built)
+    })
 }

@@ -1,0 +1,288 @@
+//! The access log: Squid's native `access.log` format (so existing log tools keep working) or
+//! JSON lines, written by one background task so the request path never waits on disk.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+/// One finished transaction (a request, or a whole CONNECT tunnel).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Completion time.
+    #[serde(skip)]
+    pub time: SystemTime,
+    pub elapsed_ms: u64,
+    pub client: IpAddr,
+    /// Squid's result code: TCP_MISS, TCP_TUNNEL, TCP_DENIED, NONE.
+    pub result: &'static str,
+    pub status: u16,
+    /// Bytes sent to the client (response body, or both directions' payload for a tunnel's
+    /// client side).
+    pub bytes: u64,
+    /// Bytes received from the client (request body, or a tunnel's client→origin payload).
+    pub bytes_in: u64,
+    pub method: String,
+    pub url: String,
+    pub user: Option<String>,
+    /// Squid's hierarchy code: HIER_DIRECT or HIER_NONE.
+    pub hierarchy: &'static str,
+    pub peer: Option<IpAddr>,
+    pub content_type: Option<String>,
+    /// The `X-Portcullis-Error` cause when the proxy produced an error.
+    pub error: Option<&'static str>,
+}
+
+impl Record {
+    /// Squid's default `logformat squid`:
+    /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`.
+    pub fn squid_line(&self) -> String {
+        let since = self
+            .time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let dash = |s: Option<String>| s.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
+        format!(
+            "{}.{:03} {:>6} {} {}/{:03} {} {} {} {} {}/{} {}",
+            since.as_secs(),
+            since.subsec_millis(),
+            self.elapsed_ms,
+            self.client,
+            self.result,
+            self.status,
+            self.bytes,
+            self.method,
+            sanitise(&self.url),
+            sanitise(&dash(self.user.clone())),
+            self.hierarchy,
+            self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            sanitise(&dash(self.content_type.clone())),
+        )
+    }
+
+    pub fn json_line(&self) -> String {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            time: f64,
+            #[serde(flatten)]
+            record: &'a Record,
+        }
+        let time = self
+            .time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64();
+        serde_json::to_string(&Json { time, record: self })
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode record: {e}\"}}"))
+    }
+}
+
+/// Keeps one log line one line and one field one field: spaces and control bytes from the
+/// network (URLs, user names) are percent-encoded.
+fn sanitise(field: &str) -> String {
+    if field.bytes().all(|b| b.is_ascii_graphic()) {
+        return field.to_owned();
+    }
+    let mut out = String::with_capacity(field.len() + 8);
+    for c in field.chars() {
+        if c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// Handle used on the request path; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<String>,
+    format: AccessLogFormat,
+    reopen: Arc<Notify>,
+    dropped: AtomicU64,
+}
+
+/// Lines queued before the writer catches up; beyond this, lines are counted and dropped rather
+/// than letting a slow disk hold up requests or grow memory without bound.
+const QUEUE: usize = 16 * 1024;
+
+impl AccessLog {
+    pub fn disabled() -> AccessLog {
+        AccessLog { inner: None }
+    }
+
+    /// Opens the destination and starts the writer task. Returns the handle and the writer's
+    /// join handle, which finishes after every handle is dropped and the queue is flushed.
+    pub fn start(config: &AccessLogConfig) -> io::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+        if !config.enabled {
+            return Ok((AccessLog::disabled(), tokio::spawn(async {})));
+        }
+        let dest = Destination::from_path(&config.path);
+        let mut sink = dest.open()?;
+        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let reopen = Arc::new(Notify::new());
+        let reopen_rx = Arc::clone(&reopen);
+        let writer = tokio::task::spawn(async move {
+            loop {
+                tokio::select! {
+                    line = rx.recv() => {
+                        let Some(line) = line else { break };
+                        write_line(&mut sink, &line);
+                        // Drain what is queued, then flush once: one syscall per burst.
+                        while let Ok(line) = rx.try_recv() {
+                            write_line(&mut sink, &line);
+                        }
+                        if let Err(e) = sink.flush() {
+                            tracing::warn!(error = %e, "access log flush failed");
+                        }
+                    }
+                    () = reopen_rx.notified() => {
+                        let _ = sink.flush();
+                        match dest.open() {
+                            Ok(new_sink) => {
+                                sink = new_sink;
+                                tracing::info!(path = %config_path_label(&dest), "access log reopened");
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot reopen access log; keeping the old file"),
+                        }
+                    }
+                }
+            }
+            let _ = sink.flush();
+        });
+        Ok((
+            AccessLog {
+                inner: Some(Arc::new(Inner {
+                    tx,
+                    format: config.format,
+                    reopen,
+                    dropped: AtomicU64::new(0),
+                })),
+            },
+            writer,
+        ))
+    }
+
+    pub fn log(&self, record: &Record) {
+        let Some(inner) = &self.inner else { return };
+        let line = match inner.format {
+            AccessLogFormat::Squid => record.squid_line(),
+            AccessLogFormat::Json => record.json_line(),
+        };
+        if inner.tx.try_send(line).is_err() {
+            let dropped = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "access log queue full; lines dropped");
+            }
+        }
+    }
+
+    /// Reopens the log file (after logrotate moved it away).
+    pub fn reopen(&self) {
+        if let Some(inner) = &self.inner {
+            inner.reopen.notify_one();
+        }
+    }
+}
+
+enum Destination {
+    Stdout,
+    File(PathBuf),
+}
+
+fn config_path_label(dest: &Destination) -> String {
+    match dest {
+        Destination::Stdout => "-".into(),
+        Destination::File(p) => p.display().to_string(),
+    }
+}
+
+impl Destination {
+    fn from_path(path: &std::path::Path) -> Destination {
+        if path.as_os_str() == "-" {
+            Destination::Stdout
+        } else {
+            Destination::File(path.to_path_buf())
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            Destination::Stdout => Box::new(io::BufWriter::new(io::stdout())),
+            Destination::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("access log {}: {e}", path.display()))
+                    })?;
+                Box::new(io::BufWriter::with_capacity(64 * 1024, file))
+            }
+        })
+    }
+}
+
+fn write_line(sink: &mut Box<dyn Write + Send>, line: &str) {
+    if let Err(e) = sink
+        .write_all(line.as_bytes())
+        .and_then(|()| sink.write_all(b"\n"))
+    {
+        tracing::warn!(error = %e, "access log write failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            elapsed_ms: 45,
+            client: "127.0.0.1".parse().unwrap(),
+            result: "TCP_MISS",
+            status: 200,
+            bytes: 1234,
+            bytes_in: 0,
+            method: "GET".into(),
+            url: "http://example.test/a b".into(),
+            user: None,
+            hierarchy: "HIER_DIRECT",
+            peer: Some("10.0.0.1".parse().unwrap()),
+            content_type: Some("text/html".into()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn squid_format() {
+        assert_eq!(
+            record().squid_line(),
+            "1700000000.123     45 127.0.0.1 TCP_MISS/200 1234 GET http://example.test/a%20b - HIER_DIRECT/10.0.0.1 text/html"
+        );
+    }
+
+    #[test]
+    fn json_format() {
+        let v: serde_json::Value = serde_json::from_str(&record().json_line()).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["url"], "http://example.test/a b");
+        assert_eq!(v["time"], 1_700_000_000.123);
+    }
+}

@@ -1,0 +1,95 @@
+//! CONNECT tunnels. The target is checked and dialled *before* answering, so that a refused
+//! port, a DNS failure or an unreachable origin becomes a 403/502/504 page instead of a
+//! "200 Connection established" followed by a dead socket.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::headers::{via_names_us, Target};
+use super::{Outcome, Txn};
+use crate::activity::InFlight;
+use crate::body::{self, ProxyBody};
+use crate::error::ProxyError;
+use crate::server::{ConnCtx, Proxy};
+use crate::tunnel::{relay, RelayEnd};
+
+pub(super) async fn handle(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnCtx>,
+    txn: Txn,
+    in_flight: InFlight,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let config = &proxy.config;
+    let target = match req.uri().authority() {
+        Some(authority) if req.uri().scheme().is_none() && req.uri().path_and_query().is_none() => {
+            Target::parse(authority.as_str(), None)
+        }
+        _ => Err(ProxyError::BadRequest(
+            "CONNECT needs an authority-form target (host:port)".into(),
+        )),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return txn.fail(proxy, in_flight, e),
+    };
+    if !config.server.connect_ports.contains(&target.port) {
+        let allowed = config
+            .server
+            .connect_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let err = ProxyError::PortNotAllowed {
+            port: target.port,
+            allowed,
+        };
+        return txn.fail(proxy, in_flight, err);
+    }
+    if via_names_us(req.headers(), &config.server.via_pseudonym) {
+        let err = ProxyError::Loop("the request already passed through this proxy".into());
+        return txn.fail(proxy, in_flight, err);
+    }
+    let upstream = match proxy.dialer.dial(&target.host, target.port).await {
+        Ok(stream) => stream,
+        Err(e) => return txn.fail(proxy, in_flight, e),
+    };
+    let peer = upstream.peer_addr().ok().map(|a| a.ip());
+
+    let on_upgrade = hyper::upgrade::on(req);
+    let idle = config.timeouts.tunnel_idle;
+    let log = proxy.access_log.clone();
+    let conn = Arc::clone(conn);
+    proxy.tasks.spawn(async move {
+        let client = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let stats = relay(client, upstream, idle).await;
+        if let RelayEnd::Error(e) = &stats.end {
+            tracing::debug!(target = %target.authority(), error = %e, "tunnel ended with an error");
+        }
+        let mut record = txn.record(
+            Outcome {
+                result: "TCP_TUNNEL",
+                ..Outcome::direct(peer)
+            },
+            200,
+            stats.to_client,
+            None,
+        );
+        record.bytes_in = stats.from_client;
+        log.log(&record);
+        drop(conn); // the client connection's slot is held until the tunnel ends
+    });
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::OK;
+    Txn::respond_unlogged(in_flight, response)
+}

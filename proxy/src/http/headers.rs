@@ -1,0 +1,343 @@
+//! Header rules shared by every forwarding path: hop-by-hop removal, `Via`, `X-Forwarded-For`,
+//! and parsing of the target authority.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+use crate::config::ForwardedFor;
+use crate::error::ProxyError;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1), plus the
+/// proxy-authentication pair, which belongs to the client↔proxy hop.
+///
+/// `Trailer` is deliberately *not* here: RFC 9110 §6.6.2 makes it end-to-end (RFC 2616's
+/// hop-by-hop list named "Trailers", meaning TE's token), and hyper only sends the trailer
+/// fields a message declares in `Trailer`, so removing it would silently drop trailers.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// True when the message asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, the `Upgrade` header survives and
+/// `Connection: upgrade` is set again, as the next hop needs both to switch protocols.
+/// A `TE: trailers` request keeps saying so, so that the origin still sends trailers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        // Connection cannot be used to strip the message's framing or its target.
+        .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH)
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        if !(upgrade && *name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn version_label(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Appends our `Via` entry ("1.1 portcullis") for a message received with `version`.
+pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
+    let entry = format!("{} {}", version_label(version), pseudonym);
+    if let Ok(value) = HeaderValue::from_str(&entry) {
+        headers.append(header::VIA, value);
+    }
+}
+
+/// True when some `Via` entry names us: the message has already passed through this proxy.
+pub fn via_names_us(headers: &HeaderMap, pseudonym: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| entry.split_whitespace().nth(1))
+        .any(|received_by| received_by.eq_ignore_ascii_case(pseudonym))
+}
+
+/// Applies the `x_forwarded_for` setting for a request from `client`.
+pub fn apply_forwarded_for(headers: &mut HeaderMap, mode: ForwardedFor, client: IpAddr) {
+    let addition = match mode {
+        ForwardedFor::Transparent => return,
+        ForwardedFor::Delete => {
+            headers.remove(&X_FORWARDED_FOR);
+            return;
+        }
+        ForwardedFor::On => client.to_string(),
+        ForwardedFor::Off => "unknown".to_owned(),
+    };
+    let joined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {addition}"),
+        _ => addition,
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+/// The one host and port the proxy will connect to for a target authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host as written, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `host[:port]` / `[v6][:port]`. Userinfo, empty hosts, empty, non-numeric,
+    /// zero or out-of-range ports are refused rather than guessed at: a lenient parse here is
+    /// how a proxy ends up connecting somewhere its checks never looked at.
+    pub fn parse(authority: &str, default_port: Option<u16>) -> Result<Target, ProxyError> {
+        let bad =
+            |why: &str| ProxyError::BadRequest(format!("invalid authority {authority:?}: {why}"));
+        if authority.contains('@') {
+            return Err(bad("userinfo is not allowed"));
+        }
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (v6, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("invalid IPv6 literal"));
+            }
+            match after {
+                "" => (v6, None),
+                _ => (
+                    v6,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("junk after ']'"))?,
+                    ),
+                ),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        {
+            return Err(bad("invalid character in host"));
+        }
+        let port = match port {
+            None => default_port.ok_or_else(|| bad("a port is required"))?,
+            Some(p) => {
+                if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad("invalid port"));
+                }
+                match p.parse::<u16>() {
+                    Ok(0) | Err(_) => return Err(bad("port out of range")),
+                    Ok(port) => port,
+                }
+            }
+        };
+        Ok(Target {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// `host:port` with brackets around IPv6 literals, as used in a Host header or CONNECT line.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The Host header value: the port is left out when it is the scheme's default.
+    pub fn host_header(&self, default_port: u16) -> String {
+        if self.port == default_port {
+            if self.host.contains(':') {
+                format!("[{}]", self.host)
+            } else {
+                self.host.clone()
+            }
+        } else {
+            self.authority()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret, content-length"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["trailer", "content-length", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_te_trailers_survives() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers, deflate"),
+        ]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn via_and_loop_detection() {
+        let mut h = headers(&[("via", "1.0 fred, 1.1 other (squid)")]);
+        assert!(!via_names_us(&h, "portcullis"));
+        append_via(&mut h, Version::HTTP_11, "portcullis");
+        assert!(via_names_us(&h, "Portcullis"));
+    }
+
+    #[test]
+    fn forwarded_for_modes() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let cases = [
+            (ForwardedFor::On, Some("1.1.1.1"), Some("1.1.1.1, 10.1.2.3")),
+            (ForwardedFor::On, None, Some("10.1.2.3")),
+            (ForwardedFor::Off, None, Some("unknown")),
+            (ForwardedFor::Transparent, Some("9.9.9.9"), Some("9.9.9.9")),
+            (ForwardedFor::Delete, Some("9.9.9.9"), None),
+        ];
+        for (mode, before, after) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(b) = before {
+                h.insert("x-forwarded-for", HeaderValue::from_static(b));
+            }
+            apply_forwarded_for(&mut h, mode, ip);
+            assert_eq!(
+                h.get("x-forwarded-for").map(|v| v.to_str().unwrap()),
+                after,
+                "{mode:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn authority_parsing() {
+        let ok = [
+            ("example.com:443", None, "example.com", 443),
+            ("Example.com", Some(80), "Example.com", 80),
+            ("[::1]:8443", None, "::1", 8443),
+            ("[2001:db8::1]", Some(80), "2001:db8::1", 80),
+            ("10.0.0.1:65535", None, "10.0.0.1", 65535),
+        ];
+        for (input, default, host, port) in ok {
+            let t = Target::parse(input, default).unwrap();
+            assert_eq!((t.host.as_str(), t.port), (host, port), "{input}");
+        }
+        let bad = [
+            "example.com",
+            "example.com:",
+            "example.com:65561",
+            "example.com:0",
+            "example.com:80:80",
+            "user:pw@example.com:443",
+            "[::1:443",
+            "[zz]:443",
+            ":443",
+            "exa mple.com:443",
+            "example.com:+443",
+        ];
+        for input in bad {
+            assert!(
+                Target::parse(input, None).is_err(),
+                "{input} should be refused"
+            );
+        }
+        assert_eq!(
+            Target::parse("[::1]:80", None).unwrap().host_header(80),
+            "[::1]"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The request pipeline: every request from a client enters [`handle`], which picks one of
+//! three paths — forward (absolute-form), connect (CONNECT tunnel) or local (a request for the
+//! proxy itself) — and makes sure each transaction is logged exactly once.
+
+mod connect;
+mod forward;
+pub mod headers;
+mod local;
+pub mod pages;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::CONTENT_TYPE;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access_log::Record;
+use crate::activity::InFlight;
+use crate::body::{CountedBody, OnBodyDone, ProxyBody};
+use crate::error::ProxyError;
+use crate::server::{ConnCtx, Proxy};
+
+/// Entry point for every request hyper parses on a client connection.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let in_flight = conn.activity.begin_request();
+    let txn = Txn::new(&conn, &req);
+    if req.method() == http::Method::CONNECT {
+        connect::handle(&proxy, &conn, txn, in_flight, req).await
+    } else if req.uri().scheme().is_some() {
+        forward::handle(&proxy, &conn, txn, in_flight, req).await
+    } else {
+        local::handle(&proxy, txn, in_flight, req)
+    }
+}
+
+/// What the access log needs to know about one transaction, gathered as it goes.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    start: Instant,
+    client: IpAddr,
+    method: String,
+    url: String,
+    user: Option<String>,
+}
+
+/// How a transaction ended, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub result: &'static str,
+    pub hierarchy: &'static str,
+    pub peer: Option<IpAddr>,
+    pub error: Option<&'static str>,
+}
+
+impl Outcome {
+    pub const LOCAL: Outcome = Outcome {
+        result: "NONE",
+        hierarchy: "HIER_NONE",
+        peer: None,
+        error: None,
+    };
+
+    pub fn direct(peer: Option<IpAddr>) -> Outcome {
+        Outcome {
+            result: "TCP_MISS",
+            hierarchy: "HIER_DIRECT",
+            peer,
+            error: None,
+        }
+    }
+
+    fn failed(err: &ProxyError) -> Outcome {
+        Outcome {
+            result: if err.status() == http::StatusCode::FORBIDDEN {
+                "TCP_DENIED"
+            } else {
+                "TCP_MISS"
+            },
+            hierarchy: "HIER_NONE",
+            peer: None,
+            error: Some(err.cause()),
+        }
+    }
+}
+
+impl Txn {
+    fn new(conn: &ConnCtx, req: &Request<Incoming>) -> Txn {
+        Txn {
+            start: Instant::now(),
+            client: conn.client.ip(),
+            method: req.method().as_str().to_owned(),
+            url: req.uri().to_string(),
+            user: None,
+        }
+    }
+
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        status: u16,
+        bytes: u64,
+        content_type: Option<String>,
+    ) -> Record {
+        Record {
+            time: SystemTime::now(),
+            elapsed_ms: self.start.elapsed().as_millis() as u64,
+            client: self.client,
+            result: outcome.result,
+            status,
+            bytes,
+            bytes_in: 0,
+            method: self.method.clone(),
+            url: self.url.clone(),
+            user: self.user.clone(),
+            hierarchy: outcome.hierarchy,
+            peer: outcome.peer,
+            content_type,
+            error: outcome.error,
+        }
+    }
+
+    /// Sends `response` to the client; the access log line is written once its body is done.
+    pub fn respond(
+        self,
+        proxy: &Proxy,
+        in_flight: InFlight,
+        response: Response<ProxyBody>,
+        outcome: Outcome,
+    ) -> Response<ProxyBody> {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            // Squid logs the media type alone, without parameters.
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        let done = LogWhenDone {
+            proxy_log: proxy.access_log.clone(),
+            start: self.start,
+            record: Some(self.record(outcome, status, 0, content_type)),
+            _in_flight: in_flight,
+        };
+        response.map(|body| CountedBody::new(body, Box::new(done)).boxed_unsync_body())
+    }
+
+    /// Sends a response whose transaction is logged elsewhere (a tunnel logs when it ends).
+    pub fn respond_unlogged(
+        in_flight: InFlight,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let done = LogWhenDone {
+            proxy_log: crate::access_log::AccessLog::disabled(),
+            start: Instant::now(),
+            record: None,
+            _in_flight: in_flight,
+        };
+        response.map(|body| CountedBody::new(body, Box::new(done)).boxed_unsync_body())
+    }
+
+    /// Answers with the error page for `err`.
+    pub fn fail(self, proxy: &Proxy, in_flight: InFlight, err: ProxyError) -> Response<ProxyBody> {
+        tracing::debug!(client = %self.client, url = %self.url, error = %err, "request failed");
+        let page = pages::error_page(&err, &self.url);
+        self.respond(proxy, in_flight, page, Outcome::failed(&err))
+    }
+}
+
+struct LogWhenDone {
+    proxy_log: crate::access_log::AccessLog,
+    start: Instant,
+    record: Option<Record>,
+    _in_flight: InFlight,
+}
+
+impl OnBodyDone for LogWhenDone {
+    fn done(mut self: Box<Self>, bytes: u64, _complete: bool) {
+        if let Some(mut record) = self.record.take() {
+            record.bytes = bytes;
+            record.time = SystemTime::now();
+            record.elapsed_ms = self.start.elapsed().as_millis() as u64;
+            self.proxy_log.log(&record);
+        }
+    }
+}
+
+trait BoxedUnsync {
+    fn boxed_unsync_body(self) -> ProxyBody;
+}
+
+impl BoxedUnsync for CountedBody {
+    fn boxed_unsync_body(self) -> ProxyBody {
+        http_body_util::BodyExt::boxed_unsync(self)
+    }
+}

@@ -1,0 +1,248 @@
+//! Reaching origins: name resolution (static map, hosts file, system resolver), connecting with
+//! a deadline, loop detection against our own listeners, and the pooled HTTP client.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+
+/// Resolves origin names: `[resolve]` entries first, then `upstream.hosts_file`, then the system
+/// resolver (getaddrinfo, so /etc/hosts and /etc/resolv.conf apply as for any program).
+#[derive(Debug, Default)]
+pub struct Resolver {
+    overrides: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Resolver {
+    pub fn new(config: &Config) -> io::Result<Resolver> {
+        let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        if let Some(path) = &config.upstream.hosts_file {
+            for (name, ip) in read_hosts_file(path)? {
+                overrides.entry(name).or_default().push(ip);
+            }
+        }
+        // The static map wins over the hosts file: it is the more specific statement.
+        for (name, addrs) in &config.resolve {
+            overrides.insert(normalise_host(name), addrs.clone());
+        }
+        Ok(Resolver { overrides })
+    }
+
+    /// Socket addresses for `host:port`, in the order they should be tried.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
+        let host = normalise_host(host);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        if let Some(ips) = self.overrides.get(&host) {
+            return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+        }
+        let dns_error = |reason: String| ProxyError::Dns {
+            host: host.clone(),
+            reason,
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| dns_error(e.to_string()))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(dns_error("no addresses".into()));
+        }
+        Ok(addrs)
+    }
+}
+
+/// Lower-case, without brackets around IPv6 literals and without a trailing dot.
+pub fn normalise_host(host: &str) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.to_ascii_lowercase()
+}
+
+fn read_hosts_file(path: &Path) -> io::Result<Vec<(String, IpAddr)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("hosts file {}: {e}", path.display())))?;
+    Ok(parse_hosts(&text))
+}
+
+fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        entries.extend(fields.map(|name| (normalise_host(name), ip)));
+    }
+    entries
+}
+
+/// Opens TCP connections to origins under one deadline and refuses to connect to ourselves.
+#[derive(Debug)]
+pub struct Dialer {
+    resolver: Resolver,
+    connect_timeout: Duration,
+    own_addrs: Vec<SocketAddr>,
+}
+
+impl Dialer {
+    pub fn new(resolver: Resolver, connect_timeout: Duration, own_addrs: Vec<SocketAddr>) -> Self {
+        Dialer {
+            resolver,
+            connect_timeout,
+            own_addrs,
+        }
+    }
+
+    /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
+    pub async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+        match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        }
+    }
+
+    async fn dial_inner(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+        let addrs = self.resolver.resolve(host, port).await?;
+        if let Some(addr) = addrs.iter().find(|a| self.is_own(a)) {
+            return Err(ProxyError::Loop(format!(
+                "{host}:{port} is this proxy ({addr})"
+            )));
+        }
+        let mut last_err = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    // Proxied traffic is mostly request/response: don't let Nagle delay it.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    last_err = Some(ProxyError::Refused { addr });
+                }
+                Err(e) => {
+                    last_err = Some(ProxyError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ProxyError::Dns {
+            host: host.to_owned(),
+            reason: "no addresses".into(),
+        }))
+    }
+
+    /// True when `addr` is one of our listeners. A wildcard listener matches every loopback
+    /// address on its port; other local interface addresses are caught by `Via` loop detection.
+    fn is_own(&self, addr: &SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip() || (own.ip().is_unspecified() && addr.ip().is_loopback()))
+        })
+    }
+}
+
+/// The connector the pooled client uses: a `tower::Service<Uri>` over [`Dialer`].
+#[derive(Clone, Debug)]
+pub struct Connector {
+    dialer: Arc<Dialer>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = Arc::clone(&self.dialer);
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+            let port = uri.port_u16().unwrap_or(80);
+            dialer.dial(host, port).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// The pooled HTTP/1.1 client used for forwarding: one pool of keep-alive connections per origin.
+pub type HttpClient = Client<Connector, Incoming>;
+
+pub fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.upstream.pool_idle_timeout)
+        .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // Some origins (and Exchange front-ends behind appliances) are picky about header case;
+        // pass the client's spelling through.
+        .http1_preserve_header_case(true)
+        // We always set Host ourselves, from the authority we actually connect to.
+        .set_host(false)
+        .build(Connector { dialer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_file_lines() {
+        let entries = parse_hosts(
+            "# comment\n127.0.0.1 localhost\n10.0.0.5  Outlook.Office365.com. mail # x\n\nbogus line\n::1 ip6-localhost\n",
+        );
+        let ip5: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(entries.contains(&("outlook.office365.com".into(), ip5)));
+        assert!(entries.contains(&("mail".into(), ip5)));
+        assert!(entries.contains(&("ip6-localhost".into(), "::1".parse().unwrap())));
+        assert_eq!(entries.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn static_map_beats_system_resolver() {
+        let config = Config::parse(
+            "[resolve]\n\"Outlook.Office365.com\" = [\"127.0.0.9\"]\n",
+            "t",
+        )
+        .unwrap();
+        let r = Resolver::new(&config).unwrap();
+        let addrs = r.resolve("outlook.office365.com.", 443).await.unwrap();
+        assert_eq!(addrs, vec!["127.0.0.9:443".parse().unwrap()]);
+        let v6 = r.resolve("[::1]", 8080).await.unwrap();
+        assert_eq!(v6, vec!["[::1]:8080".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn own_listener_is_a_loop() {
+        let d = Dialer::new(
+            Resolver::default(),
+            Duration::from_secs(1),
+            vec!["0.0.0.0:3128".parse().unwrap()],
+        );
+        let err = d.dial("127.0.0.1", 3128).await.unwrap_err();
+        assert!(matches!(err, ProxyError::Loop(_)), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! Clients: curl (the real thing) and raw TCP for requests curl will not send.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The result of one curl run.
+#[derive(Debug)]
+pub struct Curl {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub stderr: String,
+    pub exit: i32,
+}
+
+impl Curl {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of response header `name` (case-insensitive) of the last response.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let last = self
+            .headers
+            .rsplit("\r\n\r\n")
+            .find(|b| !b.trim().is_empty())?;
+        last.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Runs curl with `args` (add `-x PROXY` yourself), capturing status, headers and body.
+pub async fn curl(args: &[&str]) -> Curl {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let headers = dir.path().join("headers");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-D",
+        ])
+        .arg(&headers)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+    let mut body = out.stdout;
+    let code_at = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[code_at..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    body.truncate(code_at);
+    Curl {
+        status,
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Sends raw bytes to `addr` and returns everything read until the peer closes or `wait`
+/// passes without data.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = stream.write_all(request).await;
+    read_until_quiet(&mut stream, wait).await
+}
+
+pub async fn read_until_quiet(stream: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
