@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Portcullis developer entry point: the README's two quick-start commands.
+#
+#   ./dev.sh run [ARGS...]   build and run the proxy; with no ARGS: `portcullis run` with the
+#                            embedded default config (listens on 127.0.0.1:3128)
+#   ./dev.sh test            install what the build and tests need (Debian packages, if missing),
+#                            build, and run the whole test suite
+#
+# Both work on a fresh Debian machine with a Rust toolchain (rustup); the system packages are
+# installed with apt-get when missing (as root, or through sudo).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Build: pkg-config for -sys crates. Tests: curl and openssl as real clients; nftables,
+# iptables, iproute2 and socat for the netfilter lab in network namespaces.
+BUILD_PACKAGES=(pkg-config ca-certificates)
+TEST_PACKAGES=(curl openssl nftables iptables iproute2 socat)
+
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null; then
+    echo "dev.sh: missing packages ${missing[*]} and no apt-get; install them by hand" >&2
+    return 1
+  fi
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "dev.sh: installing ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_cargo() {
+  if ! command -v cargo >/dev/null; then
+    echo "dev.sh: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+  run)
+    shift
+    ensure_cargo
+    ensure_packages "${BUILD_PACKAGES[@]}"
+    [ $# -eq 0 ] && set -- run
+    exec cargo run --quiet -p portcullis -- "$@"
+    ;;
+  test)
+    shift
+    ensure_cargo
+    ensure_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    # The e2e tests drive the real binary: build it first so no test runs a stale one.
+    cargo build --workspace --bins
+    # Root-only tests (network namespaces) must run, not skip, wherever we are root (CI is).
+    if [ "$(id -u)" -eq 0 ]; then export PORTCULLIS_REQUIRE_NETNS=1; fi
+    if cargo nextest --version >/dev/null 2>&1; then
+      cargo nextest run --workspace --no-fail-fast "$@"
+    else
+      echo "dev.sh: cargo-nextest not found; using cargo test (cargo install cargo-nextest for a faster run)" >&2
+      cargo test --workspace --no-fail-fast "$@"
+    fi
+    ;;
+  *)
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
