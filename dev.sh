@@ -11,10 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Build: pkg-config for -sys crates. Tests: curl and openssl as real clients; nftables,
-# iptables, iproute2 and socat for the netfilter lab in network namespaces.
-BUILD_PACKAGES=(pkg-config ca-certificates)
-TEST_PACKAGES=(curl openssl nftables iptables iproute2 socat)
+# Build: pkg-config, libkrb5-dev and libclang-dev for Negotiate (libgssapi's bindgen).
+# Tests: curl and openssl as real clients; apache2-utils (htpasswd) for Basic auth; an MIT KDC
+# (krb5-kdc, krb5-admin-server, krb5-user) for Negotiate; nftables, iptables, iproute2 and socat
+# for the netfilter lab in network namespaces; chromium and libnss3-tools (certutil) for the
+# real-browser interception test; prometheus to scrape the admin endpoint for real.
+BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
+TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
+  nftables iptables iproute2 socat chromium libnss3-tools prometheus)
 
 ensure_packages() {
   local missing=()
@@ -40,6 +44,14 @@ ensure_cargo() {
   fi
 }
 
+ensure_pac_evaluator() {
+  command -v npm >/dev/null || ensure_packages nodejs npm
+  if [ ! -d "$(npm root -g)/pac-resolver" ]; then
+    echo "dev.sh: installing the PAC evaluator (npm pac-resolver)" >&2
+    npm install -g --no-fund --no-audit pac-resolver@7 @tootallnate/quickjs-emscripten@0.23 >&2
+  fi
+}
+
 case "${1:-}" in
   run)
     shift
@@ -52,10 +64,15 @@ case "${1:-}" in
     shift
     ensure_cargo
     ensure_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    # The PAC test runs the generated /proxy.pac in a real PAC evaluator (npm pac-resolver).
+    ensure_pac_evaluator
     # The e2e tests drive the real binary: build it first so no test runs a stale one.
     cargo build --workspace --bins
     # Root-only tests (network namespaces) must run, not skip, wherever we are root (CI is).
     if [ "$(id -u)" -eq 0 ]; then export PORTCULLIS_REQUIRE_NETNS=1; fi
+    # The packages above were installed: a missing KDC is a failure, not a skip.
+    export PORTCULLIS_REQUIRE_KDC=1 PORTCULLIS_REQUIRE_CHROMIUM=1 PORTCULLIS_REQUIRE_PROMETHEUS=1 \
+      PORTCULLIS_REQUIRE_PAC=1
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --workspace --no-fail-fast "$@"
     else

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
+use crate::metrics::Metrics;
 
 /// One finished transaction (a request, or a whole CONNECT tunnel).
 #[derive(Debug, Clone, Serialize)]
@@ -105,9 +106,13 @@ fn sanitise(field: &str) -> String {
 }
 
 /// Handle used on the request path; cheap to clone.
+///
+/// Every finished transaction passes through [`AccessLog::log`], which makes it the one place
+/// where request metrics are counted too: the request path needs no metric calls of its own.
 #[derive(Clone)]
 pub struct AccessLog {
     inner: Option<Arc<Inner>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct Inner {
@@ -123,7 +128,16 @@ const QUEUE: usize = 16 * 1024;
 
 impl AccessLog {
     pub fn disabled() -> AccessLog {
-        AccessLog { inner: None }
+        AccessLog {
+            inner: None,
+            metrics: None,
+        }
+    }
+
+    /// Counts every logged record in `metrics`, whether or not lines are written.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AccessLog {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Opens the destination and starts the writer task. Returns the handle and the writer's
@@ -173,12 +187,16 @@ impl AccessLog {
                     reopen,
                     dropped: AtomicU64::new(0),
                 })),
+                metrics: None,
             },
             writer,
         ))
     }
 
     pub fn log(&self, record: &Record) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(record);
+        }
         let Some(inner) = &self.inner else { return };
         let line = match inner.format {
             AccessLogFormat::Squid => record.squid_line(),
@@ -249,6 +267,8 @@ fn write_line(sink: &mut Box<dyn Write + Send>, line: &str) {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     fn record() -> Record {

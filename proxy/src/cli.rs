@@ -34,6 +34,25 @@ pub enum Command {
     /// Create, inspect and export the certificate authority used for TLS inspection.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
+    /// Make a running proxy re-read its config, htpasswd and hosts file (like SIGHUP):
+    /// through its admin endpoint, which reports whether the new config was accepted, or by
+    /// signalling the process named in a pid file.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The running proxy's config file, to find its admin address or pid file; without it the
+    /// embedded default (admin on 127.0.0.1:9464).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Admin address (`http://127.0.0.1:9464` or `127.0.0.1:9464`); overrides the config.
+    #[arg(long, value_name = "URL", conflicts_with = "pid_file")]
+    pub admin: Option<String>,
+    /// Send SIGHUP to the process id in this file instead of using the admin endpoint. The
+    /// result is then only in the proxy's log.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -57,8 +76,13 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn run_proxy(config: Config) -> anyhow::Result<()> {
+fn run_proxy(config: Config, source: crate::reload::ConfigSource) -> anyhow::Result<()> {
     crate::telemetry::init(&config.log);
+    if let Some(keytab) = &config.auth.negotiate.keytab {
+        // MIT krb5 reads the acceptor keytab from KRB5_KTNAME. Set it here, before the runtime
+        // starts any thread, which is the only time changing the environment is sound.
+        std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,7 +90,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crate::server::run(config, shutdown).await
+        crate::server::run(config, source, shutdown).await
     })?;
     Ok(())
 }
@@ -91,14 +115,14 @@ async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let mut config = load_config(args.config.as_deref())?;
-            if !args.listen.is_empty() {
-                config.server.listen = args.listen;
-            }
-            if let Some(dir) = args.data_dir {
-                config.server.data_dir = dir;
-            }
-            run_proxy(config)
+            // A reload reads the same file with the same overrides.
+            let source = crate::reload::ConfigSource {
+                path: args.config,
+                listen: args.listen,
+                data_dir: args.data_dir,
+            };
+            let config = source.load()?;
+            run_proxy(config, source)
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -108,5 +132,119 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Netfilter(cmd) => netfilter_cmd::run(cmd).context("netfilter"),
         Command::Ca(cmd) => ca_cmd::run(cmd).context("ca"),
+        Command::Reload(args) => reload(args),
     }
+}
+
+/// `portcullis reload`: the admin endpoint when it can be found (it says whether the new config
+/// was accepted), otherwise SIGHUP to the pid file's process.
+fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    if let Some(pid_file) = &args.pid_file {
+        return signal_reload(pid_file);
+    }
+    let admin = match &args.admin {
+        Some(url) => url.clone(),
+        None => {
+            let config = load_config(args.config.as_deref())?;
+            if !config.admin.enabled {
+                let Some(pid_file) = &config.admin.pid_file else {
+                    anyhow::bail!(
+                        "the admin endpoint is disabled and no admin.pid_file is configured; \
+                         send SIGHUP to the proxy process"
+                    );
+                };
+                return signal_reload(pid_file);
+            }
+            connectable(config.admin.listen).to_string()
+        }
+    };
+    let answer = post_reload(&admin)?;
+    print!("{answer}");
+    Ok(())
+}
+
+/// A wildcard listen address is reached through loopback.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+/// `POST /reload` with a blocking socket: one request, answered with `Connection: close`.
+fn post_reload(admin: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let authority = admin
+        .strip_prefix("http://")
+        .unwrap_or(admin)
+        .trim_end_matches('/');
+    anyhow::ensure!(
+        !authority.contains('/') && !authority.contains("://"),
+        "--admin takes http://HOST:PORT, got {admin:?}"
+    );
+    let timeout = std::time::Duration::from_secs(60);
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .with_context(|| format!("admin address {authority:?}"))?;
+    let mut last_err = None;
+    let mut stream = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let mut stream = match (stream, last_err) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            return Err(e)
+                .with_context(|| format!("cannot reach the admin endpoint at {authority}"))
+        }
+        (None, None) => anyhow::bail!("{authority:?} resolves to no address"),
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "POST /reload HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .take(1024 * 1024)
+        .read_to_end(&mut response)
+        .context("reading the admin endpoint's answer")?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("not an HTTP answer from {authority}"))?;
+    anyhow::ensure!(status == 200, "{}", body.trim_end());
+    Ok(body.to_owned())
+}
+
+fn signal_reload(pid_file: &std::path::Path) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("cannot read the pid file {}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP)
+        .with_context(|| format!("cannot signal process {pid}"))?;
+    eprintln!(
+        "sent SIGHUP to process {pid}; the proxy's log says whether the new config was accepted"
+    );
+    Ok(())
 }

@@ -31,6 +31,9 @@ pub struct Config {
     /// directly, web only through the proxy. Lives in the proxy config so that the rules and
     /// the proxy agree on its listening ports.
     pub netfilter: portcullis_policy::netfilter::NetfilterConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
 }
 
 /// Listeners and per-connection limits.
@@ -128,6 +131,9 @@ impl Default for Timeouts {
 pub struct UpstreamConfig {
     /// An /etc/hosts-format file consulted before the system resolver.
     pub hosts_file: Option<PathBuf>,
+    /// Ask the system resolver for names not in `[resolve]`/`hosts_file`. Off makes a hermetic
+    /// lab: unknown names fail at once (502 dns-failure) without any DNS query leaving the host.
+    pub system_resolver: bool,
     /// Idle pooled origin connections are closed after this.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -139,6 +145,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             hosts_file: None,
+            system_resolver: true,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
         }
@@ -197,6 +204,154 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// TLS inspection of CONNECT tunnels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Intercept TLS in CONNECT tunnels (decrypt, inspect, re-encrypt) unless bypassed.
+    pub inspect: bool,
+    /// Hosts whose TLS is passed through untouched (`host` or `*.domain`), matched against the
+    /// SNI and the CONNECT host: certificate-pinning clients, client-certificate logins.
+    pub bypass: Vec<String>,
+    /// Hosts whose certificate is NOT verified (labs only). Everything else must present a
+    /// valid certificate, or the client gets a 502 page naming the problem.
+    pub insecure_upstream: Vec<String>,
+    /// Extra trusted CA certificates (PEM) for origins, on top of the system store.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Create a CA in `server.data_dir` on first start when none exists.
+    pub auto_init_ca: bool,
+    /// Load a CA key readable by group/others (refused by default).
+    pub allow_insecure_key_permissions: bool,
+    /// Leaf key type: "ecdsa-p256" (default) or "rsa-2048" for old clients.
+    pub leaf_key: String,
+    /// Minted certificates kept in memory.
+    pub cert_cache_size: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            inspect: true,
+            bypass: Vec::new(),
+            insecure_upstream: Vec::new(),
+            upstream_ca_file: None,
+            auto_init_ca: true,
+            allow_insecure_key_permissions: false,
+            leaf_key: "ecdsa-p256".to_owned(),
+            cert_cache_size: 10_000,
+        }
+    }
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config` and `POST /reload`.
+///
+/// It is a separate listener so that monitoring never competes with, or is reachable through,
+/// the proxy port; keep it on loopback (or a management network) because `/config` shows the
+/// configuration and `/reload` re-reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints at all. Off means no metrics and no `/reload` (SIGHUP still
+    /// reloads).
+    pub enabled: bool,
+    /// Address of the admin listener; 9464 is the port Prometheus exporters conventionally use.
+    /// Loopback by default: metrics and the effective config are not for the LAN.
+    pub listen: SocketAddr,
+    /// A file the proxy writes its process id to, so that `portcullis reload --pid-file` and
+    /// init scripts can signal it; removed on a clean exit.
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            pid_file: None,
+        }
+    }
+}
+
+/// Proxy authentication. Off unless `schemes` names at least one scheme.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Enabled schemes, e.g. `["negotiate", "basic"]`. The 407 offers Negotiate first.
+    pub schemes: Vec<AuthScheme>,
+    /// The Basic realm shown in the browser's login prompt.
+    pub realm: String,
+    /// htpasswd file for Basic (bcrypt, apr1, {SHA}, $5$, $6$, $1$); reloaded when it changes.
+    pub htpasswd: Option<PathBuf>,
+    /// How long verified Basic credentials are remembered (so bcrypt does not run per request).
+    #[serde(with = "humantime_serde")]
+    pub credentials_ttl: Duration,
+    /// Destinations that need no authentication: `host` or `*.domain` patterns.
+    pub exempt_hosts: Vec<String>,
+    /// Client networks that need no authentication.
+    pub exempt_clients: Vec<ipnet::IpNet>,
+    pub negotiate: NegotiateConfig,
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            schemes: Vec::new(),
+            realm: "Portcullis proxy".to_owned(),
+            htpasswd: None,
+            credentials_ttl: Duration::from_secs(300),
+            exempt_hosts: Vec::new(),
+            exempt_clients: Vec::new(),
+            negotiate: NegotiateConfig::default(),
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    Basic,
+    Negotiate,
+}
+
+/// Kerberos acceptor settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NegotiateConfig {
+    /// Keytab with the proxy's `HTTP/<fqdn>` key; without it, `KRB5_KTNAME` or the system
+    /// default keytab is used.
+    pub keytab: Option<PathBuf>,
+    /// Accept only tickets for this principal (`HTTP/proxy.example.com@EXAMPLE.COM`); without
+    /// it, tickets for any principal in the keytab are accepted.
+    pub service_principal: Option<String>,
+    /// Log and match users as `alice` instead of `alice@EXAMPLE.COM`.
+    pub strip_realm: bool,
+}
+
+/// Slowing down clients that keep failing authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failures allowed per client address within `window` before answers are delayed.
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The longest delay; delays start at 100 ms and double per further failure.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            failures: 5,
+            window: Duration::from_secs(60),
+            max_delay: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A configuration that could not be loaded; `Display` names the file, the key and the reason.
@@ -317,6 +472,59 @@ impl Config {
                 return Err(("resolve", format!("entry {name:?} has no addresses")));
             }
         }
+        if self.auth.schemes.contains(&AuthScheme::Basic) && self.auth.htpasswd.is_none() {
+            return Err((
+                "auth.htpasswd",
+                "Basic authentication needs an htpasswd file".into(),
+            ));
+        }
+        for pattern in &self.auth.exempt_hosts {
+            if let Err(e) = portcullis_policy::host::HostPattern::parse(pattern) {
+                return Err(("auth.exempt_hosts", e.to_string()));
+            }
+        }
+        for (key, patterns) in [
+            ("tls.bypass", &self.tls.bypass),
+            ("tls.insecure_upstream", &self.tls.insecure_upstream),
+        ] {
+            for pattern in patterns {
+                if let Err(e) = portcullis_policy::host::HostPattern::parse(pattern) {
+                    return Err((key, e.to_string()));
+                }
+            }
+        }
+        if self
+            .tls
+            .leaf_key
+            .parse::<portcullis_certs::KeyAlgorithm>()
+            .is_err()
+        {
+            return Err((
+                "tls.leaf_key",
+                format!(
+                    "{:?} is not one of ecdsa-p256, rsa-2048, rsa-3072",
+                    self.tls.leaf_key
+                ),
+            ));
+        }
+        if self.tls.cert_cache_size == 0 {
+            return Err(("tls.cert_cache_size", "must be at least 1".into()));
+        }
+        if self.admin.enabled
+            && self
+                .server
+                .listen
+                .iter()
+                .any(|l| same_socket(*l, self.admin.listen))
+        {
+            return Err((
+                "admin.listen",
+                format!(
+                    "{} is also a proxy listener; the admin endpoints need their own address",
+                    self.admin.listen
+                ),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err((
                 "log.level",
@@ -330,6 +538,55 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+
+    /// The effective configuration as TOML with secret values replaced by `"<redacted>"`, for
+    /// the admin `/config` endpoint.
+    ///
+    /// Redaction goes by key name (see [`is_secret_key`]) over the serialised form rather than
+    /// field by field, so that a secret added to any section later is hidden without anyone
+    /// having to remember this function.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(value) => value,
+            Err(e) => return format!("# cannot render config: {e}\n"),
+        };
+        redact(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Whether a config key holds a secret value (passwords, tokens, key passphrases). Paths to
+/// files holding secrets (`htpasswd`, `keytab`) are not secrets themselves and stay visible,
+/// because they are what an operator needs to check.
+pub fn is_secret_key(key: &str) -> bool {
+    const SECRET_WORDS: [&str; 5] = ["password", "passphrase", "secret", "token", "psk"];
+    let key = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| key.contains(w))
+}
+
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if is_secret_key(key) {
+                    *v = toml::Value::String("<redacted>".to_owned());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Two socket addresses that cannot both be bound: the same port, and the same IP or either a
+/// wildcard of the same family.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
 fn one_line(s: &str) -> String {
@@ -353,6 +610,8 @@ impl fmt::Display for ForwardedFor {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
     use super::*;
 
     #[test]
@@ -413,6 +672,55 @@ mod tests {
             );
             assert!(err.contains(reason), "want {reason}: {err}");
         }
+    }
+
+    #[test]
+    fn admin_defaults_and_conflicts() {
+        let c = Config::parse("", "t").unwrap();
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.admin.pid_file, None);
+        for text in [
+            "[server]\nlisten = [\"127.0.0.1:3128\"]\n[admin]\nlisten = \"127.0.0.1:3128\"\n",
+            "[server]\nlisten = [\"0.0.0.0:3128\"]\n[admin]\nlisten = \"127.0.0.1:3128\"\n",
+        ] {
+            let err = Config::parse(text, "t").unwrap_err().to_string();
+            assert!(err.contains("key `admin.listen`"), "{err}");
+        }
+        // Disabled, or on another port or address, is fine; so is port 0 (tests).
+        for text in [
+            "[server]\nlisten = [\"127.0.0.1:3128\"]\n[admin]\nenabled = false\nlisten = \"127.0.0.1:3128\"\n",
+            "[server]\nlisten = [\"127.0.0.1:3128\"]\n[admin]\nlisten = \"127.0.0.2:3128\"\n",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        ] {
+            Config::parse(text, "t").unwrap();
+        }
+        let err = Config::parse("[admin]\nport = 1\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `admin.port`"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_secret_keys_at_any_depth() {
+        let mut value: toml::Value = toml::from_str(
+            "[a]\npassword = \"hunter2\"\nkeep = \"x\"\n[[a.list]]\napi_token = \"t\"\n[b.c]\nkey_passphrase = \"p\"\n",
+        )
+        .unwrap();
+        redact(&mut value);
+        let text = value.to_string();
+        for secret in ["hunter2", "\"t\"", "\"p\""] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("keep = \"x\""), "{text}");
+        assert!(
+            !is_secret_key("htpasswd")
+                && !is_secret_key("keytab")
+                && !is_secret_key("credentials_ttl")
+        );
+        // The real config renders and parses back.
+        let c = Config::parse("[auth]\nrealm = \"r\"\n", "t").unwrap();
+        Config::parse(&c.to_redacted_toml(), "t2").unwrap();
     }
 
     #[test]

@@ -43,6 +43,14 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("upstream error: {0}")]
     Upstream(String),
+    #[error("the origin {host} cannot be trusted: {reason}")]
+    UpstreamCertificate {
+        cause: &'static str,
+        host: String,
+        reason: String,
+    },
+    #[error("TLS handshake with the origin failed: {0}")]
+    UpstreamTls(String),
 }
 
 impl ProxyError {
@@ -61,7 +69,9 @@ impl ProxyError {
             | ProxyError::UpstreamClosed
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol(_)
-            | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamCertificate { .. }
+            | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -82,6 +92,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream-protocol-error",
             ProxyError::ClientBody(_) => "client-body-error",
             ProxyError::Upstream(_) => "upstream-error",
+            ProxyError::UpstreamCertificate { cause, .. } => cause,
+            ProxyError::UpstreamTls(_) => "upstream-tls-error",
         }
     }
 

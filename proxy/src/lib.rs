@@ -8,13 +8,19 @@
 
 pub mod access_log;
 pub mod activity;
+pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod ca_cmd;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod intercept;
+pub mod metrics;
 pub mod netfilter_cmd;
+pub mod reload;
+pub mod rewind;
 pub mod server;
 pub mod telemetry;
 pub mod tunnel;

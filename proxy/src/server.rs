@@ -2,7 +2,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -16,18 +17,34 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Record};
 use crate::activity::{now_ms, Activity, ActivityIo, Verdict};
+use crate::admin::AdminState;
+use crate::auth::{Auth, ConnAuth};
 use crate::config::Config;
-use crate::upstream::{http_client, Dialer, HttpClient, Resolver};
+use crate::intercept::Interceptor;
+use crate::metrics::{ActiveGuard, Metrics};
+use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
+use crate::upstream::{Dialer, HttpClient};
 
-/// Everything a request needs, shared by all connections.
+/// Everything a request needs: one immutable snapshot of the configuration and what was built
+/// from it. A reload builds a new one (`reload::assemble`); each request and tunnel keeps the
+/// snapshot it started with.
 pub struct Proxy {
     pub config: Arc<Config>,
     pub dialer: Arc<Dialer>,
     pub client: HttpClient,
     pub access_log: AccessLog,
+    /// Proxy authentication; `None` when no scheme is enabled.
+    pub auth: Option<Arc<Auth>>,
+    /// TLS inspection; `None` when `tls.inspect` is off.
+    pub interceptor: Option<Arc<Interceptor>>,
+    /// Cancelled on SIGTERM/SIGINT: connections finish their request in flight and close.
+    pub shutdown: CancellationToken,
     /// Connection and tunnel tasks, awaited (up to the grace period) on shutdown.
     pub tasks: TaskTracker,
     pub listen_addrs: Vec<SocketAddr>,
+    /// The process's metrics, shared by every snapshot. Interception reports through it:
+    /// `tls_intercepted`, `tls_tunnelled(reason)`, `tls_handshake_failed(side)`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -46,7 +63,15 @@ pub struct ConnCtx {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub activity: Arc<Activity>,
+    /// The authenticated user of this connection (Negotiate) and handshake state.
+    pub auth: ConnAuth,
     _slot: OwnedSemaphorePermit,
+    /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
+    /// holding this context) lives.
+    _active: ActiveGuard,
+    /// Set when a CONNECT or upgrade succeeded; since the tunnel task holds this context until
+    /// the tunnel ends, `portcullis_active_tunnels` drops exactly then.
+    tunnel: OnceLock<ActiveGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +84,63 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(#[from] std::io::Error),
+    #[error("invalid config: key `{0}`: {1}")]
+    Config(&'static str, String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Binds the listeners, serves until `shutdown` is cancelled, then drains in-flight requests for
-/// up to `timeouts.shutdown_grace`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let config = Arc::new(config);
+/// Starts with `config` (already loaded from `source`), serves until `shutdown` is cancelled,
+/// then drains in-flight requests for up to `timeouts.shutdown_grace`. `source` is what a
+/// reload (SIGHUP, `POST /reload`) reads again.
+///
+/// Start-up order matters: the admin listener comes first, so `/healthz` answers and `/readyz`
+/// says "not ready" while files are loaded; the proxy listeners are bound only once everything
+/// they need is valid, so no client is ever accepted by a proxy that cannot serve it.
+pub async fn run(
+    config: Config,
+    source: ConfigSource,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Before anything slow: SIGHUP's default action would terminate the process.
+    let hup = signal(SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with `portcullis reload` instead"))
+        .ok();
+    let metrics = Arc::new(Metrics::new()?);
+    let admin = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    let mut own_addrs = Vec::new();
+    if config.admin.enabled {
+        let addr = config.admin.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let bound = listener.local_addr()?;
+        own_addrs.push(bound);
+        crate::admin::log_bound(bound);
+        tokio::spawn(crate::admin::serve(
+            listener,
+            Arc::clone(&admin),
+            shutdown.clone(),
+        ));
+    }
+
+    // Files (htpasswd, hosts file, CA, keytab) are read off the async workers.
+    let loaded = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::reload::load(config, None))
+            .await
+            .map_err(|e| LoadError::Task(e.to_string()))??
+    };
+
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
@@ -79,36 +155,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .iter()
         .map(TcpListener::local_addr)
         .collect::<Result<_, _>>()?;
+    own_addrs.extend(&listen_addrs);
 
-    let resolver = Resolver::new(&config)?;
-    let dialer = Arc::new(Dialer::new(
-        resolver,
-        config.timeouts.upstream_connect,
-        listen_addrs.clone(),
-    ));
     let (access_log, log_writer) = AccessLog::start(&config.access_log)?;
+    let access_log = access_log.with_metrics(Arc::clone(&metrics));
     spawn_reopen_on_sigusr1(access_log.clone(), shutdown.clone());
-
-    let proxy = Arc::new(Proxy {
-        client: http_client(&config, Arc::clone(&dialer)),
-        dialer,
+    let tasks = TaskTracker::new();
+    let shared = Shared {
         access_log,
-        tasks: TaskTracker::new(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
         listen_addrs: listen_addrs.clone(),
-        config: Arc::clone(&config),
-    });
+        own_addrs,
+        metrics,
+    };
+    let reloader = Arc::new(Reloader::start(source, loaded, shared));
+    crate::reload::spawn_triggers(Arc::clone(&reloader), hup, shutdown.clone());
+    admin.set_reloader(Arc::clone(&reloader));
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let pid_file = config.admin.pid_file.as_deref();
+    if let Some(path) = pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            StartError::PidFile {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    }
 
     let mut accept_loops = Vec::new();
     for (listener, addr) in listeners.into_iter().zip(&listen_addrs) {
         tracing::info!("listening on {addr}");
         accept_loops.push(tokio::spawn(accept_loop(
-            Arc::clone(&proxy),
+            Arc::clone(&reloader),
             listener,
             Arc::clone(&slots),
             shutdown.clone(),
         )));
     }
+    admin.set_listeners_bound();
 
     shutdown.cancelled().await;
     for accept in accept_loops {
@@ -116,25 +201,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
     let grace = config.timeouts.shutdown_grace;
     tracing::info!(
-        open = proxy.tasks.len(),
+        open = tasks.len(),
         "shutting down: no new connections, draining for up to {}",
         humantime::format_duration(grace)
     );
-    proxy.tasks.close();
-    if tokio::time::timeout(grace, proxy.tasks.wait())
-        .await
-        .is_err()
-    {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
-            open = proxy.tasks.len(),
+            open = tasks.len(),
             "grace period over; closing remaining connections"
         );
     }
-    drop(proxy);
+    // The snapshots hold the access log's handles; the reload task ends with `shutdown`.
+    drop(admin);
+    drop(reloader);
     // The writer ends when the last handle is gone; give it a moment to flush.
     let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
+    remove_pid_file(pid_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+fn remove_pid_file(path: Option<&Path>) {
+    if let Some(path) = path {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the pid file");
+        }
+    }
 }
 
 fn spawn_reopen_on_sigusr1(log: AccessLog, shutdown: CancellationToken) {
@@ -156,8 +249,10 @@ fn spawn_reopen_on_sigusr1(log: AccessLog, shutdown: CancellationToken) {
     });
 }
 
+/// Accepts connections; each starts with the snapshot current at its accept (for its
+/// connection-level limits), and each request on it takes the snapshot current at its start.
 async fn accept_loop(
-    proxy: Arc<Proxy>,
+    reloader: Arc<Reloader>,
     listener: TcpListener,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -178,8 +273,10 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let proxy = reloader.current();
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%client, "max_connections reached; refusing a connection");
+            proxy.metrics.connection_refused();
             proxy.tasks.spawn(refuse_busy(stream));
             continue;
         };
@@ -187,10 +284,15 @@ async fn accept_loop(
             client,
             local: local.unwrap_or(client),
             activity: Activity::new(),
+            auth: ConnAuth::default(),
             _slot: slot,
+            _active: proxy.metrics.connection_opened(),
+            tunnel: OnceLock::new(),
         });
-        proxy.tasks.spawn(serve_connection(
-            Arc::clone(&proxy),
+        let tasks = proxy.tasks.clone();
+        tasks.spawn(serve_connection(
+            proxy,
+            Arc::clone(&reloader),
             stream,
             ctx,
             shutdown.clone(),
@@ -211,6 +313,7 @@ proxy is at max_connections.\r\n";
 
 async fn serve_connection(
     proxy: Arc<Proxy>,
+    reloader: Arc<Reloader>,
     stream: TcpStream,
     ctx: Arc<ConnCtx>,
     shutdown: CancellationToken,
@@ -227,52 +330,130 @@ async fn serve_connection(
         .preserve_header_case(true);
     let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&ctx.activity)));
     let service = {
-        let proxy = Arc::clone(&proxy);
         let ctx = Arc::clone(&ctx);
-        service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            // The snapshot is taken per request, so a reload applies to a keep-alive
+            // connection's next request while this one finishes with what it started with.
+            let proxy = reloader.current();
             let ctx = Arc::clone(&ctx);
-            async move { Ok::<_, Infallible>(crate::http::handle(proxy, ctx, req).await) }
+            async move {
+                let connect = req.method() == http::Method::CONNECT;
+                let metrics = Arc::clone(&proxy.metrics);
+                let response = crate::http::handle(proxy, Arc::clone(&ctx), req).await;
+                let status = response.status();
+                if (connect && status.is_success())
+                    || status == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let _ = ctx.tunnel.set(metrics.tunnel_opened());
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let conn = builder.serve_connection(io, service).with_upgrades();
+    let result = drive(
+        conn,
+        &ctx.activity,
+        timeouts.client_header,
+        timeouts.client_idle,
+        &shutdown,
+    )
+    .await;
+    match result {
+        Err(Closed::HeaderTimeout) => {
+            tracing::debug!(client = %ctx.client, "request head not received in time; closing");
+            log_connection_error(&proxy, &ctx, 408, "error:request-head-timeout");
+        }
+        Err(Closed::Idle) => {
+            tracing::trace!(client = %ctx.client, "idle keep-alive connection closed");
+        }
+        Err(Closed::Hyper(e)) if e.is_parse_too_large() => {
+            log_connection_error(&proxy, &ctx, 431, "error:request-too-large");
+        }
+        Err(Closed::Hyper(e)) if e.is_parse() => {
+            log_connection_error(&proxy, &ctx, 400, "error:invalid-request");
+        }
+        Err(Closed::Hyper(e)) => {
+            tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
+        }
+        Ok(()) => {}
+    }
+}
+
+/// How a served connection ended other than normally.
+#[derive(Debug, thiserror::Error)]
+pub enum Closed {
+    #[error("request head not received within the header timeout")]
+    HeaderTimeout,
+    #[error("idle")]
+    Idle,
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// A hyper server connection that can be asked to finish its in-flight work and close.
+pub trait GracefulConnection: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, B, S> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    Self: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, B, S, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    Self: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Drives a connection under the client deadlines kept in `activity` (head within `header` of
+/// its first byte; closed after `idle` with nothing in flight) and drains it on shutdown.
+pub async fn drive<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    header: Duration,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Closed> {
     tokio::pin!(conn);
     let mut draining = false;
-    let result = loop {
+    loop {
         let now = now_ms();
-        let wait = match ctx
-            .activity
-            .verdict(now, timeouts.client_header, timeouts.client_idle)
-        {
+        let wait = match activity.verdict(now, header, idle) {
             Verdict::WaitUntil(at) => Duration::from_millis(at - now),
-            Verdict::HeaderTimeout => {
-                tracing::debug!(client = %ctx.client, "request head not received in time; closing");
-                log_connection_error(&proxy, &ctx, 408, "error:request-head-timeout");
-                return;
-            }
-            Verdict::Idle => {
-                tracing::trace!(client = %ctx.client, "idle keep-alive connection closed");
-                return;
-            }
+            Verdict::HeaderTimeout => return Err(Closed::HeaderTimeout),
+            Verdict::Idle => return Err(Closed::Idle),
         };
         tokio::select! {
-            result = conn.as_mut() => break result,
+            result = conn.as_mut() => return result.map_err(Closed::Hyper),
             () = shutdown.cancelled(), if !draining => {
                 // Finish the request in flight, if any, then close.
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
             () = tokio::time::sleep(wait) => {}
-            () = ctx.activity.head_started() => {}
-        }
-    };
-    if let Err(e) = result {
-        if e.is_parse_too_large() {
-            log_connection_error(&proxy, &ctx, 431, "error:request-too-large");
-        } else if e.is_parse() {
-            log_connection_error(&proxy, &ctx, 400, "error:invalid-request");
-        } else {
-            tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
+            () = activity.head_started() => {}
         }
     }
 }

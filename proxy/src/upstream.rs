@@ -22,9 +22,10 @@ use crate::error::ProxyError;
 
 /// Resolves origin names: `[resolve]` entries first, then `upstream.hosts_file`, then the system
 /// resolver (getaddrinfo, so /etc/hosts and /etc/resolv.conf apply as for any program).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Resolver {
     overrides: HashMap<String, Vec<IpAddr>>,
+    no_system: bool,
 }
 
 impl Resolver {
@@ -39,7 +40,10 @@ impl Resolver {
         for (name, addrs) in &config.resolve {
             overrides.insert(normalise_host(name), addrs.clone());
         }
-        Ok(Resolver { overrides })
+        Ok(Resolver {
+            overrides,
+            no_system: !config.upstream.system_resolver,
+        })
     }
 
     /// Socket addresses for `host:port`, in the order they should be tried.
@@ -55,6 +59,12 @@ impl Resolver {
             host: host.clone(),
             reason,
         };
+        if self.no_system {
+            return Err(dns_error(
+                "not in [resolve] or upstream.hosts_file, and upstream.system_resolver is off"
+                    .into(),
+            ));
+        }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| dns_error(e.to_string()))?
@@ -98,6 +108,7 @@ pub struct Dialer {
     resolver: Resolver,
     connect_timeout: Duration,
     own_addrs: Vec<SocketAddr>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Dialer {
@@ -106,17 +117,34 @@ impl Dialer {
             resolver,
             connect_timeout,
             own_addrs,
+            metrics: None,
         }
+    }
+
+    /// Reports connect times and DNS failures to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
     pub async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
-        match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::ConnectTimeout {
-                host: format!("{host}:{port}"),
-            }),
+        let started = std::time::Instant::now();
+        let result =
+            match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::ConnectTimeout {
+                    host: format!("{host}:{port}"),
+                }),
+            };
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(_) => metrics.upstream_connected(started.elapsed()),
+                Err(ProxyError::Dns { .. }) => metrics.dns_failure(),
+                Err(_) => {}
+            }
         }
+        result
     }
 
     async fn dial_inner(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {

@@ -38,9 +38,15 @@ impl Curl {
 
 /// Runs curl with `args` (add `-x PROXY` yourself), capturing status, headers and body.
 pub async fn curl(args: &[&str]) -> Curl {
+    curl_env(args, &[]).await
+}
+
+/// [`curl`] with extra environment variables (e.g. `KRB5CCNAME`).
+pub async fn curl_env(args: &[&str], env: &[(&str, String)]) -> Curl {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let headers = dir.path().join("headers");
     let out = tokio::process::Command::new("curl")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args([
             "-sS",
             "--max-time",

@@ -4,13 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 pub mod client;
+pub mod kdc;
 pub mod origin;
 pub mod proxy;
+pub mod scrape;
 pub mod tls;
 
-pub use client::{curl, raw, Curl};
+pub use client::{curl, curl_env, raw, Curl};
 pub use origin::TestOrigin;
 pub use proxy::TestProxy;
+pub use scrape::{scrape, scrape_until, Scrape};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

@@ -75,11 +75,19 @@ impl TestOrigin {
 
     /// An HTTPS origin with a certificate for `localhost` and 127.0.0.1 from a fresh test CA.
     pub async fn https() -> TestOrigin {
+        TestOrigin::https_with(crate::tls::OriginCert::Good, false).await
+    }
+
+    /// An HTTPS origin whose certificate is `kind` (for `localhost`, `127.0.0.1` and
+    /// `*.lab.test`); with `h2`, it offers ALPN h2 and speaks HTTP/2 when chosen.
+    pub async fn https_with(kind: crate::tls::OriginCert, h2: bool) -> TestOrigin {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (ca_pem, chain, key) = crate::tls::origin_certificate(&["localhost", "127.0.0.1"]);
+        let (ca_pem, chain, key) =
+            crate::tls::origin_certificate_kind(kind, &["localhost", "127.0.0.1", "*.lab.test"]);
         let ca_file = dir.path().join("origin-ca.pem");
         std::fs::write(&ca_file, ca_pem).unwrap_or_else(|e| panic!("{e}"));
-        let acceptor = crate::tls::acceptor(chain, key);
+        let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
+        let acceptor = crate::tls::acceptor_with_alpn(chain, key, alpn);
         let listener = bind().await;
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let state = Arc::new(State::default());
@@ -134,10 +142,18 @@ async fn serve(listener: TcpListener, state: Arc<State>, tls: Option<tokio_rustl
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = builder
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let _ = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
                             .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades()
                             .await;
+                        } else {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
                     }
                 }
                 None => {

@@ -17,6 +17,8 @@ pub struct TestProxy {
     pub addrs: Vec<SocketAddr>,
     pub dir: tempfile::TempDir,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The admin listener's address, from its `admin endpoints on ADDR` log line.
+    admin: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl TestProxy {
@@ -27,19 +29,71 @@ impl TestProxy {
     }
 
     pub fn try_start(extra_toml: &str) -> Result<TestProxy, String> {
+        TestProxy::try_start_with_env(extra_toml, &[])
+    }
+
+    /// Like [`TestProxy::start`], with extra environment variables (Kerberos settings).
+    pub fn start_with_env(extra_toml: &str, env: &[(&str, String)]) -> TestProxy {
+        TestProxy::try_start_with_env(extra_toml, env)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
+    pub fn try_start_with_env(
+        extra_toml: &str,
+        env: &[(&str, String)],
+    ) -> Result<TestProxy, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config = merged_config(extra_toml, dir.path());
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        TestProxy::spawn(
-            dir,
-            &["run", "--config", &config_path.display().to_string()],
-        )
+        let args = ["run", "--config", &config_path.display().to_string()];
+        TestProxy::spawn(dir, &args, env, true)
     }
 
-    fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Result<TestProxy, String> {
+    /// Starts the proxy and returns as soon as its admin listener is up, without waiting for
+    /// the proxy listeners (`addr` is unset until [`TestProxy::wait_listening`]).
+    pub fn start_until_admin(extra_toml: &str) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config = merged_config(extra_toml, dir.path());
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
+        let args = ["run", "--config", &config_path.display().to_string()];
+        let proxy = TestProxy::spawn(dir, &args, &[], false)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        let _ = proxy.admin_addr();
+        proxy
+    }
+
+    /// Waits until the proxy logged its listening addresses; fills `addr` and `addrs`.
+    pub fn wait_listening(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let addrs: Vec<SocketAddr> = self
+                .stderr
+                .lock()
+                .map(|lines| lines.iter().filter_map(|l| listening_addr(l)).collect())
+                .unwrap_or_default();
+            if let Some(first) = addrs.first() {
+                self.addr = *first;
+                self.addrs = addrs;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, String)],
+        wait_for_listeners: bool,
+    ) -> Result<TestProxy, String> {
         let mut child = Command::new(portcullis_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "portcullis=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -47,22 +101,39 @@ impl TestProxy {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", portcullis_bin().display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let admin = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel();
         let pipe = child.stderr.take().ok_or("no stderr pipe")?;
         {
             let stderr = Arc::clone(&stderr);
+            let admin = Arc::clone(&admin);
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    if let Some(addr) = line.split("admin endpoints on ").nth(1) {
                         let addr = strip_ansi(addr);
-                        if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
-                            let _ = tx.send(addr);
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        if let (Ok(addr), Ok(mut slot)) = (addr.parse::<SocketAddr>(), admin.lock())
+                        {
+                            *slot = Some(addr);
                         }
                     }
                     if let Ok(mut lines) = stderr.lock() {
                         lines.push(line);
                     }
                 }
+            });
+        }
+        if !wait_for_listeners {
+            return Ok(TestProxy {
+                child,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                addrs: Vec::new(),
+                dir,
+                stderr,
+                admin,
             });
         }
         let mut addrs = Vec::new();
@@ -87,7 +158,44 @@ impl TestProxy {
             addrs,
             dir,
             stderr,
+            admin,
         })
+    }
+
+    /// The admin listener's address (the test base config binds it to 127.0.0.1:0). Waits up
+    /// to 20 s for its log line; panics if the admin listener is disabled.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = self.admin.lock().ok().and_then(|a| *a) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no 'admin endpoints on' line; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://ADMIN_ADDR`, for `/metrics`, `/readyz`, `/config` and `/reload`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
+    }
+
+    /// The config file the proxy was started with (what a reload re-reads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
+    /// Replaces the config file with `extra_toml` merged over the same test base config, by
+    /// rename, so a reload never reads a half-written file.
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        write_atomically(
+            &self.config_path(),
+            &merged_config(extra_toml, self.dir.path()),
+        );
     }
 
     pub fn url(&self) -> String {
@@ -164,6 +272,19 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes `path` by rename, as an administrator's editor or config management should.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The address of a proxy listener's `listening on ADDR` line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let addr = strip_ansi(line.split("listening on ").nth(1)?);
+    addr.trim().parse().ok()
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
@@ -194,6 +315,15 @@ fn merged_config(extra: &str, dir: &Path) -> String {
         server
             .entry("data_dir")
             .or_insert_with(|| dir.join("data").display().to_string().into());
+    }
+    // Parallel tests must never meet on the default admin port 9464.
+    let admin = table
+        .entry("admin")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(admin) = admin.as_table_mut() {
+        admin
+            .entry("listen")
+            .or_insert_with(|| "127.0.0.1:0".into());
     }
     let log = table
         .entry("access_log")

@@ -11,10 +11,15 @@ fn allow(port: u16) -> String {
     format!("[server]\nconnect_ports = [443, {port}]\n")
 }
 
+/// Plain tunnels, inspection off: the client talks TLS with the origin itself.
+fn tunnel_only(port: u16) -> String {
+    format!("{}[tls]\ninspect = false\n", allow(port))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_through_a_tunnel_with_curl() {
     let origin = TestOrigin::https().await;
-    let proxy = TestProxy::start(&allow(origin.addr.port()));
+    let proxy = TestProxy::start(&tunnel_only(origin.addr.port()));
     let ca = origin.ca_file.as_ref().unwrap().display().to_string();
     let url = format!("https://localhost:{}/bytes/100000", origin.addr.port());
     let r = curl(&["-x", &proxy.url(), "-p", "--cacert", &ca, &url]).await;

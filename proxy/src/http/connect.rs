@@ -61,18 +61,32 @@ pub(super) async fn handle(
     let peer = upstream.peer_addr().ok().map(|a| a.ip());
 
     let on_upgrade = hyper::upgrade::on(req);
-    let idle = config.timeouts.tunnel_idle;
-    let log = proxy.access_log.clone();
+    // Inspect unless inspection is off or the CONNECT host is bypassed (the SNI is checked
+    // again once the ClientHello is in).
+    let inspect = proxy
+        .interceptor
+        .as_ref()
+        .is_some_and(|i| !i.is_bypassed(&target.host));
+    let proxy_task = Arc::clone(proxy);
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {
         let client = match on_upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(error = %e, "CONNECT upgrade failed");
                 return;
             }
         };
-        let stats = relay(client, upstream, idle).await;
+        if inspect {
+            crate::intercept::run_tunnel(proxy_task, conn, txn, client, upstream, target).await;
+            return;
+        }
+        let stats = relay(
+            TokioIo::new(client),
+            upstream,
+            proxy_task.config.timeouts.tunnel_idle,
+        )
+        .await;
         if let RelayEnd::Error(e) = &stats.end {
             tracing::debug!(target = %target.authority(), error = %e, "tunnel ended with an error");
         }
@@ -86,10 +100,16 @@ pub(super) async fn handle(
             None,
         );
         record.bytes_in = stats.from_client;
-        log.log(&record);
+        proxy_task.access_log.log(&record);
         drop(conn); // the client connection's slot is held until the tunnel ends
     });
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;
+    // Squid's wording; some clients log or even check it.
+    response
+        .extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"Connection established",
+        ));
     Txn::respond_unlogged(in_flight, response)
 }

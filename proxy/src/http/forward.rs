@@ -1,8 +1,9 @@
-//! Forwarding absolute-form requests (`GET http://host/path HTTP/1.1`) to origins through the
-//! pooled client, streaming bodies both ways, and switching protocols (WebSocket) when the
-//! origin agrees.
+//! Forwarding requests to origins, streaming bodies both ways, and switching protocols
+//! (WebSocket) when the origin agrees. One path for plain absolute-form requests (through the
+//! pooled client) and for requests decrypted from an intercepted tunnel (through that tunnel's
+//! origin session): same header rules, same errors, same logging.
 
-use std::error::Error as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, EXPECT, HOST};
@@ -15,13 +16,23 @@ use hyper_util::rt::TokioIo;
 use super::headers::{
     append_via, apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target,
 };
-use super::{Outcome, Txn};
+use super::{classify_error, Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
+use crate::intercept::session::Session;
 use crate::server::{ConnCtx, Proxy};
 use crate::tunnel::relay;
 
+/// Where a prepared request goes.
+enum Route<'a> {
+    /// The shared keep-alive pool (plain HTTP).
+    Pooled,
+    /// The origin connection of an intercepted tunnel.
+    Session(&'a Session),
+}
+
+/// An absolute-form request from a proxy client.
 pub(super) async fn handle(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
@@ -29,23 +40,148 @@ pub(super) async fn handle(
     in_flight: InFlight,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let upgrade = wants_upgrade(req.headers());
-    if let Err(e) = prepare(proxy, conn, &mut req, upgrade) {
+    if let Err(e) = target_plain(&mut req) {
         return txn.fail(proxy, in_flight, e);
+    }
+    send(proxy, conn, txn, in_flight, req, Route::Pooled).await
+}
+
+/// A request decrypted from an intercepted tunnel to `session`'s origin.
+pub async fn handle_intercepted(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnCtx>,
+    txn: Txn,
+    in_flight: InFlight,
+    mut req: Request<Incoming>,
+    session: &Session,
+    host_header: &str,
+) -> Response<ProxyBody> {
+    if let Err(e) = target_intercepted(&mut req, session.is_h2(), host_header) {
+        return txn.fail(proxy, in_flight, e);
+    }
+    send(proxy, conn, txn, in_flight, req, Route::Session(session)).await
+}
+
+/// Absolute-form target: check the scheme, parse the one authority we will connect to, and set
+/// `Host` from it (RFC 9112 §3.2.2: the received Host header is replaced).
+fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("ws") => {}
+        Some(other) => return Err(ProxyError::UnsupportedScheme(other.to_owned())),
+        None => {
+            return Err(ProxyError::BadRequest(
+                "request target is not absolute".into(),
+            ))
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+    let target = Target::parse(authority.as_str(), Some(80))?;
+    // The pool and connector key on scheme + authority; the wire gets origin-form.
+    let path = path_of(uri);
+    let upstream_uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(target.authority())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
+    *req.uri_mut() = upstream_uri;
+    set_host(req, &target.host_header(80))
+}
+
+/// Inside a tunnel the origin is fixed; only the path comes from the request. HTTP/1.1 origins
+/// get origin-form plus `Host`; HTTP/2 origins get the authority as `:authority`.
+fn target_intercepted(req: &mut Request<Incoming>, h2: bool, host: &str) -> Result<(), ProxyError> {
+    let path = path_of(req.uri());
+    let invalid = |e: http::Error| ProxyError::BadRequest(format!("invalid request target: {e}"));
+    if h2 {
+        *req.uri_mut() = Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(host)
+            .path_and_query(path)
+            .build()
+            .map_err(invalid)?;
+        req.headers_mut().remove(HOST);
+        *req.version_mut() = Version::HTTP_2;
+        Ok(())
+    } else {
+        *req.uri_mut() = Uri::builder()
+            .path_and_query(path)
+            .build()
+            .map_err(invalid)?;
+        set_host(req, host)
+    }
+}
+
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+fn set_host(req: &mut Request<Incoming>, host: &str) -> Result<(), ProxyError> {
+    let host =
+        HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+    req.headers_mut().insert(HOST, host);
+    Ok(())
+}
+
+/// Header rules, the round trip under `upstream_response`, and the response back.
+async fn send(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnCtx>,
+    txn: Txn,
+    in_flight: InFlight,
+    mut req: Request<Incoming>,
+    route: Route<'_>,
+) -> Response<ProxyBody> {
+    let server = &proxy.config.server;
+    if via_names_us(req.headers(), &server.via_pseudonym) {
+        let err = ProxyError::Loop("the request already passed through this proxy".into());
+        return txn.fail(proxy, in_flight, err);
+    }
+    let upgrade = wants_upgrade(req.headers());
+    let received = req.version();
+    let h2_upstream = req.version() == Version::HTTP_2 && matches!(route, Route::Session(_));
+    if !h2_upstream {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    {
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        // 100-continue was answered on the client hop when the body was first read.
+        headers.remove(EXPECT);
+        append_via(headers, received, &server.via_pseudonym);
+        apply_forwarded_for(headers, server.x_forwarded_for, conn.client.ip());
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let timeout = proxy.config.timeouts.upstream_response;
-    let mut response = match tokio::time::timeout(timeout, proxy.client.request(req)).await {
+    let round_trip = async {
+        match route {
+            Route::Pooled => proxy
+                .client
+                .request(req)
+                .await
+                .map_err(|e| classify_error(&e)),
+            Route::Session(session) => session.send(req).await,
+        }
+    };
+    let mut response = match tokio::time::timeout(timeout, round_trip).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => return txn.fail(proxy, in_flight, classify(&e)),
+        Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
         Err(_) => return txn.fail(proxy, in_flight, ProxyError::ResponseTimeout(timeout)),
     };
-    let peer = response
-        .extensions()
-        .get::<HttpInfo>()
-        .map(|info| info.remote_addr().ip());
-    let pseudonym = &proxy.config.server.via_pseudonym;
+    let peer = match route {
+        Route::Pooled => response
+            .extensions()
+            .get::<HttpInfo>()
+            .map(|info| info.remote_addr().ip()),
+        Route::Session(session) => session.peer,
+    };
+    let pseudonym = &server.via_pseudonym;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -65,8 +201,8 @@ pub(super) async fn handle(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     append_via(&mut parts.headers, parts.version, pseudonym);
-    // hyper re-frames the body for the client's HTTP version.
-    parts.version = Version::HTTP_11;
+    // hyper frames the body for the client's own HTTP version.
+    parts.version = received;
     txn.respond(
         proxy,
         in_flight,
@@ -75,66 +211,11 @@ pub(super) async fn handle(
     )
 }
 
-/// Rewrites the client's request into the one sent upstream.
-fn prepare(
-    proxy: &Proxy,
-    conn: &ConnCtx,
-    req: &mut Request<Incoming>,
-    upgrade: bool,
-) -> Result<(), ProxyError> {
-    let server = &proxy.config.server;
-    let uri = req.uri();
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("ws") => {}
-        Some(other) => return Err(ProxyError::UnsupportedScheme(other.to_owned())),
-        None => {
-            return Err(ProxyError::BadRequest(
-                "request target is not absolute".into(),
-            ))
-        }
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
-    let target = Target::parse(authority.as_str(), Some(80))?;
-    if via_names_us(req.headers(), &server.via_pseudonym) {
-        return Err(ProxyError::Loop(
-            "the request already passed through this proxy".into(),
-        ));
-    }
-    // The pool and connector key on scheme + authority; the wire gets origin-form.
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let upstream_uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.authority())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
-    let received = req.version();
-    *req.uri_mut() = upstream_uri;
-    *req.version_mut() = Version::HTTP_11;
-
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-    // RFC 9112 §3.2.2: with an absolute-form target the Host header is replaced by its authority.
-    let host = HeaderValue::from_str(&target.host_header(80))
-        .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
-    headers.insert(HOST, host);
-    // 100-continue was answered on the client hop when the body was first read.
-    headers.remove(EXPECT);
-    append_via(headers, received, &server.via_pseudonym);
-    apply_forwarded_for(headers, server.x_forwarded_for, conn.client.ip());
-    Ok(())
-}
-
 fn spawn_upgraded_relay(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
     txn: Txn,
-    peer: Option<std::net::IpAddr>,
+    peer: Option<IpAddr>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
 ) {
@@ -156,35 +237,4 @@ fn spawn_upgraded_relay(
         log.log(&record);
         drop(conn);
     });
-}
-
-/// Maps a client error to what the user is told.
-fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source = err.source();
-    while let Some(s) = source {
-        if let Some(e) = s.downcast_ref::<ProxyError>() {
-            return e.clone();
-        }
-        if let Some(e) = s.downcast_ref::<hyper::Error>() {
-            if e.is_incomplete_message() {
-                return ProxyError::UpstreamClosed;
-            }
-            if e.is_parse() || e.is_parse_status() {
-                return ProxyError::UpstreamProtocol(e.to_string());
-            }
-            if e.is_user() {
-                return ProxyError::ClientBody(e.to_string());
-            }
-        }
-        if let Some(e) = s.downcast_ref::<std::io::Error>() {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) {
-                return ProxyError::UpstreamReset;
-            }
-        }
-        source = s.source();
-    }
-    ProxyError::Upstream(err.to_string())
 }

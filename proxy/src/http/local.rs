@@ -1,12 +1,14 @@
-//! Requests addressed to the proxy itself (origin-form, `GET / HTTP/1.1`): a small page that
-//! says what this is, instead of a loop or a crash.
+//! Requests addressed to the proxy itself (origin-form, `GET / HTTP/1.1`): an information page
+//! with CA installation instructions, and the CA certificate at `/ca.pem` and `/ca.der`
+//! (like mitmproxy's mitm.it), instead of a loop or a crash.
 
+use http::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::{pages, Outcome, Txn};
 use crate::activity::InFlight;
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
 use crate::server::Proxy;
 
 pub(super) fn handle(
@@ -15,9 +17,33 @@ pub(super) fn handle(
     in_flight: InFlight,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let page = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/") => pages::info_page(&proxy.listen_label()),
-        (_, path) => pages::not_found(path),
+    let ca = proxy.interceptor.as_ref().map(|i| &i.ca);
+    let page = match (req.method(), req.uri().path(), ca) {
+        (&Method::GET | &Method::HEAD, "/", _) => pages::info_page(
+            &proxy.listen_label(),
+            ca.map(|ca| (ca.subject(), ca.fingerprint())),
+        ),
+        (&Method::GET | &Method::HEAD, "/ca.pem", Some(ca)) => download(
+            ca.cert_pem().into_bytes(),
+            "application/x-pem-file",
+            "portcullis-ca.pem",
+        ),
+        (&Method::GET | &Method::HEAD, "/ca.der" | "/ca.crt" | "/ca.cer", Some(ca)) => download(
+            ca.cert_der().to_vec(),
+            "application/x-x509-ca-cert",
+            "portcullis-ca.cer",
+        ),
+        (_, path, _) => pages::not_found(path),
     };
     txn.respond(proxy, in_flight, page, Outcome::LOCAL)
+}
+
+fn download(bytes: Vec<u8>, content_type: &'static str, filename: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(bytes));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(CONTENT_DISPOSITION, v);
+    }
+    response
 }

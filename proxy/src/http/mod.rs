@@ -3,7 +3,7 @@
 //! proxy itself) — and makes sure each transaction is logged exactly once.
 
 mod connect;
-mod forward;
+pub mod forward;
 pub mod headers;
 mod local;
 pub mod pages;
@@ -12,31 +12,102 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, PROXY_AUTHENTICATE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::access_log::Record;
 use crate::activity::InFlight;
+use crate::auth::Outcome as AuthOutcome;
 use crate::body::{CountedBody, OnBodyDone, ProxyBody};
 use crate::error::ProxyError;
 use crate::server::{ConnCtx, Proxy};
 
-/// Entry point for every request hyper parses on a client connection.
+/// Entry point for every request hyper parses on a client connection:
+/// route → authenticate → forward | tunnel.
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let in_flight = conn.activity.begin_request();
-    let txn = Txn::new(&conn, &req);
-    if req.method() == http::Method::CONNECT {
-        connect::handle(&proxy, &conn, txn, in_flight, req).await
-    } else if req.uri().scheme().is_some() {
-        forward::handle(&proxy, &conn, txn, in_flight, req).await
-    } else {
-        local::handle(&proxy, txn, in_flight, req)
+    let mut txn = Txn::new(&conn, &req);
+    let is_connect = req.method() == http::Method::CONNECT;
+    if !is_connect && req.uri().scheme().is_none() {
+        // Requests for the proxy's own pages need no credentials.
+        return local::handle(&proxy, txn, in_flight, req);
     }
+    let mut auth_reply = None;
+    if let Some(auth) = &proxy.auth {
+        let host = req.uri().host().unwrap_or("");
+        match auth
+            .authenticate(&conn.auth, conn.client.ip(), host, req.headers())
+            .await
+        {
+            AuthOutcome::Exempt => {}
+            AuthOutcome::Authenticated { user, reply } => {
+                txn.user = Some(user.to_string());
+                auth_reply = reply;
+            }
+            AuthOutcome::Challenge {
+                cause,
+                negotiate_token,
+            } => {
+                let mut page = pages::auth_required(cause);
+                for challenge in auth.challenges(negotiate_token.as_deref()) {
+                    page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
+                }
+                let outcome = Outcome {
+                    result: "TCP_DENIED",
+                    error: Some(cause),
+                    ..Outcome::LOCAL
+                };
+                return txn.respond(&proxy, in_flight, page, outcome);
+            }
+        }
+    }
+    let mut response = if is_connect {
+        connect::handle(&proxy, &conn, txn, in_flight, req).await
+    } else {
+        forward::handle(&proxy, &conn, txn, in_flight, req).await
+    };
+    if let Some(reply) = auth_reply {
+        // Negotiate mutual authentication: the client verifies the proxy with this token.
+        response.headers_mut().insert(PROXY_AUTHENTICATE, reply);
+    }
+    response
+}
+
+/// Maps an error from a round trip (pooled client or tunnel session) to what the user is told,
+/// looking through its whole source chain.
+pub fn classify_error(err: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut source = Some(err);
+    while let Some(s) = source {
+        if let Some(e) = s.downcast_ref::<ProxyError>() {
+            return e.clone();
+        }
+        if let Some(e) = s.downcast_ref::<hyper::Error>() {
+            if e.is_incomplete_message() {
+                return ProxyError::UpstreamClosed;
+            }
+            if e.is_parse() || e.is_parse_status() {
+                return ProxyError::UpstreamProtocol(e.to_string());
+            }
+            if e.is_user() {
+                return ProxyError::ClientBody(e.to_string());
+            }
+        }
+        if let Some(e) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                return ProxyError::UpstreamReset;
+            }
+        }
+        source = s.source();
+    }
+    ProxyError::Upstream(err.to_string())
 }
 
 /// What the access log needs to know about one transaction, gathered as it goes.
@@ -90,6 +161,23 @@ impl Outcome {
 }
 
 impl Txn {
+    /// A request decrypted from an intercepted tunnel, logged with its full `https://` URL and
+    /// the user who opened the tunnel.
+    pub fn intercepted(
+        client: IpAddr,
+        method: &http::Method,
+        url: String,
+        user: Option<String>,
+    ) -> Txn {
+        Txn {
+            start: Instant::now(),
+            client,
+            method: method.as_str().to_owned(),
+            url,
+            user,
+        }
+    }
+
     fn new(conn: &ConnCtx, req: &Request<Incoming>) -> Txn {
         Txn {
             start: Instant::now(),
@@ -98,6 +186,10 @@ impl Txn {
             url: req.uri().to_string(),
             user: None,
         }
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     pub fn record(

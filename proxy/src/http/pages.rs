@@ -64,15 +64,41 @@ pub fn error_page(err: &ProxyError, target: &str) -> Response<ProxyBody> {
     response
 }
 
-/// What a browser sees when it asks the proxy itself for a page (origin-form request).
-pub fn info_page(listen: &str) -> Response<ProxyBody> {
-    let body = format!(
+/// What a browser sees when it asks the proxy itself for a page (origin-form request): what
+/// this is and, with inspection on, how to install the CA on each platform.
+pub fn info_page(listen: &str, ca: Option<(&str, String)>) -> Response<ProxyBody> {
+    let mut body = format!(
         "<p>This is <b>Portcullis</b>, a forward proxy. It serves pages only to clients configured \
          to use it as their HTTP and HTTPS proxy ({}).</p>\n\
          <p>Configure your browser or operating system with this host and port as the proxy, \
          or use <code>curl -x http://HOST:PORT https://example.com/</code>.</p>",
         escape(listen)
     );
+    if let Some((subject, fingerprint)) = ca {
+        body.push_str(&format!(
+            "\n<h2>Install the proxy's certificate authority</h2>\n\
+             <p>HTTPS is inspected. Your device must trust <b>{}</b> \
+             (SHA-256 fingerprint <code>{}</code>): download it as \
+             <a href=\"/ca.pem\">PEM</a> or <a href=\"/ca.der\">DER (.cer)</a>.</p>\n<ul>\n\
+             <li><b>Windows</b>: open the .cer file → Install Certificate → Local Machine → \
+             \"Trusted Root Certification Authorities\"; or as administrator: \
+             <code>certutil -addstore -f Root portcullis-ca.cer</code>. Group Policy can deploy it \
+             to every machine (Computer Configuration → Public Key Policies → Trusted Root).</li>\n\
+             <li><b>macOS</b>: <code>sudo security add-trusted-cert -d -r trustRoot -k \
+             /Library/Keychains/System.keychain portcullis-ca.pem</code>, or open it in Keychain \
+             Access and set \"Always Trust\".</li>\n\
+             <li><b>Linux</b> (Debian/Ubuntu): <code>sudo cp portcullis-ca.pem \
+             /usr/local/share/ca-certificates/portcullis-ca.crt &amp;&amp; sudo update-ca-certificates</code>; \
+             Fedora/RHEL: copy to <code>/etc/pki/ca-trust/source/anchors/</code> and run \
+             <code>sudo update-ca-trust</code>. Chromium on Linux uses the NSS database: \
+             <code>certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n portcullis -i portcullis-ca.pem</code>.</li>\n\
+             <li><b>Firefox</b>: Settings → Privacy &amp; Security → Certificates → View Certificates → \
+             Authorities → Import, tick \"Trust this CA to identify websites\" (or set \
+             <code>security.enterprise_roots.enabled</code> to use the system store).</li>\n</ul>",
+            escape(subject),
+            escape(&fingerprint)
+        ));
+    }
     html(StatusCode::OK, "Portcullis forward proxy", &body)
 }
 
@@ -83,4 +109,19 @@ pub fn not_found(path: &str) -> Response<ProxyBody> {
         escape(path)
     );
     html(StatusCode::NOT_FOUND, "404 Not Found", &body)
+}
+
+/// The 407 page; the caller adds one `Proxy-Authenticate` header per enabled scheme.
+pub fn auth_required(cause: &'static str) -> Response<ProxyBody> {
+    let body = "<p>This proxy requires you to sign in. Your browser or operating system should \
+                ask for your credentials (or use your Kerberos ticket) automatically.</p>";
+    let mut response = html(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        "407 Proxy Authentication Required",
+        body,
+    );
+    response
+        .headers_mut()
+        .insert(&ERROR_HEADER, HeaderValue::from_static(cause));
+    response
 }

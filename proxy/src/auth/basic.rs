@@ -1,0 +1,161 @@
+//! Basic authentication against an htpasswd file: verified-credential cache, reload on change.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest as _, Sha256};
+
+use super::htpasswd::{Hash, Users};
+use super::AuthStats;
+
+/// Bound on remembered credentials; when full, expired entries go, then everything.
+const CACHE_MAX: usize = 10_000;
+
+pub(super) struct Basic {
+    path: PathBuf,
+    users: ArcSwap<Users>,
+    /// Bumped on every reload, so a cached credential never outlives a password change.
+    generation: AtomicU64,
+    /// (size, mtime) of the loaded file, to notice edits.
+    loaded_stamp: Mutex<Option<(u64, SystemTime)>>,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    cache_key: [u8; 32],
+    ttl: Duration,
+    /// Verified against when the user does not exist, so that an unknown user costs as much
+    /// time as a wrong password (no user enumeration by timing).
+    dummy: Hash,
+}
+
+struct CacheEntry {
+    user: Arc<str>,
+    expires: Instant,
+    generation: u64,
+}
+
+impl Basic {
+    pub(super) fn load(path: PathBuf, ttl: Duration) -> Result<Basic, String> {
+        let users = Users::load(&path)?;
+        let stamp = file_stamp(&path);
+        let mut cache_key = [0u8; 32];
+        getrandom::fill(&mut cache_key).map_err(|e| format!("no randomness: {e}"))?;
+        let dummy = Hash::parse("$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy")?;
+        Ok(Basic {
+            path,
+            users: ArcSwap::from_pointee(users),
+            generation: AtomicU64::new(0),
+            loaded_stamp: Mutex::new(stamp),
+            cache: Mutex::new(HashMap::new()),
+            cache_key,
+            ttl,
+            dummy,
+        })
+    }
+
+    pub(super) fn user_count(&self) -> usize {
+        self.users.load().len()
+    }
+
+    /// Verifies `user:password`. The expensive hash runs on the blocking pool, and only when the
+    /// credentials are not in the cache.
+    pub(super) async fn verify(
+        self: &Arc<Self>,
+        user: &str,
+        password: &[u8],
+        stats: &AuthStats,
+    ) -> Option<Arc<str>> {
+        let key = self.cache_key(user, password);
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some(entry) = cache.get(&key) {
+                if entry.expires > Instant::now() && entry.generation == generation {
+                    stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(Arc::clone(&entry.user));
+                }
+            }
+        }
+        let this = Arc::clone(self);
+        let user_owned = user.to_owned();
+        let password = password.to_vec();
+        let ok = tokio::task::spawn_blocking(move || {
+            let users = this.users.load();
+            match users.get(&user_owned) {
+                Some(hash) => hash.verify(&password),
+                None => {
+                    let _ = this.dummy.verify(&password);
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let n = stats.hash_verifications.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(user, ok, hash_verifications = n, "password hash verified");
+        if !ok {
+            return None;
+        }
+        let user: Arc<str> = Arc::from(user);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                let now = Instant::now();
+                cache.retain(|_, e| e.expires > now);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                key,
+                CacheEntry {
+                    user: Arc::clone(&user),
+                    expires: Instant::now() + self.ttl,
+                    generation,
+                },
+            );
+        }
+        Some(user)
+    }
+
+    /// Keyed hash of the credentials: the cache never holds a password, not even hashed
+    /// without a secret.
+    fn cache_key(&self, user: &str, password: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update(user.as_bytes());
+        h.update([0u8]);
+        h.update(password);
+        h.finalize().into()
+    }
+
+    /// Reloads the file if it changed (or unconditionally with `force`). A broken file keeps the
+    /// old users and logs why. Returns true when new users were loaded.
+    pub(super) fn reload(&self, force: bool) -> bool {
+        let stamp = file_stamp(&self.path);
+        if let Ok(mut loaded) = self.loaded_stamp.lock() {
+            if !force && stamp == *loaded {
+                return false;
+            }
+            *loaded = stamp;
+        }
+        match Users::load(&self.path) {
+            Ok(users) => {
+                let n = users.len();
+                self.users.store(Arc::new(users));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(path = %self.path.display(), users = n, "htpasswd reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "htpasswd reload failed; keeping the previous users");
+                false
+            }
+        }
+    }
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}

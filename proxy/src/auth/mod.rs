@@ -1,0 +1,365 @@
+//! Proxy authentication: Basic (htpasswd) and Negotiate (Kerberos), decided per request before
+//! anything is forwarded or tunnelled.
+//!
+//! Negotiate authenticates the connection: once a client connection has a user, its later
+//! requests (and everything inside a CONNECT tunnel) carry that user without a new handshake.
+//! Basic credentials come with every request and are checked against a verified-credential
+//! cache, so bcrypt does not run per request.
+
+mod basic;
+pub mod htpasswd;
+#[cfg(feature = "negotiate")]
+mod negotiate;
+mod spn;
+mod throttle;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
+use ipnet::IpNet;
+use portcullis_policy::host::{normalise, HostPattern};
+
+use crate::config::{AuthConfig, AuthScheme};
+
+/// Counters, exported as metrics once the metrics module lands.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub hash_verifications: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// What one client connection knows about its user.
+#[derive(Default)]
+pub struct ConnAuth {
+    user: Mutex<Option<Arc<str>>>,
+    #[cfg(feature = "negotiate")]
+    negotiate: negotiate::NegotiateSlot,
+}
+
+/// The outcome of authenticating one request.
+pub enum Outcome {
+    /// Exempt by destination or client address; no user.
+    Exempt,
+    Authenticated {
+        user: Arc<str>,
+        /// A Negotiate mutual-authentication token for the successful response.
+        reply: Option<HeaderValue>,
+    },
+    /// Answer 407. `cause` goes to `X-Portcullis-Error`; `negotiate_token` continues a
+    /// multi-leg Negotiate exchange.
+    Challenge {
+        cause: &'static str,
+        negotiate_token: Option<String>,
+    },
+}
+
+pub struct Auth {
+    schemes: Vec<AuthScheme>,
+    realm: String,
+    basic: Option<Arc<basic::Basic>>,
+    #[cfg(feature = "negotiate")]
+    negotiate: Option<negotiate::Negotiate>,
+    exempt_hosts: Vec<HostPattern>,
+    exempt_clients: Vec<IpNet>,
+    throttle: throttle::Throttle,
+    pub stats: AuthStats,
+}
+
+/// Longest `Proxy-Authorization` value looked at; Kerberos tokens with a large PAC reach ~12 KB.
+const MAX_CREDENTIALS: usize = 48 * 1024;
+
+impl Auth {
+    /// Builds the authenticator, or `None` when no scheme is enabled. Errors name the key.
+    pub fn new(config: &AuthConfig) -> Result<Option<Auth>, (&'static str, String)> {
+        if config.schemes.is_empty() {
+            return Ok(None);
+        }
+        let basic = if config.schemes.contains(&AuthScheme::Basic) {
+            let path = config.htpasswd.clone().ok_or((
+                "auth.htpasswd",
+                "Basic authentication needs an htpasswd file".to_owned(),
+            ))?;
+            let basic = basic::Basic::load(path, config.credentials_ttl)
+                .map_err(|e| ("auth.htpasswd", e))?;
+            if basic.user_count() == 0 {
+                tracing::warn!("the htpasswd file has no users; every Basic login will fail");
+            }
+            Some(Arc::new(basic))
+        } else {
+            None
+        };
+        #[cfg(feature = "negotiate")]
+        let negotiate = if config.schemes.contains(&AuthScheme::Negotiate) {
+            Some(negotiate::Negotiate::new(&config.negotiate).map_err(|e| ("auth.negotiate", e))?)
+        } else {
+            None
+        };
+        #[cfg(not(feature = "negotiate"))]
+        if config.schemes.contains(&AuthScheme::Negotiate) {
+            return Err((
+                "auth.schemes",
+                "this portcullis was built without Negotiate (Kerberos) support; rebuild with \
+                 the default `negotiate` feature (needs libkrb5-dev, libclang-dev, pkg-config)"
+                    .to_owned(),
+            ));
+        }
+        let exempt_hosts = config
+            .exempt_hosts
+            .iter()
+            .map(|p| HostPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ("auth.exempt_hosts", e.to_string()))?;
+        // Negotiate first: clients pick the first scheme they support, and Kerberos is the
+        // stronger one.
+        let mut schemes = config.schemes.clone();
+        schemes.sort_by_key(|s| match s {
+            AuthScheme::Negotiate => 0,
+            AuthScheme::Basic => 1,
+        });
+        schemes.dedup();
+        Ok(Some(Auth {
+            schemes,
+            realm: config.realm.clone(),
+            basic,
+            #[cfg(feature = "negotiate")]
+            negotiate,
+            exempt_hosts,
+            exempt_clients: config.exempt_clients.clone(),
+            throttle: throttle::Throttle::new(
+                config.throttle.failures,
+                config.throttle.window,
+                config.throttle.max_delay,
+            ),
+            stats: AuthStats::default(),
+        }))
+    }
+
+    /// Re-reads the htpasswd file if it changed (`force`: even if it did not).
+    pub fn reload(&self, force: bool) {
+        if let Some(basic) = &self.basic {
+            basic.reload(force);
+        }
+    }
+
+    pub fn is_exempt(&self, client: IpAddr, host: &str) -> bool {
+        if self.exempt_clients.iter().any(|net| net.contains(&client)) {
+            return true;
+        }
+        let host = normalise(host);
+        self.exempt_hosts.iter().any(|p| p.matches(&host))
+    }
+
+    /// The `Proxy-Authenticate` values of a 407, one per enabled scheme, Negotiate first.
+    pub fn challenges(&self, negotiate_token: Option<&str>) -> Vec<HeaderValue> {
+        self.schemes
+            .iter()
+            .filter_map(|scheme| match scheme {
+                AuthScheme::Negotiate => HeaderValue::from_str(&match negotiate_token {
+                    Some(token) => format!("Negotiate {token}"),
+                    None => "Negotiate".to_owned(),
+                })
+                .ok(),
+                AuthScheme::Basic => {
+                    let realm = self.realm.replace(['"', '\\'], "");
+                    HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+                        .ok()
+                }
+            })
+            .collect()
+    }
+
+    /// Authenticates one request from `client` for `host`.
+    pub async fn authenticate(
+        &self,
+        conn: &ConnAuth,
+        client: IpAddr,
+        host: &str,
+        headers: &HeaderMap,
+    ) -> Outcome {
+        if self.is_exempt(client, host) {
+            return Outcome::Exempt;
+        }
+        let presented = headers.get(PROXY_AUTHORIZATION);
+        if presented.is_none() {
+            if let Some(user) = conn.user.lock().ok().and_then(|u| u.clone()) {
+                return Outcome::Authenticated { user, reply: None };
+            }
+            return Outcome::Challenge {
+                cause: "auth-required",
+                negotiate_token: None,
+            };
+        }
+        let outcome = self
+            .check_credentials(
+                conn,
+                presented.map(HeaderValue::as_bytes).unwrap_or_default(),
+            )
+            .await;
+        match &outcome {
+            Outcome::Authenticated { user, .. } => {
+                self.stats.successes.fetch_add(1, Ordering::Relaxed);
+                self.throttle.success(client);
+                tracing::debug!(%client, %user, "authenticated");
+            }
+            Outcome::Challenge {
+                cause,
+                negotiate_token: None,
+            } => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let delay = self.throttle.failure(client);
+                tracing::info!(%client, cause, "proxy authentication failed");
+                if !delay.is_zero() {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%client, delay_ms = delay.as_millis() as u64, "repeated authentication failures; slowing this client down");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn check_credentials(&self, conn: &ConnAuth, value: &[u8]) -> Outcome {
+        let failed = |cause| Outcome::Challenge {
+            cause,
+            negotiate_token: None,
+        };
+        if value.len() > MAX_CREDENTIALS {
+            return failed("auth-malformed");
+        }
+        let Ok(value) = std::str::from_utf8(value) else {
+            return failed("auth-malformed");
+        };
+        let (scheme, param) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+        let param = param.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some(basic) = &self.basic else {
+                return failed("auth-scheme-not-enabled");
+            };
+            let Some((user, password)) = decode_basic(param) else {
+                return failed("auth-malformed");
+            };
+            return match basic.verify(&user, &password, &self.stats).await {
+                Some(user) => Outcome::Authenticated { user, reply: None },
+                None => failed("auth-failed"),
+            };
+        }
+        if scheme.eq_ignore_ascii_case("negotiate") {
+            return self.negotiate(conn, param).await;
+        }
+        failed("auth-scheme-not-enabled")
+    }
+
+    #[cfg(feature = "negotiate")]
+    async fn negotiate(&self, conn: &ConnAuth, param: &str) -> Outcome {
+        let failed = |cause| Outcome::Challenge {
+            cause,
+            negotiate_token: None,
+        };
+        let Some(negotiate) = &self.negotiate else {
+            return failed("auth-scheme-not-enabled");
+        };
+        let token = match base64::engine::general_purpose::STANDARD.decode(param) {
+            Ok(t) if !t.is_empty() => t,
+            _ => return failed("auth-malformed"),
+        };
+        if token.starts_with(b"NTLMSSP\0") {
+            tracing::info!(
+                "client offered NTLM inside Negotiate; only Kerberos is supported. Clients use \
+                 Kerberos when they address the proxy by the host name of its HTTP/<fqdn> service principal"
+            );
+            return failed("auth-ntlm-unsupported");
+        }
+        let asked_for = spn::requested_spn(&token);
+        match negotiate.step(&conn.negotiate, token).await {
+            negotiate::Step::Complete { user, reply } => {
+                let user: Arc<str> = Arc::from(user);
+                if let Ok(mut slot) = conn.user.lock() {
+                    *slot = Some(Arc::clone(&user));
+                }
+                let reply = reply.and_then(|r| {
+                    HeaderValue::from_str(&format!(
+                        "Negotiate {}",
+                        base64::engine::general_purpose::STANDARD.encode(r)
+                    ))
+                    .ok()
+                });
+                Outcome::Authenticated { user, reply }
+            }
+            negotiate::Step::Continue(token) => Outcome::Challenge {
+                cause: "auth-continue",
+                negotiate_token: Some(base64::engine::general_purpose::STANDARD.encode(token)),
+            },
+            negotiate::Step::Failed(reason) => {
+                let spn = asked_for
+                    .as_deref()
+                    .unwrap_or("(not readable from the token)");
+                tracing::info!(client_asked_for = spn, %reason, "Negotiate handshake failed");
+                failed("auth-failed")
+            }
+        }
+    }
+
+    #[cfg(not(feature = "negotiate"))]
+    async fn negotiate(&self, _conn: &ConnAuth, _param: &str) -> Outcome {
+        Outcome::Challenge {
+            cause: "auth-scheme-not-enabled",
+            negotiate_token: None,
+        }
+    }
+}
+
+/// Decodes `base64(user:password)`. The password may contain colons; control bytes (NUL, CR,
+/// LF, …) anywhere are refused so that no component sees a truncated or split name.
+fn decode_basic(param: &str) -> Option<(String, Vec<u8>)> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(param)
+        .ok()?;
+    if raw.iter().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let user = std::str::from_utf8(&raw[..colon]).ok()?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_owned(), raw[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_decoding() {
+        let enc = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(
+            decode_basic(&enc(b"alice:pw")),
+            Some(("alice".into(), b"pw".to_vec()))
+        );
+        assert_eq!(
+            decode_basic(&enc(b"alice:p:w:")),
+            Some(("alice".into(), b"p:w:".to_vec()))
+        );
+        assert_eq!(
+            decode_basic(&enc(b"alice:")),
+            Some(("alice".into(), Vec::new()))
+        );
+        for bad in [
+            &b"nocolon"[..],
+            b":pw",
+            b"ali\0ce:pw",
+            b"alice:p\nw",
+            b"\xff:pw",
+        ] {
+            assert_eq!(decode_basic(&enc(bad)), None, "{bad:?}");
+        }
+        assert_eq!(decode_basic("!!!not base64"), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! The TLS client side of interception: which roots are trusted, ALPN mirroring, and turning a
+//! failed origin handshake into an error the user can read.
+
+use std::sync::Arc;
+
+use portcullis_certs::crypto_provider;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use crate::config::TlsConfig;
+use crate::error::ProxyError;
+
+pub const H2: &[u8] = b"h2";
+pub const HTTP11: &[u8] = b"http/1.1";
+
+/// Client configs for each ALPN offer we mirror, verifying and (for `insecure_upstream` hosts)
+/// not verifying.
+pub struct UpstreamTls {
+    verified: [Arc<ClientConfig>; 3],
+    insecure: [Arc<ClientConfig>; 3],
+    pub roots: usize,
+}
+
+/// The ALPN offers we can mirror: both, HTTP/1.1 only, none.
+fn alpn_sets() -> [Vec<Vec<u8>>; 3] {
+    [
+        vec![H2.to_vec(), HTTP11.to_vec()],
+        vec![HTTP11.to_vec()],
+        vec![],
+    ]
+}
+
+impl UpstreamTls {
+    pub fn new(config: &TlsConfig) -> Result<UpstreamTls, String> {
+        let mut roots = RootCertStore::empty();
+        // The OS store, honouring SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL-based tools do.
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            tracing::warn!("no CA certificates in the system store; using the Mozilla roots");
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        if let Some(path) = &config.upstream_ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut added = 0;
+            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                let cert: CertificateDer<'static> =
+                    cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(format!("{}: no certificates", path.display()));
+            }
+        }
+        let count = roots.len();
+        let roots = Arc::new(roots);
+        let build = |verifier: Option<Arc<dyn ServerCertVerifier>>,
+                     alpn: Vec<Vec<u8>>|
+         -> Result<Arc<ClientConfig>, String> {
+            let builder = ClientConfig::builder_with_provider(crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?;
+            let mut config = match verifier {
+                None => builder
+                    .with_root_certificates(Arc::clone(&roots))
+                    .with_no_client_auth(),
+                Some(v) => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(v)
+                    .with_no_client_auth(),
+            };
+            config.alpn_protocols = alpn;
+            Ok(Arc::new(config))
+        };
+        let [a, b, c] = alpn_sets();
+        let [d, e, f] = alpn_sets();
+        let none: Arc<dyn ServerCertVerifier> = Arc::new(NoVerification);
+        Ok(UpstreamTls {
+            verified: [build(None, a)?, build(None, b)?, build(None, c)?],
+            insecure: [
+                build(Some(Arc::clone(&none)), d)?,
+                build(Some(Arc::clone(&none)), e)?,
+                build(Some(none), f)?,
+            ],
+            roots: count,
+        })
+    }
+
+    /// The config that offers the origin what the client offered (as far as we can serve it).
+    pub fn config(&self, client_alpn: &[Vec<u8>], insecure: bool) -> Arc<ClientConfig> {
+        let index = if client_alpn.iter().any(|p| p == H2) {
+            0
+        } else if client_alpn.iter().any(|p| p == HTTP11) {
+            1
+        } else {
+            2
+        };
+        let set = if insecure {
+            &self.insecure
+        } else {
+            &self.verified
+        };
+        Arc::clone(&set[index])
+    }
+}
+
+/// Names what is wrong with an origin's certificate, for the page the user sees.
+pub fn classify_handshake_error(err: &std::io::Error, host: &str) -> ProxyError {
+    let rustls_error = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(cert)) => {
+            let (cause, reason): (&'static str, String) = match cert {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    ("upstream-certificate-expired", "its certificate has expired".into())
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    ("upstream-certificate-not-yet-valid", "its certificate is not valid yet".into())
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => (
+                    "upstream-certificate-wrong-host",
+                    format!("its certificate is not valid for {host}"),
+                ),
+                CertificateError::UnknownIssuer => (
+                    "upstream-certificate-untrusted",
+                    "its certificate is not signed by a trusted CA (self-signed, a private CA, or an incomplete chain)".into(),
+                ),
+                CertificateError::Revoked => ("upstream-certificate-revoked", "its certificate is revoked".into()),
+                other => ("upstream-certificate-invalid", format!("its certificate is invalid: {other:?}")),
+            };
+            ProxyError::UpstreamCertificate {
+                cause,
+                host: host.to_owned(),
+                reason,
+            }
+        }
+        Some(other) => ProxyError::UpstreamTls(format!("{host}: {other}")),
+        None => ProxyError::UpstreamTls(format!("{host}: {err}")),
+    }
+}
+
+pub fn server_name(sni: Option<&str>, host: &str) -> Result<ServerName<'static>, ProxyError> {
+    let name = sni.unwrap_or(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| ProxyError::BadRequest(format!("{name:?} is not a valid TLS server name")))
+}
+
+/// For `insecure_upstream` hosts only: accepts any certificate (labs with self-signed origins).
+#[derive(Debug)]
+struct NoVerification;
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

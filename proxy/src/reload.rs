@@ -1,0 +1,395 @@
+//! Hot reload: SIGHUP or `POST /reload` re-reads the config file, the htpasswd file and the
+//! hosts file (and the CA when `[tls]` or `server.data_dir` changed), validates all of it, and
+//! swaps in a new [`Proxy`] snapshot at once.
+//!
+//! - Atomic: a snapshot is built completely off to the side and published with one
+//!   [`ArcSwap::store`]; a request sees either the old snapshot or the new one, never a mix.
+//! - Safe to get wrong: anything invalid (a typo, a broken htpasswd line, an unreadable hosts
+//!   file) rejects the whole reload; the error is logged and the old snapshot stays.
+//! - Gentle: each request takes the current snapshot when it starts and keeps it to the end, as
+//!   does a tunnel, so in-flight work is never cut or changed half-way; a keep-alive connection
+//!   picks up the new rules at its next request (Outlook holds connections for hours, and a
+//!   revoked user or a new deny rule must not wait for it to reconnect).
+//! - Shared across snapshots: the access-log writer, the metrics registry, the task tracker,
+//!   and — when the upstream settings did not change — the pooled origin connections and the
+//!   interceptor's certificate cache, so a reload costs no reconnects and no re-minting.
+//! - Bound once: listener addresses, `server.max_connections`, `[admin]`, `[access_log]` and
+//!   `[log]` are fixed at start. A change there is reported as needing a restart and the running
+//!   value is kept (and shown by `/config`, which always shows what is in effect).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::auth::Auth;
+use crate::config::{Config, ConfigError};
+use crate::intercept::Interceptor;
+use crate::metrics::{CertCacheStats, Metrics};
+use crate::server::Proxy;
+use crate::upstream::{http_client, Dialer, Resolver};
+
+/// Where the configuration comes from, so a reload reads the same file with the same
+/// command-line overrides as the start did.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The config file; `None` means the embedded default.
+    pub path: Option<PathBuf>,
+    /// `--listen` addresses, replacing `server.listen` when not empty.
+    pub listen: Vec<SocketAddr>,
+    /// `--data-dir`, replacing `server.data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the config, then applies the command-line overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.path {
+            Some(path) => Config::load(path)?,
+            None => Config::embedded_default()?,
+        };
+        if !self.listen.is_empty() {
+            config.server.listen = self.listen.clone();
+        }
+        if let Some(dir) = &self.data_dir {
+            config.server.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Why a configuration could not be loaded (at start or on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid config: key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("the reload task failed: {0}")]
+    Task(String),
+}
+
+/// Everything a snapshot needs that is read from files: built off the async workers, and only
+/// turned into a [`Proxy`] when all of it succeeded.
+pub struct Loaded {
+    config: Config,
+    resolver: Resolver,
+    auth: Option<Auth>,
+    /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
+    interceptor: Option<Option<Interceptor>>,
+}
+
+/// Reads and validates every file the configuration names. Blocking (file reads, key parsing,
+/// keytab access): call it on the blocking pool. Anything else a snapshot is built from (policy
+/// files, include lists) belongs here too, so that start and reload validate it the same way.
+pub fn load(config: Config, previous: Option<&Config>) -> Result<Loaded, LoadError> {
+    let invalid = |(key, reason): (&'static str, String)| LoadError::Invalid { key, reason };
+    let resolver = Resolver::new(&config).map_err(|e| LoadError::Invalid {
+        key: "upstream.hosts_file",
+        reason: e.to_string(),
+    })?;
+    let auth = Auth::new(&config.auth).map_err(invalid)?;
+    // The CA and the certificate cache are kept unless something they are built from changed;
+    // rebuilding would throw away every minted leaf.
+    let tls_unchanged = previous.is_some_and(|prev| {
+        same(&prev.tls, &config.tls) && prev.server.data_dir == config.server.data_dir
+    });
+    let interceptor = if tls_unchanged {
+        None
+    } else {
+        Some(Interceptor::new(&config).map_err(invalid)?)
+    };
+    Ok(Loaded {
+        config,
+        resolver,
+        auth,
+        interceptor,
+    })
+}
+
+/// What every snapshot shares with the one before it.
+pub struct Shared {
+    pub access_log: AccessLog,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// The proxy listeners' bound addresses.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Addresses the dialer refuses to connect to: the proxy listeners and the admin listener,
+    /// so that a client cannot reach the admin endpoints through the proxy.
+    pub own_addrs: Vec<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Turns loaded parts into a snapshot, reusing from `previous` (and its resolver) whatever did
+/// not change. Adding a field to [`Proxy`] means deciding here whether a reload rebuilds it.
+pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Resolver)>) -> Proxy {
+    let Loaded {
+        config,
+        resolver,
+        auth,
+        interceptor,
+    } = loaded;
+    let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
+        *prev_resolver == resolver
+            && same(&prev.config.upstream, &config.upstream)
+            && prev.config.timeouts.upstream_connect == config.timeouts.upstream_connect
+    };
+    let (dialer, client) = match previous {
+        Some((prev, prev_resolver)) if upstream_unchanged(prev, prev_resolver) => {
+            (Arc::clone(&prev.dialer), prev.client.clone())
+        }
+        _ => {
+            let dialer = Arc::new(
+                Dialer::new(
+                    resolver,
+                    config.timeouts.upstream_connect,
+                    shared.own_addrs.clone(),
+                )
+                .with_metrics(Arc::clone(&shared.metrics)),
+            );
+            let client = http_client(&config, Arc::clone(&dialer));
+            (dialer, client)
+        }
+    };
+    let interceptor = match (interceptor, previous) {
+        (Some(fresh), _) => fresh.map(Arc::new),
+        (None, Some((prev, _))) => prev.interceptor.clone(),
+        (None, None) => None,
+    };
+    let auth = auth.map(Arc::new);
+    shared.metrics.watch_auth(auth.as_ref());
+    shared.metrics.watch_cert_cache(
+        interceptor
+            .as_ref()
+            .map(|i| Arc::clone(i) as Arc<dyn CertCacheStats>),
+    );
+    Proxy {
+        config: Arc::new(config),
+        dialer,
+        client,
+        access_log: shared.access_log.clone(),
+        auth,
+        interceptor,
+        shutdown: shared.shutdown.clone(),
+        tasks: shared.tasks.clone(),
+        listen_addrs: shared.listen_addrs.clone(),
+        metrics: Arc::clone(&shared.metrics),
+    }
+}
+
+/// Keys fixed at start. A reloaded config gets the running values back, and the keys that
+/// differed are returned, to be reported as needing a restart.
+fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($key:literal, $($field:ident).+) => {
+            if !same(&new.$($field).+, &running.$($field).+) {
+                changed.push($key);
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("server.listen", server.listen);
+    keep!("server.max_connections", server.max_connections);
+    keep!("admin", admin);
+    keep!("access_log", access_log);
+    keep!("log", log);
+    // MIT krb5 reads the keytab path from the environment, set once before threads start.
+    keep!("auth.negotiate.keytab", auth.negotiate.keytab);
+    changed
+}
+
+/// Compares config sections by their serialised form (they are plain data without `PartialEq`).
+fn same<T: Serialize>(a: &T, b: &T) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The outcome of a successful reload.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Changed keys that only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "reloaded")?;
+        for key in &self.needs_restart {
+            writeln!(
+                f,
+                "{key} changed: restart to apply it (the running value stays)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Owns the current snapshot and replaces it on reload.
+pub struct Reloader {
+    source: ConfigSource,
+    current: ArcSwap<Proxy>,
+    shared: Shared,
+    /// The current snapshot's resolver, to tell whether the dialer can be kept. The lock also
+    /// makes reloads one at a time.
+    resolver: tokio::sync::Mutex<Resolver>,
+}
+
+impl Reloader {
+    /// Builds the first snapshot from `loaded`.
+    pub fn start(source: ConfigSource, loaded: Loaded, shared: Shared) -> Reloader {
+        let resolver = loaded.resolver.clone();
+        let proxy = assemble(loaded, &shared, None);
+        Reloader {
+            source,
+            current: ArcSwap::from_pointee(proxy),
+            shared,
+            resolver: tokio::sync::Mutex::new(resolver),
+        }
+    }
+
+    /// The snapshot new connections and requests use.
+    pub fn current(&self) -> Arc<Proxy> {
+        self.current.load_full()
+    }
+
+    /// Re-reads and validates everything and swaps the snapshot; on error the old one stays.
+    /// Logs the outcome (so SIGHUP and `/reload` report the same way) and counts it.
+    pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
+        let mut resolver = self.resolver.lock().await;
+        let running = self.current();
+        let source = self.source.clone();
+        let running_config = Arc::clone(&running.config);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut config = source.load()?;
+            let needs_restart = keep_restart_only(&mut config, &running_config);
+            load(config, Some(&running_config)).map(|loaded| (loaded, needs_restart))
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));
+        let (loaded, needs_restart) = match loaded {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.shared.metrics.config_reloaded(false);
+                tracing::error!(error = %e, "configuration reload rejected; the previous configuration stays in use");
+                return Err(e);
+            }
+        };
+        let next_resolver = loaded.resolver.clone();
+        let next = assemble(loaded, &self.shared, Some((&running, &resolver)));
+        let new_pool = !Arc::ptr_eq(&next.dialer, &running.dialer);
+        self.current.store(Arc::new(next));
+        *resolver = next_resolver;
+        self.shared.metrics.config_reloaded(true);
+        tracing::info!(
+            new_upstream_pool = new_pool,
+            "configuration reloaded; new requests use it, requests in flight finish with the old one"
+        );
+        for key in &needs_restart {
+            tracing::warn!(key, "{key} changed in the config file; it needs a restart to take effect, the running value stays");
+        }
+        Ok(ReloadReport { needs_restart })
+    }
+}
+
+/// How often the htpasswd file is checked for changes between reloads.
+const HTPASSWD_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads everything on SIGHUP, and re-reads a changed htpasswd file every two seconds, so
+/// adding a user needs no signal at all.
+///
+/// `hup` is created by the caller before anything slow happens at start, because SIGHUP's
+/// default action would terminate the process.
+pub fn spawn_triggers(
+    reloader: Arc<Reloader>,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HTPASSWD_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(auth) = reloader.current().auth.clone() {
+                        // File reads and parsing stay off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || auth.reload(false)).await;
+                    }
+                }
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("SIGHUP received; reloading the configuration");
+                    let _ = reloader.reload().await;
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_keep_the_running_value() {
+        let running = Config::parse("[server]\nlisten = [\"127.0.0.1:3128\"]\n", "a").unwrap();
+        let mut new = Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:3129\"]\nconnect_ports = [443, 8443]\n[log]\nlevel = \"debug\"\n",
+            "b",
+        )
+        .unwrap();
+        let changed = keep_restart_only(&mut new, &running);
+        assert_eq!(changed, vec!["server.listen", "log"]);
+        assert_eq!(new.server.listen, running.server.listen);
+        assert_eq!(new.log.level, "info");
+        // Everything else is the new file's.
+        assert_eq!(new.server.connect_ports, vec![443, 8443]);
+        let mut same_again = running.clone();
+        assert!(keep_restart_only(&mut same_again, &running).is_empty());
+    }
+
+    #[test]
+    fn overrides_apply_to_every_load() {
+        let source = ConfigSource {
+            path: None,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            data_dir: Some("/tmp/x".into()),
+        };
+        let config = source.load().unwrap();
+        assert_eq!(config.server.listen, source.listen);
+        assert_eq!(config.server.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn a_broken_file_named_by_the_config_is_a_keyed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("users");
+        std::fs::write(&htpasswd, "alice:plaintext\n").unwrap();
+        let config = Config::parse(
+            &format!(
+                "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[tls]\ninspect = false\n",
+                htpasswd.display()
+            ),
+            "t",
+        )
+        .unwrap();
+        let err = load(config, None).err().unwrap().to_string();
+        assert!(err.contains("key `auth.htpasswd`"), "{err}");
+    }
+}

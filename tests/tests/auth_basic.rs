@@ -1,0 +1,383 @@
+//! Basic proxy authentication against htpasswd files written by Apache's real `htpasswd`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
+
+fn htpasswd(file: &Path, flag: &str, user: &str, password: &str) {
+    let create = if file.exists() { "-b" } else { "-cb" };
+    let out = Command::new("htpasswd")
+        .args([create, flag])
+        .arg(file)
+        .args([user, password])
+        .output()
+        .expect("htpasswd (Debian package apache2-utils) is needed");
+    assert!(
+        out.status.success(),
+        "htpasswd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An htpasswd file with one user per supported hash format: u_<format> / pw-<format>.
+fn users_file(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("users.htpasswd");
+    htpasswd(&file, "-B", "u_bcrypt", "pw-bcrypt");
+    htpasswd(&file, "-m", "u_apr1", "pw-apr1");
+    htpasswd(&file, "-2", "u_sha256", "pw-sha256");
+    htpasswd(&file, "-5", "u_sha512", "pw-sha512");
+    htpasswd(&file, "-s", "u_sha1", "pw-sha1");
+    htpasswd(&file, "-B", "colon", "pa:ss:word");
+    let md5 = Command::new("openssl")
+        .args(["passwd", "-1", "pw-md5crypt"])
+        .output()
+        .unwrap();
+    let line = format!("u_md5crypt:{}", String::from_utf8_lossy(&md5.stdout).trim());
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&line);
+    text.push('\n');
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn basic_config(file: &Path, extra: &str) -> String {
+    format!(
+        "[auth]\nschemes = [\"basic\"]\nrealm = \"Lab Proxy\"\nhtpasswd = \"{}\"\n{extra}",
+        file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hash_format_right_wrong_and_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    let url = origin.url("/");
+    for format in ["bcrypt", "apr1", "sha256", "sha512", "sha1", "md5crypt"] {
+        let good = curl(&[
+            "-x",
+            &proxy.url(),
+            "-U",
+            &format!("u_{format}:pw-{format}"),
+            &url,
+        ])
+        .await;
+        assert_eq!(good.status, 200, "{format}: {good:?}");
+        let bad = curl(&["-x", &proxy.url(), "-U", &format!("u_{format}:wrong"), &url]).await;
+        assert_eq!(bad.status, 407, "{format} accepted a wrong password");
+    }
+    let colon = curl(&["-x", &proxy.url(), "-U", "colon:pa:ss:word", &url]).await;
+    assert_eq!(colon.status, 200, "a colon in the password");
+    let unknown = curl(&["-x", &proxy.url(), "-U", "nobody:pw", &url]).await;
+    assert_eq!(unknown.status, 407);
+
+    let missing = curl(&["-x", &proxy.url(), &url]).await;
+    assert_eq!(missing.status, 407);
+    assert_eq!(
+        missing.header("proxy-authenticate").as_deref(),
+        Some("Basic realm=\"Lab Proxy\", charset=\"UTF-8\"")
+    );
+    assert_eq!(
+        missing.header("x-portcullis-error").as_deref(),
+        Some("auth-required")
+    );
+
+    // Seven users authenticated; the origin never saw credentials.
+    assert_eq!(origin.seen().len(), 7);
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| s.headers.get("proxy-authorization").is_none()));
+    let log = proxy.access_log(19);
+    assert!(
+        log.iter().any(|l| l.contains(" u_bcrypt HIER_DIRECT")),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|l| l.contains("TCP_DENIED/407")), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_authenticated_before_the_tunnel_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::https().await;
+    let proxy = TestProxy::start(&basic_config(
+        &file,
+        &format!(
+            "[server]\nconnect_ports = [{}]\n[tls]\ninspect = false\n",
+            origin.addr.port()
+        ),
+    ));
+    let ca = origin.ca_file.as_ref().unwrap().display().to_string();
+    let url = format!("https://localhost:{}/", origin.addr.port());
+    let denied = curl(&["-x", &proxy.url(), "-p", "--cacert", &ca, &url]).await;
+    assert_ne!(denied.exit, 0);
+    assert!(
+        denied.headers.starts_with("HTTP/1.1 407"),
+        "{}",
+        denied.headers
+    );
+    assert_eq!(
+        origin.connections(),
+        0,
+        "the tunnel was dialled before authentication"
+    );
+    let ok = curl(&[
+        "-x",
+        &proxy.url(),
+        "-U",
+        "u_apr1:pw-apr1",
+        "-p",
+        "--cacert",
+        &ca,
+        &url,
+    ])
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let log = proxy.access_log(2);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_TUNNEL/200") && l.contains(" u_apr1 ")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_credentials_are_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    for _ in 0..3 {
+        let r = curl(&[
+            "-x",
+            &proxy.url(),
+            "-U",
+            "u_bcrypt:pw-bcrypt",
+            &origin.url("/"),
+        ])
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // The counter the proxy logs with each slow-path verification: bcrypt ran once.
+    let verifications = proxy.stderr().matches("password hash verified").count();
+    assert_eq!(verifications, 1, "{}", proxy.stderr());
+    // A wrong password is never served from the cache.
+    let bad = curl(&["-x", &proxy.url(), "-U", "u_bcrypt:nope", &origin.url("/")]).await;
+    assert_eq!(bad.status, 407);
+    assert_eq!(proxy.stderr().matches("password hash verified").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_changes_are_picked_up_and_broken_files_keep_the_old_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    htpasswd(&file, "-B", "alice", "old-pw");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    let url = origin.url("/");
+    assert_eq!(
+        curl(&["-x", &proxy.url(), "-U", "alice:old-pw", &url])
+            .await
+            .status,
+        200
+    );
+
+    htpasswd(&file, "-B", "alice", "new-pw");
+    htpasswd(&file, "-m", "bob", "bob-pw");
+    let mut switched = false;
+    for _ in 0..50 {
+        if curl(&["-x", &proxy.url(), "-U", "alice:new-pw", &url])
+            .await
+            .status
+            == 200
+        {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(switched, "new password not accepted after the file changed");
+    assert_eq!(
+        curl(&["-x", &proxy.url(), "-U", "alice:old-pw", &url])
+            .await
+            .status,
+        407,
+        "cached old password survived a reload"
+    );
+    assert_eq!(
+        curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &url])
+            .await
+            .status,
+        200
+    );
+
+    std::fs::write(&file, "alice:plaintext-is-not-allowed\n").unwrap();
+    let mut logged = false;
+    for _ in 0..50 {
+        if proxy.stderr().contains("htpasswd reload failed") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged, "a broken file was not reported: {}", proxy.stderr());
+    assert!(proxy.stderr().contains("line 1"), "{}", proxy.stderr());
+    assert_eq!(
+        curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &url])
+            .await
+            .status,
+        200,
+        "old users lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exemptions_by_destination_and_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(
+        &file,
+        "exempt_hosts = [\"*.exempt.test\"]\nexempt_clients = [\"127.0.0.77/32\"]\n\
+         [resolve]\n\"www.exempt.test\" = [\"127.0.0.1\"]\n\"www.other.test\" = [\"127.0.0.1\"]\n",
+    ));
+    let port = origin.addr.port();
+    let exempt = curl(&[
+        "-x",
+        &proxy.url(),
+        &format!("http://www.exempt.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(exempt.status, 200, "{exempt:?}");
+    let other = curl(&[
+        "-x",
+        &proxy.url(),
+        &format!("http://www.other.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(other.status, 407);
+    let from_exempt_client = curl(&[
+        "--interface",
+        "127.0.0.77",
+        "-x",
+        &proxy.url(),
+        &format!("http://www.other.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(from_exempt_client.status, 200, "{from_exempt_client:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_credentials_get_407_and_the_proxy_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, "[auth.throttle]\nfailures = 100\n"));
+    let target = origin.url("/");
+    let huge = "A".repeat(10 * 1024);
+    let nul = "dV9hcHIxAHg6cHctYXByMQ=="; // base64("u_apr1\0x:pw-apr1")
+    let values = [
+        "Basic !!!not-base64!!!".to_owned(),
+        "Basic".to_owned(),
+        "Basic ".to_owned(),
+        format!("Basic {huge}"),
+        format!("Negotiate {huge}"),
+        "Digest username=\"u\"".to_owned(),
+        "Bearer abc".to_owned(),
+        format!("Basic {nul}"),
+        "Basic OnB3".to_owned(), // ":pw", empty user
+    ];
+    for value in values {
+        let answer = raw(
+            proxy.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {value}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        let status = answer.lines().next().unwrap_or("");
+        assert!(
+            status.starts_with("HTTP/1.1 407") || status.starts_with("HTTP/1.1 400"),
+            "{}…: {status}",
+            &value[..value.len().min(20)]
+        );
+    }
+    assert!(origin.seen().is_empty());
+    assert_eq!(
+        curl(&["-x", &proxy.url(), "-U", "u_apr1:pw-apr1", &target])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_slow_down_only_that_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(
+        &file,
+        "[auth.throttle]\nfailures = 2\nwindow = \"1m\"\nmax_delay = \"1s\"\n",
+    ));
+    let url = origin.url("/");
+    for _ in 0..4 {
+        let r = curl(&[
+            "--interface",
+            "127.0.0.2",
+            "-x",
+            &proxy.url(),
+            "-U",
+            "u_apr1:bad",
+            &url,
+        ])
+        .await;
+        assert_eq!(r.status, 407);
+    }
+    let throttled = proxy.stderr();
+    assert_eq!(
+        throttled.matches("slowing this client down").count(),
+        2,
+        "{throttled}"
+    );
+    assert!(throttled.contains("client=127.0.0.2"));
+    // Another address is not slowed, and its own failures start from zero.
+    let r = curl(&[
+        "--interface",
+        "127.0.0.3",
+        "-x",
+        &proxy.url(),
+        "-U",
+        "u_apr1:bad",
+        &url,
+    ])
+    .await;
+    assert_eq!(r.status, 407);
+    assert_eq!(
+        proxy.stderr().matches("slowing this client down").count(),
+        2
+    );
+    assert!(!proxy.stderr().contains("client=127.0.0.3 delay_ms"));
+}
+
+#[test]
+fn broken_htpasswd_at_start_names_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    std::fs::write(
+        &file,
+        "# ok\nalice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:cleartext\n",
+    )
+    .unwrap();
+    let err = TestProxy::try_start(&basic_config(&file, ""))
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("auth.htpasswd") && err.contains("line 3"),
+        "{err}"
+    );
+}

@@ -1,0 +1,610 @@
+//! The admin listener and Prometheus metrics, driven with real clients (curl, raw TCP) and a
+//! real Prometheus server scraping the admin port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::{curl, scrape, scrape_until, Scrape, TestOrigin, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Interception is tested elsewhere; here it would only add a CA to every proxy.
+const NO_INSPECT: &str = "[tls]\ninspect = false\n";
+
+fn get_plain() -> [&'static str; 3] {
+    [
+        r#"method="GET""#,
+        r#"decision="plain""#,
+        r#"status_class="2xx""#,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_counters_move_by_the_right_amounts() {
+    let origin = TestOrigin::http().await;
+    let config = format!(
+        "{NO_INSPECT}[upstream]\nsystem_resolver = false\n[server]\nconnect_ports = [443]\n"
+    );
+    let proxy = TestProxy::start(&config);
+    let admin = proxy.admin_url();
+    let before = scrape(&admin).await;
+
+    for _ in 0..3 {
+        let r = curl(&["-x", &proxy.url(), &origin.url("/bytes/1000")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body.len(), 1000);
+    }
+    let after = scrape_until(&admin, |s| {
+        delta(s, &before, "portcullis_requests_total", &get_plain()) >= 3.0
+    })
+    .await;
+    let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
+    assert_eq!(d("portcullis_requests_total", &get_plain()), 3.0);
+    assert_eq!(
+        d("portcullis_requests_total", &[]),
+        3.0,
+        "nothing else was counted"
+    );
+    assert_eq!(
+        d("portcullis_client_bytes_total", &[r#"direction="sent""#]),
+        3000.0
+    );
+    assert_eq!(
+        d(
+            "portcullis_client_bytes_total",
+            &[r#"direction="received""#]
+        ),
+        0.0
+    );
+    assert_eq!(
+        d(
+            "portcullis_upstream_bytes_total",
+            &[r#"direction="received""#]
+        ),
+        3000.0
+    );
+    let plain = [r#"decision="plain""#];
+    assert_eq!(d("portcullis_request_duration_seconds_count", &plain), 3.0);
+    assert_eq!(d("portcullis_client_connections_total", &[]), 3.0);
+    // The pool may reuse the origin connection; at least one connect was timed.
+    let connects = d("portcullis_upstream_connect_duration_seconds_count", &[]);
+    assert!((1.0..=3.0).contains(&connects), "{connects}");
+    assert_eq!(d("portcullis_request_errors_total", &[]), 0.0);
+
+    // A CONNECT to a port that is not allowed is a denial; an unknown name a DNS failure.
+    let denied = curl(&["-p", "-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(
+        denied.header("x-portcullis-error").as_deref(),
+        Some("port-not-allowed")
+    );
+    let unknown = curl(&["-x", &proxy.url(), "http://nowhere.test/"]).await;
+    assert_eq!(unknown.status, 502, "{unknown:?}");
+    let before = after;
+    let deny = [
+        r#"method="CONNECT""#,
+        r#"decision="deny""#,
+        r#"status_class="4xx""#,
+    ];
+    let after = scrape_until(&admin, |s| {
+        delta(s, &before, "portcullis_requests_total", &[]) >= 2.0
+    })
+    .await;
+    let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
+    assert_eq!(d("portcullis_requests_total", &deny), 1.0);
+    let bad_gateway = [
+        r#"method="GET""#,
+        r#"decision="plain""#,
+        r#"status_class="5xx""#,
+    ];
+    assert_eq!(d("portcullis_requests_total", &bad_gateway), 1.0);
+    assert_eq!(d("portcullis_dns_failures_total", &[]), 1.0);
+    assert_eq!(
+        d(
+            "portcullis_request_errors_total",
+            &[r#"cause="port-not-allowed""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        d(
+            "portcullis_request_errors_total",
+            &[r#"cause="dns-failure""#]
+        ),
+        1.0
+    );
+    // Error pages never touched an origin.
+    assert_eq!(d("portcullis_upstream_bytes_total", &[]), 0.0);
+
+    // Label values are bounded: no host, URL or client address ever becomes a label.
+    for leak in ["nowhere.test", &origin.addr.to_string(), "127.0.0.1"] {
+        assert!(!after.0.contains(leak), "{leak} appears in /metrics");
+    }
+}
+
+/// A CONNECT tunnel is one request when it ends; while it is open it is an active tunnel; its
+/// bytes are counted exactly, both ways and on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_bytes_and_active_gauges() {
+    let origin = TestOrigin::http().await;
+    let config = format!(
+        "{NO_INSPECT}[server]\nconnect_ports = [{}]\n",
+        origin.addr.port()
+    );
+    let proxy = TestProxy::start(&config);
+    let admin = proxy.admin_url();
+    let before = scrape(&admin).await;
+    assert_eq!(before.value("portcullis_active_tunnels", &[]), 0.0);
+
+    let mut tunnel = TcpStream::connect(proxy.addr).await.unwrap();
+    let target = origin.addr.to_string();
+    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    tunnel.write_all(connect.as_bytes()).await.unwrap();
+    let established = read_head(&mut tunnel).await;
+    assert!(established.starts_with("HTTP/1.1 200"), "{established}");
+
+    // Inside the tunnel: one request, the response read to its end while the tunnel stays open.
+    let request = "GET /bytes/5000 HTTP/1.1\r\nHost: origin\r\n\r\n";
+    tunnel.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut tunnel).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 5000"),
+        "{head}"
+    );
+    let mut body = vec![0u8; 5000];
+    tunnel.read_exact(&mut body).await.unwrap();
+    let mut received = head.into_bytes();
+    received.extend(body);
+    let open = scrape_until(&admin, |s| s.value("portcullis_active_tunnels", &[]) == 1.0).await;
+    assert_eq!(open.value("portcullis_active_tunnels", &[]), 1.0);
+    assert_eq!(open.value("portcullis_active_client_connections", &[]), 1.0);
+    let tunnel_requests = [r#"method="CONNECT""#, r#"decision="tunnel""#];
+    assert_eq!(
+        delta(
+            &open,
+            &before,
+            "portcullis_requests_total",
+            &tunnel_requests
+        ),
+        0.0,
+        "counted when it ends"
+    );
+
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest)).await;
+    received.extend(rest);
+    drop(tunnel);
+
+    let after = scrape_until(&admin, |s| {
+        delta(s, &before, "portcullis_requests_total", &tunnel_requests) >= 1.0
+    })
+    .await;
+    let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
+    let sent = received.len() as f64;
+    let got = request.len() as f64;
+    assert_eq!(d("portcullis_requests_total", &tunnel_requests), 1.0);
+    // The CONNECT head and its 200 are not payload; everything inside the tunnel is.
+    let to_client = d("portcullis_client_bytes_total", &[r#"direction="sent""#]);
+    assert_eq!(to_client, sent, "tunnel payload to the client");
+    assert_eq!(
+        d(
+            "portcullis_client_bytes_total",
+            &[r#"direction="received""#]
+        ),
+        got
+    );
+    assert_eq!(
+        d(
+            "portcullis_upstream_bytes_total",
+            &[r#"direction="received""#]
+        ),
+        to_client
+    );
+    assert_eq!(
+        d("portcullis_upstream_bytes_total", &[r#"direction="sent""#]),
+        got
+    );
+    let closed = scrape_until(&admin, |s| {
+        s.value("portcullis_active_client_connections", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(closed.value("portcullis_active_tunnels", &[]), 0.0);
+    assert_eq!(
+        closed.value("portcullis_active_client_connections", &[]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_attempts_and_credential_cache_are_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    htpasswd(&file, "alice", "secret-pw");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&format!(
+        "{NO_INSPECT}[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n",
+        file.display()
+    ));
+    let admin = proxy.admin_url();
+    let before = scrape(&admin).await;
+    for (user, status) in [
+        ("alice:secret-pw", 200),
+        ("alice:secret-pw", 200),
+        ("alice:wrong", 407),
+    ] {
+        let r = curl(&["-x", &proxy.url(), "-U", user, &origin.url("/")]).await;
+        assert_eq!(r.status, status, "{user}: {r:?}");
+    }
+    let after = scrape_until(&admin, |s| {
+        delta(s, &before, "portcullis_requests_total", &[]) >= 3.0
+    })
+    .await;
+    let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
+    assert_eq!(
+        d("portcullis_auth_attempts_total", &[r#"result="success""#]),
+        2.0
+    );
+    assert_eq!(
+        d("portcullis_auth_attempts_total", &[r#"result="failure""#]),
+        1.0
+    );
+    // The second good login came from the cache; the first and the wrong one were hashed.
+    assert_eq!(d("portcullis_auth_credential_cache_hits_total", &[]), 1.0);
+    assert_eq!(d("portcullis_auth_hash_verifications_total", &[]), 2.0);
+    let denied = [r#"decision="deny""#, r#"status_class="4xx""#];
+    assert_eq!(d("portcullis_requests_total", &denied), 1.0);
+    assert_eq!(
+        d(
+            "portcullis_request_errors_total",
+            &[r#"cause="auth-failed""#]
+        ),
+        1.0
+    );
+    assert!(!after.0.contains("alice"), "a user name became a label");
+}
+
+/// The admin listener is up before the proxy listeners: while a file the config names is still
+/// being read, `/healthz` is 200 and `/readyz` 503; once the listeners are bound, ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_before_the_listeners_are_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("hosts");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Reading the hosts file blocks until we write it: start-up stops right there.
+    let mut proxy = TestProxy::start_until_admin(&format!(
+        "[upstream]\nhosts_file = \"{}\"\n",
+        fifo.display()
+    ));
+    let admin = proxy.admin_url();
+
+    let health = curl(&[&format!("{admin}/healthz")]).await;
+    assert_eq!(health.status, 200, "{health:?}");
+    let ready = curl(&[&format!("{admin}/readyz")]).await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready.body_text().contains("listeners: FAIL"),
+        "{}",
+        ready.body_text()
+    );
+    let config = curl(&[&format!("{admin}/config")]).await;
+    assert_eq!(config.status, 503, "no config in effect yet");
+    assert!(
+        !proxy.stderr().contains("listening on"),
+        "{}",
+        proxy.stderr()
+    );
+
+    let writer = fifo.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(writer, "127.0.0.1 fifo.test\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        proxy.wait_listening(Duration::from_secs(20)),
+        "{}",
+        proxy.stderr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let ready = curl(&[&format!("{admin}/readyz")]).await;
+        if ready.status == 200 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status, 200, "{}", ready.body_text());
+    let body = ready.body_text();
+    assert!(
+        body.contains(&format!("listeners: ok: bound ({})", proxy.addr)),
+        "{body}"
+    );
+    // Inspection is on by default: the CA is part of readiness.
+    assert!(body.contains("ca: ok: loaded"), "{body}");
+
+    let config = curl(&[&format!("{admin}/config")]).await;
+    assert_eq!(config.status, 200);
+    let effective: toml::Table = toml::from_str(&config.body_text()).unwrap();
+    assert_eq!(
+        effective["upstream"]["hosts_file"].as_str(),
+        Some(fifo.display().to_string().as_str())
+    );
+}
+
+/// Clients of the proxy must not reach the admin endpoints by asking the proxy to fetch them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_not_reachable_through_the_proxy() {
+    let proxy = TestProxy::start(NO_INSPECT);
+    let admin = proxy.admin_url();
+    let direct = curl(&[&format!("{admin}/healthz")]).await;
+    assert_eq!(direct.status, 200);
+    let through = curl(&["-x", &proxy.url(), &format!("{admin}/config")]).await;
+    assert_eq!(through.status, 403, "{through:?}");
+    assert_eq!(
+        through.header("x-portcullis-error").as_deref(),
+        Some("forwarding-loop")
+    );
+    let post = curl(&["-x", &proxy.url(), "-X", "POST", &format!("{admin}/reload")]).await;
+    assert_eq!(post.status, 403, "{post:?}");
+}
+
+/// A real Prometheus server scrapes the admin port: the target is up and the request counter
+/// it stored is positive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_admin_port() {
+    let Some(binary) = prometheus_binary() else {
+        assert!(
+            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
+            "prometheus is not installed (Debian package `prometheus`) but \
+             PORTCULLIS_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+        return;
+    };
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(NO_INSPECT);
+    for _ in 0..2 {
+        let r = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+        assert_eq!(r.status, 200);
+    }
+    let prometheus = Prometheus::start(&binary, &proxy.admin_addr().to_string());
+
+    let up = prometheus
+        .query_until("up{job=\"portcullis\"}", |v| v == 1.0)
+        .await;
+    assert_eq!(
+        up,
+        Some(1.0),
+        "target not up; prometheus log:\n{}",
+        prometheus.log()
+    );
+    let requests = prometheus
+        .query_until("sum(portcullis_requests_total{decision=\"plain\"})", |v| {
+            v > 0.0
+        })
+        .await;
+    assert_eq!(requests, Some(2.0), "prometheus log:\n{}", prometheus.log());
+    let info = prometheus
+        .query_until("portcullis_build_info", |v| v == 1.0)
+        .await;
+    assert_eq!(info, Some(1.0));
+}
+
+/// The example Prometheus files in `deploy/prometheus/` are valid for Prometheus' own checker,
+/// and every metric their alert rules use is one the proxy exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_prometheus_examples_are_valid_and_use_real_metrics() {
+    let Some(prometheus) = prometheus_binary() else {
+        assert!(
+            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
+            "prometheus is not installed (Debian package `prometheus`) but \
+             PORTCULLIS_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!("SKIPPED: prometheus (and promtool) are not installed");
+        return;
+    };
+    let promtool = prometheus.with_file_name("promtool");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for (what, file) in [
+        ("config", "prometheus.yml"),
+        ("rules", "portcullis.rules.yml"),
+    ] {
+        let out = Command::new(&promtool)
+            .args(["check", what])
+            .arg(deploy.join(file))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}: {out:?}"
+        );
+    }
+
+    // Families with labels appear with their first sample: make one request.
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(NO_INSPECT);
+    assert_eq!(
+        curl(&["-x", &proxy.url(), &origin.url("/")]).await.status,
+        200
+    );
+    let exported = scrape_until(&proxy.admin_url(), |s| {
+        s.has_family("portcullis_requests_total")
+    })
+    .await;
+    let rules = std::fs::read_to_string(deploy.join("portcullis.rules.yml")).unwrap();
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("portcullis_"))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() >= 4, "{used:?}");
+    for name in used {
+        assert!(
+            exported.has_family(name),
+            "the rules use {name}, which is not exported"
+        );
+    }
+}
+
+fn delta(after: &Scrape, before: &Scrape, name: &str, labels: &[&str]) -> f64 {
+    after.value(name, labels) - before.value(name, labels)
+}
+
+fn htpasswd(file: &Path, user: &str, password: &str) {
+    let out = Command::new("htpasswd")
+        .args(["-cbB"])
+        .arg(file)
+        .args([user, password])
+        .output()
+        .expect("htpasswd (Debian package apache2-utils) is needed");
+    assert!(
+        out.status.success(),
+        "htpasswd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads a response head (through the blank line).
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("response head timed out")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed inside a response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn prometheus_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("prometheus"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Polls Prometheus' readiness endpoint; false if it exits or is not ready within 30 s.
+fn wait_ready(child: &mut Child, url: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let ready = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{url}/-/ready"))
+            .output()
+            .map(|o| o.stdout == b"200")
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A Prometheus server on loopback with its own storage, scraping one target every second.
+struct Prometheus {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(binary: &Path, target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: portcullis\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        // Prometheus binds its own port: find a free one, and try again if another process
+        // took it in between.
+        let log_path = dir.path().join("prometheus.log");
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let url = format!("http://127.0.0.1:{port}");
+            if wait_ready(&mut child, &url) {
+                return Prometheus { child, url, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(
+                log.contains("address already in use"),
+                "prometheus did not start:\n{log}"
+            );
+        }
+        panic!("no free port for prometheus after three tries")
+    }
+
+    /// Runs an instant query until its first sample satisfies `done` (30 s at most); returns
+    /// the last value seen.
+    async fn query_until(&self, query: &str, done: impl Fn(f64) -> bool) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = None;
+        while Instant::now() < deadline {
+            let r = curl(&[
+                "-G",
+                "--data-urlencode",
+                &format!("query={query}"),
+                &format!("{}/api/v1/query", self.url),
+            ])
+            .await;
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            last = json["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok());
+            if last.is_some_and(&done) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        last
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
