@@ -39,18 +39,51 @@ pub struct Record {
     pub content_type: Option<String>,
     /// The `X-Portcullis-Error` cause when the proxy produced an error.
     pub error: Option<&'static str>,
+    /// What the policy decided; `None` for the proxy's own pages and requests refused before
+    /// the policy ran (malformed, 407 challenges).
+    #[serde(flatten)]
+    pub policy: Option<PolicyNote>,
+}
+
+/// The policy's decision as the access log and metrics see it: an operator can tell "tunnelled
+/// by the Outlook profile" from "inspected by default".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyNote {
+    /// `inspect`, `tunnel` or `deny`.
+    pub action: &'static str,
+    /// The rule that decided: its `name`, `rules[3]`, `outlook:…`, `default`.
+    pub rule: String,
+    /// The Exchange protocol of the request (autodiscover, mapi, rpc-http, ews, eas, oab).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<&'static str>,
+    /// The rule's `log_tag`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl PolicyNote {
+    pub fn new(decision: &portcullis_policy::Decision) -> PolicyNote {
+        PolicyNote {
+            action: decision.action.as_str(),
+            rule: decision.rule.name.to_string(),
+            exchange: decision.class.map(|c| c.as_str()),
+            tag: decision.tag.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 impl Record {
     /// Squid's default `logformat squid`:
-    /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`.
+    /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`, plus one trailing field
+    /// `action/rule` (`tunnel/outlook:m365`) when the policy decided; log analysers that read
+    /// Squid's ten fields ignore it.
     pub fn squid_line(&self) -> String {
         let since = self
             .time
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         let dash = |s: Option<String>| s.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
-        format!(
+        let mut line = format!(
             "{}.{:03} {:>6} {} {}/{:03} {} {} {} {} {}/{} {}",
             since.as_secs(),
             since.subsec_millis(),
@@ -65,7 +98,14 @@ impl Record {
             self.hierarchy,
             self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             sanitise(&dash(self.content_type.clone())),
-        )
+        );
+        if let Some(policy) = &self.policy {
+            line.push(' ');
+            line.push_str(policy.action);
+            line.push('/');
+            line.push_str(&sanitise(&policy.rule));
+        }
+        line
     }
 
     pub fn json_line(&self) -> String {
@@ -287,6 +327,7 @@ mod tests {
             peer: Some("10.0.0.1".parse().unwrap()),
             content_type: Some("text/html".into()),
             error: None,
+            policy: None,
         }
     }
 

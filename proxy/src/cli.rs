@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{ca_cmd, netfilter_cmd};
+use crate::{ca_cmd, netfilter_cmd, policy_cmd};
 
 /// Portcullis: a forward proxy that keeps Outlook working behind proxy authentication and TLS
 /// inspection.
@@ -31,6 +31,10 @@ pub enum Command {
     /// pass directly while web traffic must use the proxy.
     #[command(subcommand)]
     Netfilter(netfilter_cmd::NetfilterCommand),
+    /// Explain what the policy does with a URL: inspect, tunnel or deny, authentication,
+    /// timeouts, and the rule that decided.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Create, inspect and export the certificate authority used for TLS inspection.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -132,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Netfilter(cmd) => netfilter_cmd::run(cmd).context("netfilter"),
         Command::Ca(cmd) => ca_cmd::run(cmd).context("ca"),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Reload(args) => reload(args),
     }
 }

@@ -33,6 +33,10 @@ pub struct Config {
     pub netfilter: portcullis_policy::netfilter::NetfilterConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Which destinations are inspected, tunnelled untouched or refused, which need proxy
+    /// authentication, and which get Outlook's long timeouts; includes the built-in Outlook /
+    /// Exchange profile (`[policy.outlook]`) and the PAC file settings (`[policy.pac]`).
+    pub policy: portcullis_policy::RawPolicy,
     pub admin: AdminConfig,
 }
 
@@ -110,6 +114,12 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Replaces `tunnel_idle` and `upstream_response` for whatever the policy gives the
+    /// `long_poll` profile (Outlook endpoints; MAPI, EWS, ActiveSync and RPC over HTTP
+    /// requests): ActiveSync Ping waits up to 59 minutes for news, so anything under an hour
+    /// cuts Outlook off.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -121,6 +131,7 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(300),
             tunnel_idle: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(15),
+            long_poll_idle: Duration::from_secs(65 * 60),
         }
     }
 }
@@ -210,11 +221,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Intercept TLS in CONNECT tunnels (decrypt, inspect, re-encrypt) unless bypassed.
+    /// Intercept TLS in CONNECT tunnels (decrypt, inspect, re-encrypt) where the policy says
+    /// `inspect`. Off: every tunnel is relayed untouched whatever the policy says.
     pub inspect: bool,
-    /// Hosts whose TLS is passed through untouched (`host` or `*.domain`), matched against the
-    /// SNI and the CONNECT host: certificate-pinning clients, client-certificate logins.
-    pub bypass: Vec<String>,
     /// Hosts whose certificate is NOT verified (labs only). Everything else must present a
     /// valid certificate, or the client gets a 502 page naming the problem.
     pub insecure_upstream: Vec<String>,
@@ -234,7 +243,6 @@ impl Default for TlsConfig {
     fn default() -> Self {
         TlsConfig {
             inspect: true,
-            bypass: Vec::new(),
             insecure_upstream: Vec::new(),
             upstream_ca_file: None,
             auto_init_ca: true,
@@ -287,9 +295,8 @@ pub struct AuthConfig {
     /// How long verified Basic credentials are remembered (so bcrypt does not run per request).
     #[serde(with = "humantime_serde")]
     pub credentials_ttl: Duration,
-    /// Destinations that need no authentication: `host` or `*.domain` patterns.
-    pub exempt_hosts: Vec<String>,
-    /// Client networks that need no authentication.
+    /// Client networks that need no authentication (destinations are exempted by the policy:
+    /// `auth = "exempt"` on a rule, and the Outlook profile).
     pub exempt_clients: Vec<ipnet::IpNet>,
     pub negotiate: NegotiateConfig,
     pub throttle: ThrottleConfig,
@@ -302,7 +309,6 @@ impl Default for AuthConfig {
             realm: "Portcullis proxy".to_owned(),
             htpasswd: None,
             credentials_ttl: Duration::from_secs(300),
-            exempt_hosts: Vec::new(),
             exempt_clients: Vec::new(),
             negotiate: NegotiateConfig::default(),
             throttle: ThrottleConfig::default(),
@@ -416,7 +422,27 @@ impl Config {
                 key: key.to_owned(),
                 reason,
             })?;
+        config.compile_policy().map_err(|e| {
+            let key = e.key().to_owned();
+            let text = e.to_string();
+            let reason = text
+                .strip_prefix(&format!("{key}: "))
+                .unwrap_or(&text)
+                .to_owned();
+            ConfigError::Invalid {
+                file: origin.to_owned(),
+                key,
+                reason,
+            }
+        })?;
         Ok(config)
+    }
+
+    /// The compiled `[policy]` section. Errors name the key (`policy.rules[3].host`).
+    pub fn compile_policy(
+        &self,
+    ) -> Result<portcullis_policy::Policy, portcullis_policy::CompileError> {
+        portcullis_policy::Policy::compile(&self.policy)
     }
 
     /// Cross-field checks serde cannot express. Returns the offending key and why.
@@ -462,6 +488,7 @@ impl Config {
             ("timeouts.upstream_connect", t.upstream_connect),
             ("timeouts.upstream_response", t.upstream_response),
             ("timeouts.tunnel_idle", t.tunnel_idle),
+            ("timeouts.long_poll_idle", t.long_poll_idle),
         ] {
             if value.is_zero() {
                 return Err((key, "must be greater than zero".into()));
@@ -478,19 +505,9 @@ impl Config {
                 "Basic authentication needs an htpasswd file".into(),
             ));
         }
-        for pattern in &self.auth.exempt_hosts {
+        for pattern in &self.tls.insecure_upstream {
             if let Err(e) = portcullis_policy::host::HostPattern::parse(pattern) {
-                return Err(("auth.exempt_hosts", e.to_string()));
-            }
-        }
-        for (key, patterns) in [
-            ("tls.bypass", &self.tls.bypass),
-            ("tls.insecure_upstream", &self.tls.insecure_upstream),
-        ] {
-            for pattern in patterns {
-                if let Err(e) = portcullis_policy::host::HostPattern::parse(pattern) {
-                    return Err((key, e.to_string()));
-                }
+                return Err(("tls.insecure_upstream", e.to_string()));
             }
         }
         if self

@@ -23,6 +23,9 @@ pub enum ProxyError {
     PortNotAllowed { port: u16, allowed: String },
     #[error("forwarding loop detected: {0}")]
     Loop(String),
+    /// Refused by a policy rule; `reason` is the rule's, shown to the user as written.
+    #[error("{reason} (rule {rule})")]
+    Denied { reason: String, rule: String },
     #[error("cannot resolve {host}: {reason}")]
     Dns { host: String, reason: String },
     #[error("connection to {addr} refused")]
@@ -58,7 +61,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedScheme(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::PortNotAllowed { .. } | ProxyError::Loop(_) => StatusCode::FORBIDDEN,
+            ProxyError::PortNotAllowed { .. } | ProxyError::Loop(_) | ProxyError::Denied { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::UnsupportedScheme(_) => "unsupported-scheme",
             ProxyError::PortNotAllowed { .. } => "port-not-allowed",
             ProxyError::Loop(_) => "forwarding-loop",
+            ProxyError::Denied { .. } => "policy-denied",
             ProxyError::Dns { .. } => "dns-failure",
             ProxyError::Refused { .. } => "connection-refused",
             ProxyError::Connect { .. } => "connect-failed",
@@ -103,6 +109,7 @@ impl ProxyError {
             | ProxyError::UnsupportedScheme(_)
             | ProxyError::PortNotAllowed { .. }
             | ProxyError::Loop(_)
+            | ProxyError::Denied { .. }
             | ProxyError::ClientBody(_) => Side::Client,
             _ => Side::Upstream,
         }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod intercept;
 pub mod metrics;
 pub mod netfilter_cmd;
+pub mod policy_cmd;
 pub mod reload;
 pub mod rewind;
 pub mod server;

@@ -53,7 +53,15 @@ pub fn decision(record: &Record) -> Decision {
     if record.result == "TCP_DENIED" {
         Decision::Deny
     } else if record.method == "CONNECT" {
-        Decision::Tunnel
+        // An intercepted CONNECT is logged as `NONE/200`, a relayed one as `TCP_TUNNEL/200`.
+        if record.result == "NONE" {
+            Decision::Inspect
+        } else {
+            Decision::Tunnel
+        }
+    } else if record.url.starts_with("https://") {
+        // Only decrypted requests from an intercepted tunnel carry an https URL.
+        Decision::Inspect
     } else {
         Decision::Plain
     }
@@ -442,6 +450,9 @@ impl Metrics {
             .observe(record.elapsed_ms as f64 / 1000.0);
         if let Some(cause) = record.error {
             self.request_errors.with_label_values(&[cause]).inc();
+        }
+        if let Some(policy) = &record.policy {
+            self.policy_decision(&policy.rule, self::decision(record));
         }
         self.client_bytes
             .with_label_values(&["sent"])

@@ -82,6 +82,7 @@ pub struct Loaded {
     config: Config,
     resolver: Resolver,
     auth: Option<Auth>,
+    policy: portcullis_policy::Policy,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
 }
@@ -89,13 +90,21 @@ pub struct Loaded {
 /// Reads and validates every file the configuration names. Blocking (file reads, key parsing,
 /// keytab access): call it on the blocking pool. Anything else a snapshot is built from (policy
 /// files, include lists) belongs here too, so that start and reload validate it the same way.
-pub fn load(config: Config, previous: Option<&Config>) -> Result<Loaded, LoadError> {
+pub fn load(
+    config: Config,
+    previous: Option<&Config>,
+    metrics: &Metrics,
+) -> Result<Loaded, LoadError> {
     let invalid = |(key, reason): (&'static str, String)| LoadError::Invalid { key, reason };
     let resolver = Resolver::new(&config).map_err(|e| LoadError::Invalid {
         key: "upstream.hosts_file",
         reason: e.to_string(),
     })?;
     let auth = Auth::new(&config.auth).map_err(invalid)?;
+    let policy = config.compile_policy().map_err(|e| LoadError::Invalid {
+        key: "policy",
+        reason: e.to_string(),
+    })?;
     // The CA and the certificate cache are kept unless something they are built from changed;
     // rebuilding would throw away every minted leaf.
     let tls_unchanged = previous.is_some_and(|prev| {
@@ -104,12 +113,13 @@ pub fn load(config: Config, previous: Option<&Config>) -> Result<Loaded, LoadErr
     let interceptor = if tls_unchanged {
         None
     } else {
-        Some(Interceptor::new(&config).map_err(invalid)?)
+        Some(Interceptor::new(&config, metrics.cert_mint_observer()).map_err(invalid)?)
     };
     Ok(Loaded {
         config,
         resolver,
         auth,
+        policy,
         interceptor,
     })
 }
@@ -134,6 +144,7 @@ pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Reso
         config,
         resolver,
         auth,
+        policy,
         interceptor,
     } = loaded;
     let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
@@ -176,6 +187,7 @@ pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Reso
         client,
         access_log: shared.access_log.clone(),
         auth,
+        policy: Arc::new(policy),
         interceptor,
         shutdown: shared.shutdown.clone(),
         tasks: shared.tasks.clone(),
@@ -269,10 +281,11 @@ impl Reloader {
         let running = self.current();
         let source = self.source.clone();
         let running_config = Arc::clone(&running.config);
+        let metrics = Arc::clone(&self.shared.metrics);
         let loaded = tokio::task::spawn_blocking(move || {
             let mut config = source.load()?;
             let needs_restart = keep_restart_only(&mut config, &running_config);
-            load(config, Some(&running_config)).map(|loaded| (loaded, needs_restart))
+            load(config, Some(&running_config), &metrics).map(|loaded| (loaded, needs_restart))
         })
         .await
         .unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));
@@ -389,7 +402,8 @@ mod tests {
             "t",
         )
         .unwrap();
-        let err = load(config, None).err().unwrap().to_string();
+        let metrics = Metrics::new().unwrap();
+        let err = load(config, None, &metrics).err().unwrap().to_string();
         assert!(err.contains("key `auth.htpasswd`"), "{err}");
     }
 }

@@ -35,6 +35,8 @@ pub struct Proxy {
     pub access_log: AccessLog,
     /// Proxy authentication; `None` when no scheme is enabled.
     pub auth: Option<Arc<Auth>>,
+    /// What to inspect, tunnel, refuse or exempt from authentication (`[policy]`).
+    pub policy: Arc<portcullis_policy::Policy>,
     /// TLS inspection; `None` when `tls.inspect` is off.
     pub interceptor: Option<Arc<Interceptor>>,
     /// Cancelled on SIGTERM/SIGINT: connections finish their request in flight and close.
@@ -136,7 +138,8 @@ pub async fn run(
     // Files (htpasswd, hosts file, CA, keytab) are read off the async workers.
     let loaded = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || crate::reload::load(config, None))
+        let metrics = Arc::clone(&metrics);
+        tokio::task::spawn_blocking(move || crate::reload::load(config, None, &metrics))
             .await
             .map_err(|e| LoadError::Task(e.to_string()))??
     };
@@ -475,5 +478,6 @@ fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
         peer: None,
         content_type: None,
         error: None,
+        policy: None,
     });
 }

@@ -80,6 +80,27 @@ impl TestOrigin {
 
     /// An HTTPS origin whose certificate is `kind` (for `localhost`, `127.0.0.1` and
     /// `*.lab.test`); with `h2`, it offers ALPN h2 and speaks HTTP/2 when chosen.
+    /// An HTTPS origin whose certificate, from its own fresh "public" CA, names `names`
+    /// (reached through the proxy's `[resolve]` map).
+    pub async fn https_for(names: &[&str]) -> TestOrigin {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (ca_pem, chain, key) = crate::tls::origin_certificate(names);
+        let ca_file = dir.path().join("origin-ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap_or_else(|e| panic!("{e}"));
+        let acceptor = crate::tls::acceptor(chain, key);
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let state = Arc::new(State::default());
+        let task = tokio::spawn(serve(listener, Arc::clone(&state), Some(acceptor)));
+        TestOrigin {
+            addr,
+            state,
+            ca_file: Some(ca_file),
+            _dir: Some(dir),
+            task,
+        }
+    }
+
     pub async fn https_with(kind: crate::tls::OriginCert, h2: bool) -> TestOrigin {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (ca_pem, chain, key) =
@@ -186,11 +207,21 @@ async fn handle(
         });
     }
     let path = req.uri().path().to_owned();
+    // `?delay_ms=N` on any path: answer after N ms (long polls).
+    let delay = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+        .and_then(|ms| ms.parse().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let mut response = Response::new(full("hello from origin\n"));
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap_or(0);
         *response.body_mut() = stream_bytes(total);
-    } else if path == "/sink" {
+    } else if path == "/sink" || path.starts_with("/rpc/") {
+        // Counted as it arrives, so a test can see a body stream before it ends.
         let mut body = req.into_body();
         let mut n = 0u64;
         while let Some(frame) = body.frame().await {
@@ -198,6 +229,7 @@ async fn handle(
                 Ok(frame) => n += frame.data_ref().map_or(0, |d| d.len() as u64),
                 Err(e) => return Ok(text(StatusCode::BAD_REQUEST, format!("body error: {e}"))),
             }
+            state.sink_bytes.store(n, Ordering::SeqCst);
         }
         state.sink_bytes.store(n, Ordering::SeqCst);
         *response.body_mut() = full(format!("received {n} bytes\n"));
@@ -213,6 +245,12 @@ async fn handle(
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         *response.body_mut() = full("done after delay\n");
+    } else if path == "/ntlm" {
+        // Exchange's own NTLM dance: the origin's 401 must reach the client untouched.
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        let h = response.headers_mut();
+        h.insert("www-authenticate", HeaderValue::from_static("NTLM"));
+        h.append("www-authenticate", HeaderValue::from_static("Negotiate"));
     } else if path == "/silent" {
         std::future::pending::<()>().await;
     } else if path == "/hop" {

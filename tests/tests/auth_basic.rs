@@ -243,7 +243,8 @@ async fn exemptions_by_destination_and_client() {
     let origin = TestOrigin::http().await;
     let proxy = TestProxy::start(&basic_config(
         &file,
-        "exempt_hosts = [\"*.exempt.test\"]\nexempt_clients = [\"127.0.0.77/32\"]\n\
+        "exempt_clients = [\"127.0.0.77/32\"]\n\
+         [[policy.rules]]\nhost = \"*.exempt.test\"\naction = \"inspect\"\nauth = \"exempt\"\n\
          [resolve]\n\"www.exempt.test\" = [\"127.0.0.1\"]\n\"www.other.test\" = [\"127.0.0.1\"]\n",
     ));
     let port = origin.addr.port();

@@ -190,17 +190,18 @@ async fn bad_origin_certificates_are_never_laundered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bypassed_hosts_see_the_origin_certificate() {
+async fn hosts_a_rule_tunnels_see_the_origin_certificate() {
     let origin = TestOrigin::https().await;
-    let proxy = inspecting_proxy(&origin, "bypass = [\"localhost\"]\n");
+    let tunnel = |host: &str| format!("[[policy.rules]]\nhost = \"{host}\"\naction = \"tunnel\"\n");
+    let proxy = inspecting_proxy(&origin, &tunnel("localhost"));
     let origin_ca = origin.ca_file.as_ref().unwrap().display().to_string();
     let url = format!("https://localhost:{}/", origin.addr.port());
     let r = curl(&["-x", &proxy.url(), "--cacert", &origin_ca, &url]).await;
     assert_eq!(r.status, 200, "{r:?}");
     let text = leaf_seen_by_openssl(&proxy, "localhost", origin.addr.port(), &origin_ca);
     assert!(text.contains("Portcullis Test Root"), "{text}");
-    // Bypass by SNI too: the CONNECT names an IP, the ClientHello names a bypassed host.
-    let by_sni = inspecting_proxy(&origin, "bypass = [\"*.lab.test\"]\n");
+    // A CONNECT to a bare IP is judged by the name in its ClientHello.
+    let by_sni = inspecting_proxy(&origin, &tunnel("*.lab.test"));
     let resolve = format!("www.lab.test:{}:127.0.0.1", origin.addr.port());
     let r = curl(&[
         "-x",

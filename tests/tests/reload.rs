@@ -41,15 +41,22 @@ fn htpasswd(file: &Path, user: &str, password: &str) {
 }
 
 fn auth_config(htpasswd: &Path, origin: &TestOrigin, exempt: &[&str]) -> String {
-    let exempt = exempt
-        .iter()
-        .map(|h| format!("\"{h}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Destinations are exempted by the policy; an empty list means no rule at all.
+    let rule = if exempt.is_empty() {
+        String::new()
+    } else {
+        let hosts = exempt
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("[[policy.rules]]\nhost = [{hosts}]\naction = \"tunnel\"\nauth = \"exempt\"\n")
+    };
     format!(
         "[tls]\ninspect = false\n\
-         [auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\nexempt_hosts = [{exempt}]\n\
-         [resolve]\n\"a.test\" = [\"{ip}\"]\n\"b.test\" = [\"{ip}\"]\n\"slow.test\" = [\"{ip}\"]\n",
+         [auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n\
+         [resolve]\n\"a.test\" = [\"{ip}\"]\n\"b.test\" = [\"{ip}\"]\n\"slow.test\" = [\"{ip}\"]\n\
+         {rule}",
         htpasswd.display(),
         ip = origin.addr.ip(),
     )

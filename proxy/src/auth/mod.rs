@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
 use ipnet::IpNet;
-use portcullis_policy::host::{normalise, HostPattern};
 
 use crate::config::{AuthConfig, AuthScheme};
 
@@ -65,7 +64,6 @@ pub struct Auth {
     basic: Option<Arc<basic::Basic>>,
     #[cfg(feature = "negotiate")]
     negotiate: Option<negotiate::Negotiate>,
-    exempt_hosts: Vec<HostPattern>,
     exempt_clients: Vec<IpNet>,
     throttle: throttle::Throttle,
     pub stats: AuthStats,
@@ -109,12 +107,6 @@ impl Auth {
                     .to_owned(),
             ));
         }
-        let exempt_hosts = config
-            .exempt_hosts
-            .iter()
-            .map(|p| HostPattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ("auth.exempt_hosts", e.to_string()))?;
         // Negotiate first: clients pick the first scheme they support, and Kerberos is the
         // stronger one.
         let mut schemes = config.schemes.clone();
@@ -129,7 +121,6 @@ impl Auth {
             basic,
             #[cfg(feature = "negotiate")]
             negotiate,
-            exempt_hosts,
             exempt_clients: config.exempt_clients.clone(),
             throttle: throttle::Throttle::new(
                 config.throttle.failures,
@@ -147,12 +138,8 @@ impl Auth {
         }
     }
 
-    pub fn is_exempt(&self, client: IpAddr, host: &str) -> bool {
-        if self.exempt_clients.iter().any(|net| net.contains(&client)) {
-            return true;
-        }
-        let host = normalise(host);
-        self.exempt_hosts.iter().any(|p| p.matches(&host))
+    pub fn is_exempt_client(&self, client: IpAddr) -> bool {
+        self.exempt_clients.iter().any(|net| net.contains(&client))
     }
 
     /// The `Proxy-Authenticate` values of a 407, one per enabled scheme, Negotiate first.
@@ -174,16 +161,20 @@ impl Auth {
             .collect()
     }
 
-    /// Authenticates one request from `client` for `host`.
+    /// Authenticates one request from `client`. `exempt_destination`: the policy exempts where
+    /// it goes; the connection's user (Negotiate) is still attributed if already known.
     pub async fn authenticate(
         &self,
         conn: &ConnAuth,
         client: IpAddr,
-        host: &str,
+        exempt_destination: bool,
         headers: &HeaderMap,
     ) -> Outcome {
-        if self.is_exempt(client, host) {
-            return Outcome::Exempt;
+        if exempt_destination || self.is_exempt_client(client) {
+            return match conn.user.lock().ok().and_then(|u| u.clone()) {
+                Some(user) => Outcome::Authenticated { user, reply: None },
+                None => Outcome::Exempt,
+            };
         }
         let presented = headers.get(PROXY_AUTHORIZATION);
         if presented.is_none() {

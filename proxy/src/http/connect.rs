@@ -7,14 +7,34 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use portcullis_policy::{Action, Decision, RuleSource};
 
 use super::headers::{via_names_us, Target};
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
+use crate::metrics::TlsTunnelReason;
 use crate::server::{ConnCtx, Proxy};
 use crate::tunnel::{relay, RelayEnd};
+
+/// What an inspected tunnel needs from its CONNECT to decide again on the SNI.
+pub struct TunnelPlan {
+    pub user_agent: Option<String>,
+    /// `timeouts.tunnel_idle`, or `long_poll_idle` under the long_poll profile.
+    pub idle: std::time::Duration,
+}
+
+/// Why a tunnel's TLS is relayed rather than inspected, for the metrics.
+pub fn tunnel_reason(decision: &Decision) -> TlsTunnelReason {
+    match decision.rule.source {
+        RuleSource::Outlook
+        | RuleSource::Exchange
+        | RuleSource::M365
+        | RuleSource::OutlookUserAgent => TlsTunnelReason::OutlookProfile,
+        _ => TlsTunnelReason::BypassRule,
+    }
+}
 
 pub(super) async fn handle(
     proxy: &Arc<Proxy>,
@@ -22,6 +42,7 @@ pub(super) async fn handle(
     txn: Txn,
     in_flight: InFlight,
     req: Request<Incoming>,
+    decision: Option<Decision>,
 ) -> Response<ProxyBody> {
     let config = &proxy.config;
     let target = match req.uri().authority() {
@@ -60,13 +81,28 @@ pub(super) async fn handle(
     };
     let peer = upstream.peer_addr().ok().map(|a| a.ip());
 
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(req);
-    // Inspect unless inspection is off or the CONNECT host is bypassed (the SNI is checked
-    // again once the ClientHello is in).
-    let inspect = proxy
-        .interceptor
-        .as_ref()
-        .is_some_and(|i| !i.is_bypassed(&target.host));
+    // The policy decided on the CONNECT target; with `inspect`, the SNI may still turn the
+    // tunnel into a relay once the ClientHello is in.
+    let inspect = proxy.interceptor.is_some()
+        && decision
+            .as_ref()
+            .is_none_or(|d| d.action == Action::Inspect);
+    let idle = if txn.long_poll() {
+        config.timeouts.long_poll_idle
+    } else {
+        config.timeouts.tunnel_idle
+    };
+    if !inspect && proxy.interceptor.is_some() {
+        if let Some(decision) = &decision {
+            proxy.metrics.tls_tunnelled(tunnel_reason(decision));
+        }
+    }
     let proxy_task = Arc::clone(proxy);
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {
@@ -78,15 +114,12 @@ pub(super) async fn handle(
             }
         };
         if inspect {
-            crate::intercept::run_tunnel(proxy_task, conn, txn, client, upstream, target).await;
+            let plan = TunnelPlan { user_agent, idle };
+            crate::intercept::run_tunnel(proxy_task, conn, txn, client, upstream, target, plan)
+                .await;
             return;
         }
-        let stats = relay(
-            TokioIo::new(client),
-            upstream,
-            proxy_task.config.timeouts.tunnel_idle,
-        )
-        .await;
+        let stats = relay(TokioIo::new(client), upstream, idle).await;
         if let RelayEnd::Error(e) = &stats.end {
             tracing::debug!(target = %target.authority(), error = %e, "tunnel ended with an error");
         }

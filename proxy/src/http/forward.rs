@@ -158,7 +158,13 @@ async fn send(
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let timeout = proxy.config.timeouts.upstream_response;
+    // Outlook's long polls (ActiveSync Ping, MAPI NotificationWait) hold the response back
+    // for minutes by design.
+    let timeout = if txn.long_poll() {
+        proxy.config.timeouts.long_poll_idle
+    } else {
+        proxy.config.timeouts.upstream_response
+    };
     let round_trip = async {
         match route {
             Route::Pooled => proxy

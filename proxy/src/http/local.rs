@@ -1,6 +1,7 @@
 //! Requests addressed to the proxy itself (origin-form, `GET / HTTP/1.1`): an information page
 //! with CA installation instructions, and the CA certificate at `/ca.pem` and `/ca.der`
-//! (like mitmproxy's mitm.it), instead of a loop or a crash.
+//! (like mitmproxy's mitm.it), the proxy auto-config file at `/proxy.pac` and `/wpad.dat`,
+//! instead of a loop or a crash.
 
 use http::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use http::{Method, Request, Response};
@@ -9,10 +10,11 @@ use hyper::body::Incoming;
 use super::{pages, Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
-use crate::server::Proxy;
+use crate::server::{ConnCtx, Proxy};
 
 pub(super) fn handle(
     proxy: &Proxy,
+    conn: &ConnCtx,
     txn: Txn,
     in_flight: InFlight,
     req: Request<Incoming>,
@@ -33,9 +35,41 @@ pub(super) fn handle(
             "application/x-x509-ca-cert",
             "portcullis-ca.cer",
         ),
+        (&Method::GET | &Method::HEAD, "/proxy.pac" | "/wpad.dat", _) => {
+            let pac = portcullis_policy::pac::render(&proxy.policy, &pac_proxy(conn, &req));
+            let mut page = Response::new(body::full(pac.into_bytes()));
+            page.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ns-proxy-autoconfig"),
+            );
+            page
+        }
         (_, path, _) => pages::not_found(path),
     };
     txn.respond(proxy, in_flight, page, Outcome::LOCAL)
+}
+
+/// The `host:port` a PAC file tells clients to use when `policy.pac.proxy` is unset: the name
+/// the client itself used to fetch the file (so a proxy reached as `proxy.corp:3128` hands out
+/// that name, which Kerberos needs), else the address the connection arrived on.
+fn pac_proxy(conn: &ConnCtx, req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        // It goes into JavaScript: only name, address and port characters.
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        })
+        .map(|h| {
+            if h.contains(':') && !h.ends_with(']') {
+                h.to_owned()
+            } else {
+                format!("{h}:{}", conn.local.port())
+            }
+        })
+        .unwrap_or_else(|| conn.local.to_string())
 }
 
 fn download(bytes: Vec<u8>, content_type: &'static str, filename: &str) -> Response<ProxyBody> {

@@ -2,7 +2,7 @@
 //! three paths — forward (absolute-form), connect (CONNECT tunnel) or local (a request for the
 //! proxy itself) — and makes sure each transaction is logged exactly once.
 
-mod connect;
+pub mod connect;
 pub mod forward;
 pub mod headers;
 mod local;
@@ -15,8 +15,9 @@ use std::time::{Instant, SystemTime};
 use http::header::{CONTENT_TYPE, PROXY_AUTHENTICATE};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use portcullis_policy::{Action, AuthRequirement, Decision, TimeoutProfile};
 
-use crate::access_log::Record;
+use crate::access_log::{PolicyNote, Record};
 use crate::activity::InFlight;
 use crate::auth::Outcome as AuthOutcome;
 use crate::body::{CountedBody, OnBodyDone, ProxyBody};
@@ -35,13 +36,17 @@ pub async fn handle(
     let is_connect = req.method() == http::Method::CONNECT;
     if !is_connect && req.uri().scheme().is_none() {
         // Requests for the proxy's own pages need no credentials.
-        return local::handle(&proxy, txn, in_flight, req);
+        return local::handle(&proxy, &conn, txn, in_flight, req);
     }
+    // A target the decision cannot be made for is malformed: the handlers below answer 400.
+    let mut decision = decide(&proxy, &conn, &req, None);
     let mut auth_reply = None;
     if let Some(auth) = &proxy.auth {
-        let host = req.uri().host().unwrap_or("");
+        let exempt = decision
+            .as_ref()
+            .is_some_and(|d| d.auth == AuthRequirement::Exempt);
         match auth
-            .authenticate(&conn.auth, conn.client.ip(), host, req.headers())
+            .authenticate(&conn.auth, conn.client.ip(), exempt, req.headers())
             .await
         {
             AuthOutcome::Exempt => {}
@@ -65,9 +70,25 @@ pub async fn handle(
                 return txn.respond(&proxy, in_flight, page, outcome);
             }
         }
+        if txn.user.is_some() && proxy.policy.uses_identity() {
+            // `user` / `group` rules can only be evaluated now; the exemption stays as it was.
+            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user.as_deref()) {
+                decision = Some(with_user);
+            }
+        }
+    }
+    if let Some(decision) = &decision {
+        txn.decided(decision);
+        if let Action::Deny { reason } = &decision.action {
+            let err = ProxyError::Denied {
+                reason: reason.to_string(),
+                rule: decision.rule.name.to_string(),
+            };
+            return txn.fail(&proxy, in_flight, err);
+        }
     }
     let mut response = if is_connect {
-        connect::handle(&proxy, &conn, txn, in_flight, req).await
+        connect::handle(&proxy, &conn, txn, in_flight, req, decision).await
     } else {
         forward::handle(&proxy, &conn, txn, in_flight, req).await
     };
@@ -76,6 +97,40 @@ pub async fn handle(
         response.headers_mut().insert(PROXY_AUTHENTICATE, reply);
     }
     response
+}
+
+/// The policy's decision for a CONNECT or an absolute-form request; `None` when the target
+/// has no host (the handler refuses it with 400).
+fn decide(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    req: &Request<Incoming>,
+    user: Option<&str>,
+) -> Option<Decision> {
+    let uri = req.uri();
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let identity = user.map(|name| portcullis_policy::Identity { name, groups: &[] });
+    let client = conn.client.ip();
+    let decision = if req.method() == http::Method::CONNECT {
+        let facts = portcullis_policy::ConnectFacts::new(host, uri.port_u16()?, client)
+            .with_user_agent(user_agent)
+            .with_user(identity);
+        proxy.policy.decide_connect(&facts)
+    } else {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let port = uri.port_u16().unwrap_or(80);
+        let facts =
+            portcullis_policy::RequestFacts::new(req.method().as_str(), host, port, path, client)
+                .with_user_agent(user_agent)
+                .with_user(identity);
+        proxy.policy.decide_request(&facts)
+    };
+    tracing::debug!(client = %client, %host, decision = %decision, "policy decision");
+    Some(decision)
 }
 
 /// Maps an error from a round trip (pooled client or tunnel session) to what the user is told,
@@ -118,6 +173,9 @@ pub struct Txn {
     method: String,
     url: String,
     user: Option<String>,
+    policy: Option<PolicyNote>,
+    /// The policy gave this transaction Outlook's long timeouts.
+    long_poll: bool,
 }
 
 /// How a transaction ended, for the access log.
@@ -175,6 +233,8 @@ impl Txn {
             method: method.as_str().to_owned(),
             url,
             user,
+            policy: None,
+            long_poll: false,
         }
     }
 
@@ -185,11 +245,23 @@ impl Txn {
             method: req.method().as_str().to_owned(),
             url: req.uri().to_string(),
             user: None,
+            policy: None,
+            long_poll: false,
         }
     }
 
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Records the policy's decision for the log line and picks the timeouts it asks for.
+    pub fn decided(&mut self, decision: &Decision) {
+        self.policy = Some(PolicyNote::new(decision));
+        self.long_poll = decision.timeouts == TimeoutProfile::LongPoll;
+    }
+
+    pub fn long_poll(&self) -> bool {
+        self.long_poll
     }
 
     pub fn record(
@@ -214,6 +286,7 @@ impl Txn {
             peer: outcome.peer,
             content_type,
             error: outcome.error,
+            policy: self.policy.clone(),
         }
     }
 

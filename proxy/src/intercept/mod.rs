@@ -1,7 +1,7 @@
 //! TLS interception of CONNECT tunnels.
 //!
 //! After `200 Connection established` the client's first bytes decide: a TLS ClientHello is
-//! intercepted (unless its SNI is bypassed), anything else — or a server that speaks first — is
+//! intercepted (unless the policy, deciding again with the SNI, says tunnel), anything else — or a server that speaks first — is
 //! relayed untouched. An intercepted tunnel connects to the origin *first*, verifying its
 //! certificate against the system roots; only then is a leaf minted (copying the origin's
 //! subjectAltNames) and the client handshake finished with the ALPN the origin chose. A bad
@@ -11,6 +11,7 @@
 pub mod session;
 pub mod upstream_tls;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use portcullis_certs::{
     KeyFileCheck, LeafName, LeafRequest, ServerConfigs,
 };
 use portcullis_policy::host::{normalise, HostPattern};
+use portcullis_policy::{Action, ConnectFacts, Decision, Identity, RequestFacts};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
@@ -34,9 +36,11 @@ use tokio_rustls::StartHandshake;
 use crate::activity::{Activity, ActivityIo};
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Side};
+use crate::http::connect::{tunnel_reason, TunnelPlan};
 use crate::http::headers::Target;
 use crate::http::{forward, Outcome, Txn};
+use crate::metrics::TlsTunnelReason;
 use crate::rewind::Rewind;
 use crate::server::{ConnCtx, Proxy};
 use crate::tunnel::relay;
@@ -52,14 +56,17 @@ pub struct Interceptor {
     cache: CertCache,
     server_configs: ServerConfigs,
     upstream: UpstreamTls,
-    bypass: Vec<HostPattern>,
     insecure: Vec<HostPattern>,
 }
 
 impl Interceptor {
     /// Loads (or, with `tls.auto_init_ca`, creates) the CA in `server.data_dir`. `None` when
     /// inspection is off. Errors name the key to fix.
-    pub fn new(config: &Config) -> Result<Option<Interceptor>, (&'static str, String)> {
+    /// `mint_observer` hears how long each certificate took to mint (a metrics histogram).
+    pub fn new(
+        config: &Config,
+        mint_observer: impl Fn(Duration) + Send + Sync + 'static,
+    ) -> Result<Option<Interceptor>, (&'static str, String)> {
         let tls = &config.tls;
         if !tls.inspect {
             return Ok(None);
@@ -92,18 +99,13 @@ impl Interceptor {
             "TLS inspection on"
         );
         Ok(Some(Interceptor {
-            cache: CertCache::new(Arc::new(issuer), tls.cert_cache_size),
+            cache: CertCache::new(Arc::new(issuer), tls.cert_cache_size)
+                .with_mint_observer(mint_observer),
             server_configs: ServerConfigs::new(4096),
             upstream,
-            bypass: patterns("tls.bypass", &tls.bypass)?,
             insecure: patterns("tls.insecure_upstream", &tls.insecure_upstream)?,
             ca,
         }))
-    }
-
-    pub fn is_bypassed(&self, host: &str) -> bool {
-        let host = normalise(host);
-        self.bypass.iter().any(|p| p.matches(&host))
     }
 
     fn is_insecure(&self, host: &str) -> bool {
@@ -160,18 +162,16 @@ pub async fn run_tunnel(
     client: Upgraded,
     upstream: TcpStream,
     target: Target,
+    plan: TunnelPlan,
 ) {
     let Some(interceptor) = proxy.interceptor.as_ref() else {
         return;
     };
     let mut client = TokioIo::new(client);
     let peer = upstream.peer_addr().ok().map(|a| a.ip());
+    let idle = plan.idle;
     // A silent client gets no longer than a silent tunnel would.
-    let wait = proxy
-        .config
-        .timeouts
-        .client_header
-        .min(proxy.config.timeouts.tunnel_idle);
+    let wait = proxy.config.timeouts.client_header.min(idle);
     let first = peek(&mut client, &upstream, wait).await;
     let hello = match first {
         FirstBytes::Tls(bytes) => read_client_hello(&mut client, bytes, wait).await,
@@ -180,15 +180,9 @@ pub async fn run_tunnel(
     let (accepted, seen) = match hello {
         Ok(pair) => pair,
         Err(bytes) => {
-            return relay_untouched(
-                &proxy,
-                conn,
-                txn,
-                Rewind::new(bytes, client),
-                upstream,
-                peer,
-            )
-            .await
+            proxy.metrics.tls_tunnelled(TlsTunnelReason::NonTls);
+            let client = Rewind::new(bytes, client);
+            return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
         }
     };
     let hello = accepted.client_hello();
@@ -197,12 +191,31 @@ pub async fn run_tunnel(
         .alpn()
         .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
-    if let Some(name) = &sni {
-        if interceptor.is_bypassed(name) {
-            tracing::debug!(sni = %name, "SNI is on tls.bypass; tunnelling untouched");
-            // rustls has seen the ClientHello; the origin gets the same bytes.
-            let client = Rewind::new(seen.freeze(), client);
-            return relay_untouched(&proxy, conn, txn, client, upstream, peer).await;
+    let mut denied = None;
+    if let Some(decision) = decide_on_sni(&proxy, &conn, &txn, &target, sni.as_deref(), &plan) {
+        match &decision.action {
+            Action::Inspect => {}
+            Action::Tunnel => {
+                tracing::debug!(sni = ?sni, decision = %decision, "tunnelling untouched on the SNI");
+                proxy.metrics.tls_tunnelled(tunnel_reason(&decision));
+                let mut txn = txn;
+                txn.decided(&decision);
+                // rustls has seen the ClientHello; the origin gets the same bytes.
+                let idle = if txn.long_poll() {
+                    proxy.config.timeouts.long_poll_idle
+                } else {
+                    idle
+                };
+                let client = Rewind::new(seen.freeze(), client);
+                return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
+            }
+            Action::Deny { reason } => {
+                // The 200 is already sent: finish the handshake and show the page inside.
+                denied = Some(ProxyError::Denied {
+                    reason: reason.to_string(),
+                    rule: decision.rule.name.to_string(),
+                });
+            }
         }
     }
     let start = StartHandshake::from_parts(accepted, client);
@@ -211,7 +224,7 @@ pub async fn run_tunnel(
     let origin_name = sni.as_deref().unwrap_or(&target.host).to_owned();
     let insecure = interceptor.is_insecure(&origin_name) || interceptor.is_insecure(&target.host);
     let tls_config = interceptor.upstream.config(&alpn, insecure);
-    let origin = match server_name(sni.as_deref(), &target.host) {
+    let origin = match denied.map_or_else(|| server_name(sni.as_deref(), &target.host), Err) {
         Ok(name) => tokio_rustls::TlsConnector::from(Arc::clone(&tls_config))
             .connect(name.clone(), upstream)
             .await
@@ -248,7 +261,10 @@ pub async fn run_tunnel(
             (Some(Arc::new(session)), sans, chosen, None)
         }
         Err(e) => {
-            tracing::info!(host = %origin_name, error = %e, "origin TLS failed; the client gets an error page");
+            if !matches!(e, ProxyError::Denied { .. }) {
+                proxy.metrics.tls_handshake_failed(Side::Upstream);
+            }
+            tracing::info!(host = %origin_name, error = %e, "no origin connection; the client gets an error page");
             (None, Vec::new(), Some(HTTP11.to_vec()), Some(e))
         }
     };
@@ -279,14 +295,16 @@ pub async fn run_tunnel(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Typically a client that pins the origin's certificate or lacks our CA.
+            proxy.metrics.tls_handshake_failed(Side::Client);
             tracing::warn!(
                 host = %origin_name, client = %conn.client, error = %e,
-                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); consider tls.bypass for this host"
+                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); consider a policy rule with action = \"tunnel\" for this host"
             );
             return;
         }
         Err(_) => return,
     };
+    proxy.metrics.tls_intercepted();
     let h2 = client_tls.get_ref().1.alpn_protocol() == Some(upstream_tls::H2);
     let authority = if target.port == 443 {
         origin_name.clone()
@@ -294,19 +312,16 @@ pub async fn run_tunnel(
         format!("{origin_name}:{}", target.port)
     };
     log_connect(&proxy, &txn, "NONE", peer);
-    serve_decrypted(
-        proxy,
-        conn,
-        client_tls,
-        h2,
-        Arc::new(Inner {
-            session,
-            upstream_error,
-            authority,
-            user: txn.user().map(str::to_owned),
-        }),
-    )
-    .await;
+    let inner = Inner {
+        session,
+        upstream_error,
+        authority,
+        host: origin_name,
+        port: target.port,
+        sni,
+        user: txn.user().map(str::to_owned),
+    };
+    serve_decrypted(proxy, conn, client_tls, h2, Arc::new(inner), idle).await;
 }
 
 /// Reads the client's first bytes. Gives up waiting when the origin speaks first (SMTP, IMAP
@@ -356,6 +371,44 @@ async fn read_client_hello(
     }
 }
 
+/// The CONNECT decided again with what the ClientHello says, when that can change anything:
+/// a CONNECT to a bare IP is judged by its SNI name (only inspect/tunnel/deny: authentication
+/// was settled on the target itself, so a forged SNI earns no exemption, and a tunnel it earns
+/// carries only what the client could have sent anyway), and `sni` rules need the SNI.
+fn decide_on_sni(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    txn: &Txn,
+    target: &Target,
+    sni: Option<&str>,
+    plan: &TunnelPlan,
+) -> Option<Decision> {
+    let sni = sni?;
+    let ip = target
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok();
+    if ip.is_none() && !proxy.policy.uses_sni() {
+        return None;
+    }
+    let host = if ip.is_some() {
+        sni
+    } else {
+        target.host.as_str()
+    };
+    let user = txn.user().map(|name| Identity { name, groups: &[] });
+    let mut facts = ConnectFacts::new(host, target.port, conn.client.ip())
+        .with_sni(Some(sni))
+        .with_user_agent(plan.user_agent.as_deref())
+        .with_user(user);
+    if ip.is_some() {
+        facts.dest_ip = ip;
+    }
+    Some(proxy.policy.decide_connect(&facts))
+}
+
 /// Relays a tunnel byte for byte and logs it as Squid does (`TCP_TUNNEL/200`).
 async fn relay_untouched<C>(
     proxy: &Proxy,
@@ -363,11 +416,12 @@ async fn relay_untouched<C>(
     txn: Txn,
     client: C,
     upstream: TcpStream,
-    peer: Option<std::net::IpAddr>,
+    peer: Option<IpAddr>,
+    idle: Duration,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let stats = relay(client, upstream, proxy.config.timeouts.tunnel_idle).await;
+    let stats = relay(client, upstream, idle).await;
     let mut record = txn.record(
         Outcome {
             result: "TCP_TUNNEL",
@@ -403,17 +457,22 @@ struct Inner {
     upstream_error: Option<ProxyError>,
     /// `host[:port]` as the client asked for it, for URLs and the upstream Host/:authority.
     authority: String,
+    /// The origin's name (the SNI, else the CONNECT host) and port, for per-request decisions.
+    host: String,
+    port: u16,
+    sni: Option<String>,
     user: Option<String>,
 }
 
 /// Serves the decrypted connection with hyper (HTTP/1.1 with upgrades, or HTTP/2) until the
-/// client is done, idle for `tunnel_idle`, or the proxy shuts down.
+/// client is done, idle for `idle`, or the proxy shuts down.
 async fn serve_decrypted(
     proxy: Arc<Proxy>,
     conn: Arc<ConnCtx>,
     client_tls: tokio_rustls::server::TlsStream<TokioIo<Upgraded>>,
     h2: bool,
     inner: Arc<Inner>,
+    idle: Duration,
 ) {
     let activity = Activity::new();
     let io = TokioIo::new(ActivityIo::new(client_tls, Arc::clone(&activity)));
@@ -449,7 +508,7 @@ async fn serve_decrypted(
             conn,
             &activity,
             timeouts.client_header,
-            timeouts.tunnel_idle,
+            idle,
             &proxy.shutdown,
         )
         .await
@@ -466,7 +525,7 @@ async fn serve_decrypted(
             conn,
             &activity,
             timeouts.client_header,
-            timeouts.tunnel_idle,
+            idle,
             &proxy.shutdown,
         )
         .await
@@ -486,7 +545,35 @@ async fn decrypted_request(
     let in_flight = activity.begin_request();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("https://{}{}", inner.authority, path);
-    let txn = Txn::intercepted(conn.client.ip(), req.method(), url, inner.user.clone());
+    let mut txn = Txn::intercepted(conn.client.ip(), req.method(), url, inner.user.clone());
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let facts = RequestFacts::new(
+        req.method().as_str(),
+        &inner.host,
+        inner.port,
+        path,
+        conn.client.ip(),
+    )
+    .with_sni(inner.sni.as_deref())
+    .with_user_agent(user_agent)
+    .with_user(
+        inner
+            .user
+            .as_deref()
+            .map(|name| Identity { name, groups: &[] }),
+    );
+    let decision = proxy.policy.decide_request(&facts);
+    txn.decided(&decision);
+    if let Action::Deny { reason } = &decision.action {
+        let err = ProxyError::Denied {
+            reason: reason.to_string(),
+            rule: decision.rule.name.to_string(),
+        };
+        return txn.fail(&proxy, in_flight, err);
+    }
     match (&inner.session, &inner.upstream_error) {
         (Some(session), _) => {
             forward::handle_intercepted(

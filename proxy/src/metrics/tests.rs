@@ -26,6 +26,7 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
         peer: None,
         content_type: None,
         error: (result == "TCP_DENIED").then_some("auth-required"),
+        policy: None,
     }
 }
 

@@ -1,0 +1,237 @@
+//! `portcullis policy explain`: what the proxy would do with a URL, which rule decided and why,
+//! for the moment a user says "Outlook is broken".
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use portcullis_policy::{Action, ConnectFacts, Identity, Policy, RequestFacts};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the decision for a URL: for https the CONNECT decision (inspect, tunnel or deny;
+    /// authentication; timeouts) and, when inspected, the decision for the request inside; for
+    /// http the request decision. Names the rule that matched and each condition's match.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The config whose policy to use; without it the embedded default (the Outlook profile).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `https://outlook.office365.com/mapi/emsmdb/`, `http://intranet/`, or `host:port` for a
+    /// bare CONNECT.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The request method inside the tunnel (or of the plain-HTTP request).
+    #[arg(long, value_name = "M", default_value = "GET")]
+    pub method: String,
+    /// The client's User-Agent.
+    #[arg(long, value_name = "UA")]
+    pub ua: Option<String>,
+    /// The client's address.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub client: IpAddr,
+    /// The authenticated user.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+    /// The TLS SNI (for a CONNECT to a bare IP, the name in the ClientHello).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Explain(args) => {
+            let config = crate::cli::load_config(args.config.as_deref())?;
+            let policy = config.compile_policy().context("policy")?;
+            print!("{}", explain(&policy, &args)?);
+            Ok(())
+        }
+    }
+}
+
+/// What `explain` prints; separate from printing so that it can be tested.
+pub fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
+    let target = Url::parse(&args.url)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(|name| Identity { name, groups: &[] });
+    let mut out = String::new();
+    let explain_request = |host: &str| {
+        let facts = RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
+            .with_user_agent(args.ua.as_deref())
+            .with_sni(args.sni.as_deref())
+            .with_user(user);
+        indent(&policy.explain_request(&facts).to_string())
+    };
+    if !target.tls {
+        out.push_str(&format!(
+            "{} http://{}:{}{} from {}\n",
+            args.method, target.host, target.port, target.path, args.client
+        ));
+        out.push_str(&explain_request(&target.host));
+        return Ok(out);
+    }
+    let connect = ConnectFacts::new(&target.host, target.port, args.client)
+        .with_user_agent(args.ua.as_deref())
+        .with_user(user);
+    out.push_str(&format!(
+        "CONNECT {}:{} from {}\n",
+        target.host, target.port, args.client
+    ));
+    let first = policy.explain_connect(&connect);
+    out.push_str(&indent(&first.to_string()));
+    let mut action = first.decision.action.clone();
+    // The proxy decides again once the ClientHello names the server: always for a bare IP
+    // (judged by the SNI name), and when rules test the SNI.
+    let by_ip = connect.dest_ip.is_some();
+    let mut host = target.host.as_str();
+    if let (Some(sni), Action::Inspect) = (args.sni.as_deref(), &action) {
+        if by_ip || policy.uses_sni() {
+            let mut facts = connect.with_sni(Some(sni));
+            if by_ip {
+                facts.host = sni;
+                host = sni;
+            }
+            let second = policy.explain_connect(&facts);
+            out.push_str(&format!(
+                "after the ClientHello (SNI {sni}; authentication stays as decided above):\n"
+            ));
+            out.push_str(&indent(&second.to_string()));
+            action = second.decision.action.clone();
+        }
+    }
+    match action {
+        Action::Inspect => {
+            out.push_str(&format!(
+                "inspected request {} https://{host}{}:\n",
+                args.method, target.path
+            ));
+            out.push_str(&explain_request(host));
+        }
+        Action::Tunnel => out.push_str(
+            "the tunnel is relayed untouched: the proxy never sees the requests inside it\n",
+        ),
+        Action::Deny { .. } => out.push_str("the client gets 403 with the reason above\n"),
+    }
+    Ok(out)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// The parts of `--url` a decision needs.
+struct Url {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl Url {
+    fn parse(url: &str) -> anyhow::Result<Url> {
+        let bad = |why: &str| anyhow::anyhow!("--url {url:?}: {why}");
+        let (tls, rest) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, _)) => return Err(bad(&format!("the {scheme} scheme is not proxied"))),
+            // `host:port`: what a CONNECT names.
+            None => (true, url),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let authority: http::uri::Authority =
+            authority.parse().map_err(|e| bad(&format!("{e}")))?;
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Url {
+            tls,
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn args(url: &str) -> ExplainArgs {
+        ExplainArgs {
+            config: None,
+            url: url.to_owned(),
+            method: "GET".to_owned(),
+            ua: None,
+            client: "10.0.0.7".parse().unwrap(),
+            user: None,
+            sni: None,
+        }
+    }
+
+    fn default_policy() -> Policy {
+        crate::config::Config::embedded_default()
+            .unwrap()
+            .compile_policy()
+            .unwrap()
+    }
+
+    #[test]
+    fn outlook_is_tunnelled_and_exempt() {
+        let out = explain(
+            &default_policy(),
+            &args("https://outlook.office365.com/mapi/"),
+        )
+        .unwrap();
+        assert!(
+            out.starts_with("CONNECT outlook.office365.com:443 from 10.0.0.7\n"),
+            "{out}"
+        );
+        assert!(out.contains("decision: tunnel"), "{out}");
+        assert!(out.contains("auth:     Exempt"), "{out}");
+        assert!(out.contains("relayed untouched"), "{out}");
+    }
+
+    #[test]
+    fn other_https_is_inspected_and_its_request_explained() {
+        let mut a = args("https://www.example.test/Microsoft-Server-ActiveSync?Cmd=Ping");
+        a.method = "POST".to_owned();
+        let out = explain(&default_policy(), &a).unwrap();
+        assert!(out.contains("decision: inspect"), "{out}");
+        assert!(out.contains("auth:     Required"), "{out}");
+        assert!(
+            out.contains("inspected request POST https://www.example.test/"),
+            "{out}"
+        );
+        assert!(out.contains("exchange: eas"), "{out}");
+        assert!(out.contains("timeouts: LongPoll"), "{out}");
+    }
+
+    #[test]
+    fn bare_ip_is_judged_again_by_its_sni() {
+        let mut a = args("203.0.113.9:443");
+        a.sni = Some("outlook.office365.com".to_owned());
+        let out = explain(&default_policy(), &a).unwrap();
+        assert!(
+            out.contains("after the ClientHello (SNI outlook.office365.com;"),
+            "{out}"
+        );
+        assert!(out.contains("relayed untouched"), "{out}");
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let err = explain(&default_policy(), &args("ftp://x/")).unwrap_err();
+        assert!(err.to_string().contains("ftp scheme"), "{err}");
+    }
+}
