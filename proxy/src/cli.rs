@@ -35,6 +35,10 @@ pub enum Command {
     /// timeouts, and the rule that decided.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Microsoft 365 endpoint list: import a saved copy of Microsoft's endpoints JSON (for
+    /// proxies that cannot reach endpoints.office.com); a running proxy uses it after a reload.
+    #[command(subcommand)]
+    M365(M365Command),
     /// Create, inspect and export the certificate authority used for TLS inspection.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -42,6 +46,22 @@ pub enum Command {
     /// through its admin endpoint, which reports whether the new config was accepted, or by
     /// signalling the process named in a pid file.
     Reload(ReloadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum M365Command {
+    /// Validate FILE (the JSON of https://endpoints.office.com/endpoints/Worldwide) and store it
+    /// as the cached list in the data directory.
+    Import {
+        /// The endpoints JSON file.
+        file: PathBuf,
+        /// The proxy's config file (for its data directory and Outlook profile settings).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory; replaces `server.data_dir` from the config.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +157,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Netfilter(cmd) => netfilter_cmd::run(cmd).context("netfilter"),
         Command::Ca(cmd) => ca_cmd::run(cmd).context("ca"),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::M365(M365Command::Import {
+            file,
+            config,
+            data_dir,
+        }) => {
+            let mut config = load_config(config.as_deref())?;
+            if let Some(dir) = data_dir {
+                config.server.data_dir = dir;
+            }
+            let json = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let sets = portcullis_policy::m365::parse_endpoints(&json).with_context(|| {
+                format!("{} is not a Microsoft 365 endpoint list", file.display())
+            })?;
+            let policy = portcullis_policy::Policy::compile_with_m365(&config.policy, &sets)
+                .context("policy")?;
+            crate::m365_feed::store(&config, &json, "imported").map_err(anyhow::Error::msg)?;
+            println!(
+                "imported {} endpoint sets into {}; {} values skipped; reload the proxy to use them",
+                sets.len(),
+                config.server.data_dir.join("m365").display(),
+                policy.m365_skipped().len()
+            );
+            for s in policy.m365_skipped() {
+                println!("  skipped set {}: {:?}: {}", s.id, s.value, s.reason);
+            }
+            Ok(())
+        }
         Command::Reload(args) => reload(args),
     }
 }

@@ -37,7 +37,39 @@ pub struct Config {
     /// authentication, and which get Outlook's long timeouts; includes the built-in Outlook /
     /// Exchange profile (`[policy.outlook]`) and the PAC file settings (`[policy.pac]`).
     pub policy: portcullis_policy::RawPolicy,
+    /// The Microsoft 365 endpoints web service, whose Exchange/Common Optimize and Allow sets
+    /// become tunnel/auth-exempt rules of the Outlook profile.
+    pub m365: M365Config,
     pub admin: AdminConfig,
+}
+
+/// Where the Microsoft 365 endpoint list comes from. The last good list is cached in
+/// `<data_dir>/m365/` and used at start, so an unreachable service changes nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct M365Config {
+    /// Check the web service for a new list. Off: only an imported or cached list is used
+    /// (`portcullis m365 import FILE`).
+    pub fetch: bool,
+    /// The service's base URL (`http://` is accepted for a local mirror).
+    pub url: String,
+    /// `Worldwide`, `USGovDoD`, `USGovGCCHigh` or `China`.
+    pub instance: String,
+    /// How often `/version` is asked: at least 1h for Microsoft's service, which answers 429
+    /// to clients asking more often; any interval for a local mirror.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for M365Config {
+    fn default() -> Self {
+        M365Config {
+            fetch: true,
+            url: "https://endpoints.office.com".to_owned(),
+            instance: "Worldwide".to_owned(),
+            check_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Listeners and per-connection limits.
@@ -523,6 +555,35 @@ impl Config {
                     self.tls.leaf_key
                 ),
             ));
+        }
+        if !(self.m365.url.starts_with("https://") || self.m365.url.starts_with("http://"))
+            || self.m365.url.parse::<http::Uri>().is_err()
+        {
+            return Err((
+                "m365.url",
+                format!("{:?} is not an http(s) URL", self.m365.url),
+            ));
+        }
+        if self.m365.instance.is_empty()
+            || !self
+                .m365
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(("m365.instance", "must be a name such as Worldwide".into()));
+        }
+        // Microsoft's service throttles eager clients (429); a local mirror may be asked more often.
+        if self.m365.check_interval < Duration::from_secs(3600)
+            && self.m365.url.contains("endpoints.office.com")
+        {
+            return Err((
+                "m365.check_interval",
+                "Microsoft's endpoints service must not be asked more than hourly".into(),
+            ));
+        }
+        if self.m365.check_interval.is_zero() {
+            return Err(("m365.check_interval", "must be greater than zero".into()));
         }
         if self.tls.cert_cache_size == 0 {
             return Err(("tls.cert_cache_size", "must be at least 1".into()));

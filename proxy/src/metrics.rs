@@ -180,6 +180,8 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_reload_time: Gauge,
     config_reload_ok: IntGauge,
+    m365_version: IntGaugeVec,
+    m365_fetches: IntCounterVec,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -399,6 +401,22 @@ impl Metrics {
                 "config_last_reload_successful",
                 "1 if the last reload succeeded (or none was tried), 0 if it was rejected.",
             )?,
+            m365_version: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "m365_endpoints_version_info",
+                        "The Microsoft 365 endpoint list in use (1 for its instance and version).",
+                    ),
+                    &["instance", "version"],
+                )?,
+            )?,
+            m365_fetches: counter_vec(
+                r,
+                "m365_fetches_total",
+                "Requests to the Microsoft 365 endpoints web service by result (unchanged, updated, throttled, failed).",
+                &["result"],
+            )?,
             sources: Mutex::new(Sources {
                 auth: Accumulated::new(auth_counts),
                 cert_cache: Accumulated::new(cert_cache_counts),
@@ -515,6 +533,19 @@ impl Metrics {
         self.tls_handshake_failures
             .with_label_values(&[side_label(side)])
             .inc();
+    }
+
+    /// The Microsoft 365 endpoint list now in use.
+    pub fn m365_loaded(&self, instance: &str, version: &str) {
+        self.m365_version.reset();
+        self.m365_version
+            .with_label_values(&[instance, version])
+            .set(1);
+    }
+
+    /// One check of the Microsoft 365 web service; `result` is one of a fixed set of labels.
+    pub fn m365_fetched(&self, result: &'static str) {
+        self.m365_fetches.with_label_values(&[result]).inc();
     }
 
     /// A policy rule named `rule` decided `decision`. Rule names come from the config file,

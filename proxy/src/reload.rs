@@ -101,10 +101,23 @@ pub fn load(
         reason: e.to_string(),
     })?;
     let auth = Auth::new(&config.auth).map_err(invalid)?;
-    let policy = config.compile_policy().map_err(|e| LoadError::Invalid {
-        key: "policy",
-        reason: e.to_string(),
-    })?;
+    let m365 = crate::m365_feed::load_cached(&config);
+    let policy =
+        portcullis_policy::Policy::compile_with_m365(&config.policy, &m365.sets).map_err(|e| {
+            LoadError::Invalid {
+                key: "policy",
+                reason: e.to_string(),
+            }
+        })?;
+    if let Some(version) = &m365.version {
+        metrics.m365_loaded(&config.m365.instance, version);
+        tracing::info!(
+            %version,
+            sets = m365.sets.len(),
+            skipped = policy.m365_skipped().len(),
+            "Microsoft 365 endpoint list loaded"
+        );
+    }
     // The CA and the certificate cache are kept unless something they are built from changed;
     // rebuilding would throw away every minted leaf.
     let tls_unchanged = previous.is_some_and(|prev| {

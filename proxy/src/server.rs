@@ -174,6 +174,10 @@ pub async fn run(
     };
     let reloader = Arc::new(Reloader::start(source, loaded, shared));
     crate::reload::spawn_triggers(Arc::clone(&reloader), hup, shutdown.clone());
+    tokio::spawn(crate::m365_feed::run(
+        Arc::clone(&reloader),
+        shutdown.clone(),
+    ));
     admin.set_reloader(Arc::clone(&reloader));
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let pid_file = config.admin.pid_file.as_deref();

@@ -325,6 +325,13 @@ fn merged_config(extra: &str, dir: &Path) -> String {
             .entry("listen")
             .or_insert_with(|| "127.0.0.1:0".into());
     }
+    // Tests never ask Microsoft's endpoints service; tests/tests/m365.rs runs its own.
+    let m365 = table
+        .entry("m365")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(m365) = m365.as_table_mut() {
+        m365.entry("fetch").or_insert_with(|| false.into());
+    }
     let log = table
         .entry("access_log")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));

@@ -1,0 +1,304 @@
+//! The Microsoft 365 endpoints web service, live: the proxy keeps the Outlook profile's list of
+//! Exchange Online hosts and networks current without anyone editing the config.
+//!
+//! - A ClientRequestId GUID is kept in `<data_dir>/m365/client-request-id`, as Microsoft asks.
+//! - `/version/<instance>` is asked every `m365.check_interval` (hourly for Microsoft's
+//!   service); `/endpoints/<instance>` only when the version changed, because the service
+//!   answers 429 to eager clients.
+//! - The last good list is cached in `<data_dir>/m365/endpoints.json` (+ `version`), loaded at
+//!   start and on every reload, and kept when the service is unreachable or sends garbage.
+//! - A new list takes effect through the ordinary reload, so it is validated and swapped the
+//!   same way as a config change.
+//!
+//! The parsing and the turning of sets into rules are pure and live in `portcullis_policy::m365`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use portcullis_policy::m365::{self, EndpointSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::intercept::upstream_tls::UpstreamTls;
+use crate::reload::Reloader;
+
+const DIR: &str = "m365";
+const ENDPOINTS_FILE: &str = "endpoints.json";
+const VERSION_FILE: &str = "version";
+const ID_FILE: &str = "client-request-id";
+/// The feed is ~100 KB; anything far larger is not the feed.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The cached list, as loaded for a snapshot.
+#[derive(Debug, Default)]
+pub struct Cached {
+    pub sets: Vec<EndpointSet>,
+    /// `YYYYMMDDNN`, or `imported` for a file from `portcullis m365 import`.
+    pub version: Option<String>,
+}
+
+fn dir(config: &Config) -> PathBuf {
+    config.server.data_dir.join(DIR)
+}
+
+/// The cached endpoint list, or none. A damaged cache is reported and ignored: the profile's
+/// built-in hosts still apply, and the next fetch replaces it.
+pub fn load_cached(config: &Config) -> Cached {
+    let dir = dir(config);
+    let text = match std::fs::read_to_string(dir.join(ENDPOINTS_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Cached::default(),
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot read the cached Microsoft 365 endpoint list");
+            return Cached::default();
+        }
+    };
+    match m365::parse_endpoints(&text) {
+        Ok(sets) => Cached {
+            sets,
+            version: std::fs::read_to_string(dir.join(VERSION_FILE))
+                .ok()
+                .map(|v| v.trim().to_owned()),
+        },
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), error = %e, "ignoring the damaged cached Microsoft 365 endpoint list");
+            Cached::default()
+        }
+    }
+}
+
+/// Validates `json` as an endpoint list and stores it as the cached list with `version`.
+pub fn store(config: &Config, json: &str, version: &str) -> Result<usize, String> {
+    let sets = m365::parse_endpoints(json).map_err(|e| e.to_string())?;
+    let dir = dir(config);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_atomically(&dir.join(ENDPOINTS_FILE), json.as_bytes())?;
+    write_atomically(&dir.join(VERSION_FILE), format!("{version}\n").as_bytes())?;
+    Ok(sets.len())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The GUID identifying this installation to the service, created once.
+fn client_request_id(config: &Config) -> String {
+    let path = dir(config).join(ID_FILE);
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if id.len() == 36 {
+            return id.to_owned();
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let _ = std::fs::create_dir_all(dir(config));
+    if let Err(e) = std::fs::write(&path, format!("{id}\n")) {
+        tracing::debug!(path = %path.display(), error = %e, "cannot keep the Microsoft 365 ClientRequestId");
+    }
+    id
+}
+
+/// Checks the service every `check_interval` until shutdown; a new list triggers a reload.
+pub async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    loop {
+        let proxy = reloader.current();
+        let settings = proxy.config.m365.clone();
+        if settings.fetch {
+            match check(&proxy).await {
+                Ok(Checked::Unchanged) => proxy.metrics.m365_fetched("unchanged"),
+                Ok(Checked::Updated { version, sets }) => {
+                    proxy.metrics.m365_fetched("updated");
+                    tracing::info!(%version, sets, "new Microsoft 365 endpoint list; reloading");
+                    let _ = reloader.reload().await;
+                }
+                Err(Failure::Throttled) => {
+                    proxy.metrics.m365_fetched("throttled");
+                    tracing::warn!(
+                        "the Microsoft 365 endpoints service answered 429 (too many requests); keeping the cached list"
+                    );
+                }
+                Err(Failure::Other(e)) => {
+                    proxy.metrics.m365_fetched("failed");
+                    tracing::warn!(url = %settings.url, error = %e, "cannot refresh the Microsoft 365 endpoint list; keeping the cached one");
+                }
+            }
+        }
+        drop(proxy);
+        tokio::select! {
+            _ = tokio::time::sleep(settings.check_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+enum Checked {
+    Unchanged,
+    Updated { version: String, sets: usize },
+}
+
+enum Failure {
+    Throttled,
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+async fn check(proxy: &crate::server::Proxy) -> Result<Checked, Failure> {
+    let config = &proxy.config;
+    let m = &config.m365;
+    let id = {
+        let config = Arc::clone(&proxy.config);
+        tokio::task::spawn_blocking(move || client_request_id(&config))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let base = m.url.trim_end_matches('/');
+    let tls = UpstreamTls::new(&config.tls)?;
+    let version_url = format!("{base}/version/{}?ClientRequestId={id}", m.instance);
+    let text = get(proxy, &tls, &version_url).await?;
+    let versions = m365::parse_versions(&text).map_err(|e| e.to_string())?;
+    let latest = versions
+        .iter()
+        .find(|v| v.instance.eq_ignore_ascii_case(&m.instance))
+        .map(|v| v.latest.clone())
+        .ok_or_else(|| format!("the version answer has no instance {}", m.instance))?;
+    let cached = std::fs::read_to_string(dir(config).join(VERSION_FILE)).ok();
+    if cached.as_deref().map(str::trim) == Some(latest.as_str()) {
+        return Ok(Checked::Unchanged);
+    }
+    let endpoints_url = format!("{base}/endpoints/{}?ClientRequestId={id}", m.instance);
+    let json = get(proxy, &tls, &endpoints_url).await?;
+    let config = Arc::clone(&proxy.config);
+    let version = latest.clone();
+    let sets = tokio::task::spawn_blocking(move || store(&config, &json, &version))
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok(Checked::Updated {
+        version: latest,
+        sets,
+    })
+}
+
+/// One GET through the proxy's own dialer (its resolver, its connect timeout); `https` is
+/// verified like any origin.
+async fn get(
+    proxy: &crate::server::Proxy,
+    tls: &UpstreamTls,
+    url: &str,
+) -> Result<String, Failure> {
+    let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = proxy
+        .dialer
+        .dial(&host, port)
+        .await
+        .map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let request = Request::get(path)
+        .header(http::header::HOST, &host)
+        .header(
+            http::header::USER_AGENT,
+            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let timeout = proxy.config.timeouts.upstream_response;
+    let exchange = async {
+        if https {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config(&[], false))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host}: {e}"))?;
+            send(TokioIo::new(stream), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+    };
+    let (status, body) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{url}: no answer within {timeout:?}"))??;
+    match status {
+        StatusCode::OK => {
+            String::from_utf8(body.to_vec()).map_err(|_| format!("{url}: not UTF-8").into())
+        }
+        StatusCode::TOO_MANY_REQUESTS => Err(Failure::Throttled),
+        other => Err(format!("{url}: HTTP {other}").into()),
+    }
+}
+
+async fn send<I>(io: I, request: Request<Empty<Bytes>>) -> Result<(StatusCode, Bytes), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_guids_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        let id = client_request_id(&config);
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!("89ab".contains(&id[19..20]), "{id}");
+        assert_eq!(client_request_id(&config), id);
+    }
+
+    #[test]
+    fn a_damaged_cache_is_ignored_and_a_valid_one_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        assert!(load_cached(&config).sets.is_empty());
+        assert!(store(&config, "{not json", "2026010100").is_err());
+        let json = r#"[{"id":1,"serviceArea":"Exchange","urls":["outlook.example.test"],"tcpPorts":"443","category":"Optimize","required":true}]"#;
+        assert_eq!(store(&config, json, "2026010100").unwrap(), 1);
+        let cached = load_cached(&config);
+        assert_eq!(
+            (cached.sets.len(), cached.version.as_deref()),
+            (1, Some("2026010100"))
+        );
+        std::fs::write(dir.path().join("m365/endpoints.json"), "garbage").unwrap();
+        assert!(load_cached(&config).sets.is_empty());
+    }
+}
