@@ -67,6 +67,8 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
     /// The authenticated user of this connection (Negotiate) and handshake state.
     pub auth: ConnAuth,
+    /// This connection's private origin connection after NTLM/Negotiate to an origin.
+    pub pinned: crate::http::pinned::PinnedOrigin,
     _slot: OwnedSemaphorePermit,
     /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
     /// holding this context) lives.
@@ -292,6 +294,7 @@ async fn accept_loop(
             local: local.unwrap_or(client),
             activity: Activity::new(),
             auth: ConnAuth::default(),
+            pinned: Default::default(),
             _slot: slot,
             _active: proxy.metrics.connection_opened(),
             tunnel: OnceLock::new(),

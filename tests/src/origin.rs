@@ -246,11 +246,30 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         *response.body_mut() = full("done after delay\n");
     } else if path == "/ntlm" {
-        // Exchange's own NTLM dance: the origin's 401 must reach the client untouched.
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        let h = response.headers_mut();
-        h.insert("www-authenticate", HeaderValue::from_static("NTLM"));
-        h.append("www-authenticate", HeaderValue::from_static("Negotiate"));
+        // Exchange's own NTLM dance, bound to the TCP connection as real NTLM is:
+        // `NTLM TYPE1` gets a challenge naming this connection, `NTLM TYPE3-<n>` succeeds only
+        // on connection n. The origin's 401s must reach the client untouched.
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if auth == format!("NTLM TYPE3-{conn}") {
+            *response.body_mut() = full(format!("authenticated on connection {conn}\n"));
+        } else {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            let h = response.headers_mut();
+            if auth == "NTLM TYPE1" {
+                let challenge = format!("NTLM CHALLENGE-{conn}");
+                h.insert(
+                    "www-authenticate",
+                    HeaderValue::from_str(&challenge).unwrap_or_else(|e| panic!("{e}")),
+                );
+            } else {
+                h.insert("www-authenticate", HeaderValue::from_static("NTLM"));
+                h.append("www-authenticate", HeaderValue::from_static("Negotiate"));
+            }
+        }
     } else if path == "/silent" {
         std::future::pending::<()>().await;
     } else if path == "/hop" {

@@ -366,3 +366,93 @@ async fn policy_explain_names_the_rule() {
         "{outlook}"
     );
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a keep-alive connection.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tcp.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_ntlm_pins_the_client_to_its_own_origin_connection() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let url = origin.url("/ntlm");
+    let mut a = TcpStream::connect(proxy.addr).await.unwrap();
+    let leg = |auth: &str| {
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\r\n",
+            origin.addr
+        )
+    };
+    a.write_all(leg("NTLM TYPE1").as_bytes()).await.unwrap();
+    let challenge = read_response(&mut a).await;
+    assert!(challenge.starts_with("HTTP/1.1 401"), "{challenge}");
+    let conn: usize = challenge
+        .lines()
+        .find_map(|l| l.strip_prefix("www-authenticate: NTLM CHALLENGE-"))
+        .unwrap_or_else(|| panic!("{challenge}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Another client keeps an origin connection busy meanwhile; without pinning, the third leg
+    // would land on a different origin connection and fail.
+    let slow = tokio::spawn({
+        let proxy_url = proxy.url();
+        let delayed = origin.url("/other?delay_ms=1500");
+        async move { curl(&["-x", &proxy_url, &delayed]).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.write_all(leg(&format!("NTLM TYPE3-{conn}")).as_bytes())
+        .await
+        .unwrap();
+    let done = read_response(&mut a).await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(
+        done.ends_with(&format!("authenticated on connection {conn}\n")),
+        "{done}"
+    );
+    // Later plain requests of this client stay on its authenticated connection.
+    a.write_all(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            origin.url("/"),
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_response(&mut a).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(slow.await.unwrap(), 200);
+    // And nobody else was ever served on it.
+    let seen = origin.seen();
+    let others: Vec<_> = seen.iter().filter(|s| s.uri.contains("/other")).collect();
+    assert!(others.iter().all(|s| s.conn != conn), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|s| s.conn == conn).count(),
+        3,
+        "{seen:?}"
+    );
+}

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::headers::{
     append_via, apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target,
 };
+use super::pinned::starts_connection_auth;
 use super::{classify_error, Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
@@ -115,6 +116,12 @@ fn target_intercepted(req: &mut Request<Incoming>, h2: bool, host: &str) -> Resu
     }
 }
 
+/// `host:port` as [`crate::http::pinned`] keys origins.
+fn authority_with_port(a: &http::uri::Authority) -> String {
+    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    format!("{host}:{}", a.port_u16().unwrap_or(80))
+}
+
 fn path_of(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
@@ -165,27 +172,38 @@ async fn send(
     } else {
         proxy.config.timeouts.upstream_response
     };
+    let pin = match route {
+        Route::Pooled => {
+            starts_connection_auth(req.headers())
+                || match req.uri().authority() {
+                    Some(a) => conn.pinned.is_pinned_to(&authority_with_port(a)).await,
+                    None => false,
+                }
+        }
+        Route::Session(_) => false,
+    };
     let round_trip = async {
         match route {
+            Route::Pooled if pin => conn.pinned.send(&proxy.dialer, req).await,
             Route::Pooled => proxy
                 .client
                 .request(req)
                 .await
+                .map(|response| {
+                    let peer = response
+                        .extensions()
+                        .get::<HttpInfo>()
+                        .map(|info| info.remote_addr().ip());
+                    (response, peer)
+                })
                 .map_err(|e| classify_error(&e)),
-            Route::Session(session) => session.send(req).await,
+            Route::Session(session) => session.send(req).await.map(|r| (r, session.peer)),
         }
     };
-    let mut response = match tokio::time::timeout(timeout, round_trip).await {
+    let (mut response, peer) = match tokio::time::timeout(timeout, round_trip).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
         Err(_) => return txn.fail(proxy, in_flight, ProxyError::ResponseTimeout(timeout)),
-    };
-    let peer = match route {
-        Route::Pooled => response
-            .extensions()
-            .get::<HttpInfo>()
-            .map(|info| info.remote_addr().ip()),
-        Route::Session(session) => session.peer,
     };
     let pseudonym = &server.via_pseudonym;
 

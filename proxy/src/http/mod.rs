@@ -7,6 +7,7 @@ pub mod forward;
 pub mod headers;
 mod local;
 pub mod pages;
+pub mod pinned;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,0 +1,128 @@
+//! Connection-oriented origin authentication on plain HTTP (Squid's "connection-auth").
+//!
+//! NTLM, and Negotiate as Exchange and IIS use it, authenticate a *TCP connection*, not a
+//! request: the three legs of NTLM must reach the same origin connection, and everything after
+//! them is only authorised on that connection. Once a client sends `Authorization: NTLM …` or
+//! `Negotiate …` to an origin, its client connection gets a private origin connection for that
+//! origin for the rest of its life, outside the shared pool, so no other client can ever be
+//! served on an authenticated origin connection either. Intercepted tunnels need nothing of
+//! this: each already has its own origin connection ([`crate::intercept::session`]).
+
+use std::net::IpAddr;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
+
+use super::classify_error;
+use crate::error::ProxyError;
+use crate::upstream::Dialer;
+
+/// The private origin connection of one client connection, if it has one.
+#[derive(Default)]
+pub struct PinnedOrigin {
+    slot: Mutex<Option<Pin>>,
+}
+
+struct Pin {
+    /// `host:port` of the origin.
+    authority: String,
+    sender: http1::SendRequest<Incoming>,
+    peer: Option<IpAddr>,
+}
+
+/// Whether the request carries connection-oriented origin credentials.
+pub fn starts_connection_auth(headers: &HeaderMap) -> bool {
+    headers.get_all(AUTHORIZATION).iter().any(|v| {
+        let v = v.as_bytes();
+        let scheme = v.split(|&b| b == b' ').next().unwrap_or_default();
+        scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
+    })
+}
+
+impl PinnedOrigin {
+    /// Whether requests to `authority` go through this connection's pinned origin connection.
+    pub async fn is_pinned_to(&self, authority: &str) -> bool {
+        self.slot
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|p| p.authority == authority)
+    }
+
+    /// Sends `req` (absolute-form, `Host` set) over the pinned connection to its origin,
+    /// opening it first if there is none for this origin (or the old one closed: the client's
+    /// next NTLM handshake then starts on the new one, as it would with a direct connection).
+    pub async fn send(
+        &self,
+        dialer: &Dialer,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
+        let uri = req.uri().clone();
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let authority = format!("{host}:{port}");
+        // Origin-form on the wire, as to any origin.
+        *req.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        let mut slot = self.slot.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(pin) if pin.authority == authority => pin.sender.ready().await.is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            let tcp = dialer.dial(&host, port).await?;
+            let peer = tcp.peer_addr().ok().map(|a| a.ip());
+            let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| classify_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "pinned origin connection ended with an error");
+                }
+            });
+            tracing::debug!(%authority, "client connection pinned to its own origin connection (connection-oriented origin auth)");
+            *slot = Some(Pin {
+                authority,
+                sender,
+                peer,
+            });
+        }
+        let Some(pin) = slot.as_mut() else {
+            return Err(ProxyError::Upstream("no pinned connection".into()));
+        };
+        let peer = pin.peer;
+        let response = pin
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify_error(&e))?;
+        Ok((response, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntlm_and_negotiate_pin_basic_does_not() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(AUTHORIZATION, http::HeaderValue::from_static(v));
+            m
+        };
+        assert!(starts_connection_auth(&h("NTLM TlRMTVNTUAABAAAA")));
+        assert!(starts_connection_auth(&h("negotiate YIIG")));
+        assert!(!starts_connection_auth(&h("Basic YWxpY2U6cHc=")));
+        assert!(!starts_connection_auth(&h("Bearer eyJ")));
+        assert!(!starts_connection_auth(&HeaderMap::new()));
+    }
+}
