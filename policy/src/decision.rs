@@ -94,7 +94,7 @@ impl RuleSource {
 /// The rule that decided: what logs, metrics and `policy explain` name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRule {
-    /// The rule's `name`, or a generated one such as `rules[3]` or `outlook:m365`.
+    /// The rule's `name`, or a generated one such as `rules[3]` or `outlook:m365-hosts`.
     pub name: Arc<str>,
     pub source: RuleSource,
     /// Index within its source (`policy.rules[index]`); 0 for single built-in rules.
@@ -120,7 +120,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Human-readable reason, e.g. `tunnel (auth exempt, long_poll) by outlook:m365 [outlook]:
+    /// Human-readable reason, e.g. `tunnel (auth exempt, long_poll) by outlook:m365-hosts [outlook]:
     /// host *.outlook.com`. Allocates; meant for logs at debug level and `policy explain`.
     pub fn why(&self) -> String {
         self.to_string()

@@ -1,4 +1,5 @@
-//! Host name patterns, used by the policy rules, the proxy's auth exemptions and its TLS bypass:
+//! Host name patterns, used by the policy rules (`host`, `sni`, `policy.direct`) and by
+//! `tls.insecure_upstream`:
 //!
 //! | pattern | kind | matches |
 //! |---|---|---|

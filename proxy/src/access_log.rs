@@ -75,7 +75,7 @@ impl PolicyNote {
 impl Record {
     /// Squid's default `logformat squid`:
     /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`, plus one trailing field
-    /// `action/rule` (`tunnel/outlook:m365`) when the policy decided; log analysers that read
+    /// `action/rule` (`tunnel/outlook:m365-hosts`) when the policy decided; log analysers that read
     /// Squid's ten fields ignore it.
     pub fn squid_line(&self) -> String {
         let since = self

@@ -265,10 +265,15 @@ pub struct TlsConfig {
     pub auto_init_ca: bool,
     /// Load a CA key readable by group/others (refused by default).
     pub allow_insecure_key_permissions: bool,
-    /// Leaf key type: "ecdsa-p256" (default) or "rsa-2048" for old clients.
+    /// Leaf key type: "ecdsa-p256" (default), or "rsa-2048" / "rsa-3072" for old clients.
     pub leaf_key: String,
     /// Minted certificates kept in memory.
     pub cert_cache_size: usize,
+    /// After a client refuses an intercepted connection (certificate pinning, or the proxy's
+    /// CA not installed), that client's tunnels to that host are relayed untouched for this
+    /// long, so the application works on its next try. "0s" turns this off.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_after_refusal: Duration,
 }
 
 impl Default for TlsConfig {
@@ -280,6 +285,7 @@ impl Default for TlsConfig {
             auto_init_ca: true,
             allow_insecure_key_permissions: false,
             leaf_key: "ecdsa-p256".to_owned(),
+            tunnel_after_refusal: Duration::from_secs(3600),
             cert_cache_size: 10_000,
         }
     }

@@ -72,7 +72,7 @@ pub fn decision(record: &Record) -> Decision {
 pub enum TlsTunnelReason {
     /// An Outlook/Exchange endpoint the Outlook profile says must not be intercepted.
     OutlookProfile,
-    /// A `tls.bypass` (or policy) rule.
+    /// A policy rule (`action = "tunnel"` or `direct`) other than the Outlook profile.
     BypassRule,
     /// The client did not start TLS (no ClientHello within the deadline).
     NonTls,

@@ -18,7 +18,8 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The config whose policy to use; without it the embedded default (the Outlook profile).
+    /// The config whose policy to use (with the Microsoft 365 list cached in its data
+    /// directory); without it the embedded default (the Outlook profile).
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// `https://outlook.office365.com/mapi/emsmdb/`, `http://intranet/`, or `host:port` for a
@@ -46,7 +47,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Explain(args) => {
             let config = crate::cli::load_config(args.config.as_deref())?;
-            let policy = config.compile_policy().context("policy")?;
+            // The same list the running proxy uses: the cached Microsoft 365 endpoints.
+            let m365 = crate::m365_feed::load_cached(&config);
+            let policy = Policy::compile_with_m365(&config.policy, &m365.sets).context("policy")?;
             print!("{}", explain(&policy, &args)?);
             Ok(())
         }

@@ -60,8 +60,10 @@ async fn get_post_put_with_sized_and_chunked_bodies() {
     let log = proxy.access_log(4);
     assert_eq!(log.len(), 4, "{log:?}");
     let fields: Vec<&str> = log[1].split_whitespace().collect();
-    // time elapsed client code/status bytes method url user hier/peer type
-    assert_eq!(fields.len(), 10, "{}", log[1]);
+    // time elapsed client code/status bytes method url user hier/peer type, then the policy's
+    // action/rule
+    assert_eq!(fields.len(), 11, "{}", log[1]);
+    assert_eq!(fields[10], "inspect/default");
     assert_eq!(fields[2], "127.0.0.1");
     assert_eq!(fields[3], "TCP_MISS/200");
     assert_eq!(fields[4], "10");

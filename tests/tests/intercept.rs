@@ -229,6 +229,19 @@ async fn leaf_via_proxy(
     port: u16,
     ca_pem: &[u8],
 ) -> Vec<u8> {
+    let tls = tls_via_proxy(proxy, host, port, ca_pem).await;
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+/// A TLS connection to `host` through a CONNECT to `127.0.0.1:port`, trusting `ca_pem`.
+async fn tls_via_proxy(
+    proxy: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+    ca_pem: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
@@ -252,13 +265,44 @@ async fn leaf_via_proxy(
     .with_root_certificates(roots)
     .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_work_over_intercepted_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let origin = TestOrigin::https().await;
+    let proxy = inspecting_proxy(&origin, "");
+    let port = origin.addr.port();
+    let ca = std::fs::read(proxy_ca(&proxy)).unwrap();
+    let tls = tls_via_proxy(proxy.addr, "localhost", port, &ca).await;
+    let url = format!("wss://localhost:{port}/ws");
+    let (mut ws, response) = tokio_tungstenite::client_async(url.as_str(), tls)
+        .await
         .unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0]
-        .as_ref()
-        .to_vec()
+    assert_eq!(response.status(), 101);
+    for text in ["decrypted", "and", "re-encrypted"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(origin.seen()[0].headers["upgrade"], "websocket");
+    let log = proxy.access_log(2);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_MISS/101") && l.contains("https://localhost")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,4 +336,42 @@ async fn a_burst_of_first_connections_mints_once() {
     let other = leaf_via_proxy(proxy.addr, "other.lab.test", port, &ca).await;
     assert!(!leaves.contains(&other));
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_refuses_interception_is_tunnelled_on_its_next_try() {
+    let origin = TestOrigin::https().await;
+    let origin_ca = origin.ca_file.as_ref().unwrap().display().to_string();
+    let url = format!("https://localhost:{}/", origin.addr.port());
+    // A client that trusts only the public roots (the origin's CA): it refuses the minted
+    // certificate, like an application pinning its server's certificate.
+    for (setting, second_try) in [("", 200), ("tunnel_after_refusal = \"0s\"\n", 0)] {
+        let proxy = inspecting_proxy(&origin, setting);
+        let first = curl(&["-x", &proxy.url(), "--cacert", &origin_ca, &url]).await;
+        assert_eq!(
+            first.exit, 60,
+            "the minted certificate was accepted: {first:?}"
+        );
+        let second = curl(&["-x", &proxy.url(), "--cacert", &origin_ca, &url]).await;
+        assert_eq!(
+            second.status,
+            second_try,
+            "{setting:?}: {second:?}\n{}",
+            proxy.stderr()
+        );
+        // Another client (another source address) is still inspected.
+        if second_try == 200 {
+            let other = curl(&[
+                "--interface",
+                "127.0.0.2",
+                "-x",
+                &proxy.url(),
+                "--cacert",
+                &origin_ca,
+                &url,
+            ])
+            .await;
+            assert_eq!(other.exit, 60, "{other:?}");
+        }
+    }
 }

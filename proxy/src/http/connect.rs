@@ -89,20 +89,29 @@ pub(super) async fn handle(
     let on_upgrade = hyper::upgrade::on(req);
     // The policy decided on the CONNECT target; with `inspect`, the SNI may still turn the
     // tunnel into a relay once the ClientHello is in.
-    let inspect = proxy.interceptor.is_some()
+    let mut inspect = proxy.interceptor.is_some()
         && decision
             .as_ref()
             .is_none_or(|d| d.action == Action::Inspect);
+    if inspect
+        && proxy
+            .interceptor
+            .as_ref()
+            .is_some_and(|i| i.refusals.contains(conn.client.ip(), &target.host))
+    {
+        tracing::debug!(host = %target.host, "this client refused interception of this host; tunnelling untouched");
+        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
+        inspect = false;
+    } else if !inspect && proxy.interceptor.is_some() {
+        if let Some(decision) = &decision {
+            proxy.metrics.tls_tunnelled(tunnel_reason(decision));
+        }
+    }
     let idle = if txn.long_poll() {
         config.timeouts.long_poll_idle
     } else {
         config.timeouts.tunnel_idle
     };
-    if !inspect && proxy.interceptor.is_some() {
-        if let Some(decision) = &decision {
-            proxy.metrics.tls_tunnelled(tunnel_reason(decision));
-        }
-    }
     let proxy_task = Arc::clone(proxy);
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {

@@ -243,7 +243,11 @@ fn spawn_upgraded_relay(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
 ) {
-    let idle = proxy.config.timeouts.tunnel_idle;
+    let idle = if txn.long_poll() {
+        proxy.config.timeouts.long_poll_idle
+    } else {
+        proxy.config.timeouts.tunnel_idle
+    };
     let log = proxy.access_log.clone();
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {

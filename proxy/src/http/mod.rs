@@ -41,8 +41,13 @@ pub async fn handle(
     }
     // A target the decision cannot be made for is malformed: the handlers below answer 400.
     let mut decision = decide(&proxy, &conn, &req, None);
+    // A refusal that no user could change is answered before asking for credentials.
+    let final_denial = !proxy.policy.uses_identity()
+        && decision
+            .as_ref()
+            .is_some_and(|d| matches!(d.action, Action::Deny { .. }));
     let mut auth_reply = None;
-    if let Some(auth) = &proxy.auth {
+    if let Some(auth) = proxy.auth.as_ref().filter(|_| !final_denial) {
         let exempt = decision
             .as_ref()
             .is_some_and(|d| d.auth == AuthRequirement::Exempt);

@@ -8,6 +8,7 @@
 //! origin certificate is never laundered: the client gets a certificate for the name it asked
 //! for and, inside that connection, a 502 page naming the problem.
 
+pub mod refusals;
 pub mod session;
 pub mod upstream_tls;
 
@@ -57,6 +58,8 @@ pub struct Interceptor {
     server_configs: ServerConfigs,
     upstream: UpstreamTls,
     insecure: Vec<HostPattern>,
+    /// Client/host pairs whose interception the client refused.
+    pub refusals: refusals::Refusals,
 }
 
 impl Interceptor {
@@ -104,6 +107,7 @@ impl Interceptor {
             server_configs: ServerConfigs::new(4096),
             upstream,
             insecure: patterns("tls.insecure_upstream", &tls.insecure_upstream)?,
+            refusals: refusals::Refusals::new(tls.tunnel_after_refusal),
             ca,
         }))
     }
@@ -158,7 +162,7 @@ enum FirstBytes {
 pub async fn run_tunnel(
     proxy: Arc<Proxy>,
     conn: Arc<ConnCtx>,
-    txn: Txn,
+    mut txn: Txn,
     client: Upgraded,
     upstream: TcpStream,
     target: Target,
@@ -191,14 +195,23 @@ pub async fn run_tunnel(
         .alpn()
         .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
+    let client_ip = conn.client.ip();
+    if let Some(name) = sni
+        .as_deref()
+        .filter(|n| interceptor.refusals.contains(client_ip, n))
+    {
+        tracing::debug!(sni = %name, "this client refused interception of this host; tunnelling untouched");
+        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
+        let client = Rewind::new(seen.freeze(), client);
+        return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
+    }
     let mut denied = None;
     if let Some(decision) = decide_on_sni(&proxy, &conn, &txn, &target, sni.as_deref(), &plan) {
         match &decision.action {
-            Action::Inspect => {}
+            Action::Inspect => txn.decided(&decision),
             Action::Tunnel => {
                 tracing::debug!(sni = ?sni, decision = %decision, "tunnelling untouched on the SNI");
                 proxy.metrics.tls_tunnelled(tunnel_reason(&decision));
-                let mut txn = txn;
                 txn.decided(&decision);
                 // rustls has seen the ClientHello; the origin gets the same bytes.
                 let idle = if txn.long_poll() {
@@ -296,9 +309,21 @@ pub async fn run_tunnel(
         Ok(Err(e)) => {
             // Typically a client that pins the origin's certificate or lacks our CA.
             proxy.metrics.tls_handshake_failed(Side::Client);
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
+            if refused {
+                interceptor
+                    .refusals
+                    .remember(conn.client.ip(), &origin_name);
+                interceptor
+                    .refusals
+                    .remember(conn.client.ip(), &target.host);
+            }
             tracing::warn!(
                 host = %origin_name, client = %conn.client, error = %e,
-                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); consider a policy rule with action = \"tunnel\" for this host"
+                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
             );
             return;
         }
