@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use tokio::net::TcpStream;
+
 use crate::activity::now_ms;
+use crate::http::{Outcome, Txn};
+use crate::server::{ConnCtx, Proxy};
 
 /// Per-direction buffer: large enough for bulk transfers to run at memory speed, small enough
 /// that thousands of idle tunnels stay cheap (buffers exist only while copying).
@@ -96,6 +100,34 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
 /// Copies both ways until both directions have ended, an error occurs, or nothing has moved
 /// for `idle`. An EOF from one side is passed on as a half-close (shutdown of the other side's
 /// write half) while the other direction keeps flowing.
+/// Relays a CONNECT tunnel untouched and logs it as Squid does (`TCP_TUNNEL/200`, bytes to the
+/// client and from it). `conn` is held to the end: the client connection's slot stays taken
+/// while its tunnel lives.
+pub async fn relay_and_log<C>(
+    proxy: &Proxy,
+    conn: Arc<ConnCtx>,
+    txn: Txn,
+    client: C,
+    upstream: TcpStream,
+    idle: Duration,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = upstream.peer_addr().ok().map(|a| a.ip());
+    let stats = relay(client, upstream, idle).await;
+    if let RelayEnd::Error(e) = &stats.end {
+        tracing::debug!(client = %conn.client, error = %e, "tunnel ended with an error");
+    }
+    let outcome = Outcome {
+        result: "TCP_TUNNEL",
+        ..Outcome::direct(peer)
+    };
+    let mut record = txn.record(outcome, 200, stats.to_client, None);
+    record.bytes_in = stats.from_client;
+    proxy.access_log.log(&record);
+    drop(conn);
+}
+
 pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,

@@ -9,6 +9,7 @@ pub mod origin;
 pub mod proxy;
 pub mod scrape;
 pub mod tls;
+pub mod users;
 
 pub use client::{curl, curl_env, raw, Curl};
 pub use origin::TestOrigin;
@@ -17,6 +18,7 @@ pub use scrape::{scrape, scrape_until, Scrape};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
+pub use users::htpasswd;
 
 /// Path of the `portcullis` binary under test.
 ///

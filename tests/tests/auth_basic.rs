@@ -5,22 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
-
-fn htpasswd(file: &Path, flag: &str, user: &str, password: &str) {
-    let create = if file.exists() { "-b" } else { "-cb" };
-    let out = Command::new("htpasswd")
-        .args([create, flag])
-        .arg(file)
-        .args([user, password])
-        .output()
-        .expect("htpasswd (Debian package apache2-utils) is needed");
-    assert!(
-        out.status.success(),
-        "htpasswd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use portcullis_e2e::{curl, htpasswd, raw, TestOrigin, TestProxy};
 
 /// An htpasswd file with one user per supported hash format: u_<format> / pw-<format>.
 fn users_file(dir: &Path) -> std::path::PathBuf {

@@ -108,13 +108,7 @@ async fn fake_service(version: &str, endpoints: String) -> FakeService {
 fn proxy_for(service: SocketAddr, origin: &TestOrigin, data_dir: &std::path::Path) -> TestProxy {
     let users = data_dir.parent().unwrap().join("users");
     if !users.exists() {
-        let out = Command::new("htpasswd")
-            .arg("-cbB")
-            .arg(&users)
-            .args(["alice", "pw"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        portcullis_e2e::htpasswd(&users, "-B", "alice", "pw");
     }
     TestProxy::start(&format!(
         "[server]\nconnect_ports = [{port}]\ndata_dir = \"{data}\"\n\

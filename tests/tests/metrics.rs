@@ -222,7 +222,7 @@ async fn tunnel_bytes_and_active_gauges() {
 async fn auth_attempts_and_credential_cache_are_exported() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users");
-    htpasswd(&file, "alice", "secret-pw");
+    portcullis_e2e::htpasswd(&file, "-B", "alice", "secret-pw");
     let origin = TestOrigin::http().await;
     let proxy = TestProxy::start(&format!(
         "{NO_INSPECT}[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n",
@@ -452,20 +452,6 @@ async fn deploy_prometheus_examples_are_valid_and_use_real_metrics() {
 
 fn delta(after: &Scrape, before: &Scrape, name: &str, labels: &[&str]) -> f64 {
     after.value(name, labels) - before.value(name, labels)
-}
-
-fn htpasswd(file: &Path, user: &str, password: &str) {
-    let out = Command::new("htpasswd")
-        .args(["-cbB"])
-        .arg(file)
-        .args([user, password])
-        .output()
-        .expect("htpasswd (Debian package apache2-utils) is needed");
-    assert!(
-        out.status.success(),
-        "htpasswd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Reads a response head (through the blank line).

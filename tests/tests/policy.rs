@@ -11,16 +11,10 @@ use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An htpasswd file with `alice:secret`, written by Apache's own tool.
+/// An htpasswd file with `alice:secret`.
 fn users(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("users");
-    let out = Command::new("htpasswd")
-        .args(["-cbB"])
-        .arg(&file)
-        .args(["alice", "secret"])
-        .output()
-        .expect("htpasswd (Debian package apache2-utils) is needed");
-    assert!(out.status.success());
+    portcullis_e2e::htpasswd(&file, "-B", "alice", "secret");
     file
 }
 

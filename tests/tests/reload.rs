@@ -18,28 +18,6 @@ use tokio::net::TcpStream;
 /// `alice:secret-pw`, as a Basic credential.
 const ALICE: &str = "YWxpY2U6c2VjcmV0LXB3";
 
-fn htpasswd(file: &Path, user: &str, password: &str) {
-    // Edit a copy and rename it over the original, as config management does, so the proxy's
-    // change poll never reads a half-written file.
-    let tmp = file.with_extension("new");
-    if file.exists() {
-        std::fs::copy(file, &tmp).unwrap();
-    }
-    let create = if tmp.exists() { "-bB" } else { "-cbB" };
-    let out = Command::new("htpasswd")
-        .arg(create)
-        .arg(&tmp)
-        .args([user, password])
-        .output()
-        .expect("htpasswd (Debian package apache2-utils) is needed");
-    assert!(
-        out.status.success(),
-        "htpasswd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, file).unwrap();
-}
-
 fn auth_config(htpasswd: &Path, origin: &TestOrigin, exempt: &[&str]) -> String {
     // Destinations are exempted by the policy; an empty list means no rule at all.
     let rule = if exempt.is_empty() {
@@ -131,7 +109,7 @@ async fn keep_alive_get(stream: &mut TcpStream, url: &str, auth: Option<&str>) -
 async fn sighup_under_load_swaps_rules_and_users_without_failing_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    htpasswd(&users, "alice", "secret-pw");
+    portcullis_e2e::htpasswd(&users, "-B", "alice", "secret-pw");
     let origin = TestOrigin::http().await;
     let proxy = Arc::new(TestProxy::start(&auth_config(&users, &origin, &[])));
     let port = origin.addr.port();
@@ -188,7 +166,7 @@ async fn sighup_under_load_swaps_rules_and_users_without_failing_a_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The change: a new user, and a new rule (b.test needs no login).
-    htpasswd(&users, "bob", "bob-pw");
+    portcullis_e2e::htpasswd(&users, "-B", "bob", "bob-pw");
     proxy.rewrite_config(&auth_config(&users, &origin, &["b.test"]));
     let before = done.load(Ordering::Relaxed);
     proxy.signal(Signal::SIGHUP);
@@ -281,7 +259,7 @@ async fn sighup_under_load_swaps_rules_and_users_without_failing_a_request() {
 async fn in_flight_requests_finish_with_the_snapshot_they_started_with() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    htpasswd(&users, "alice", "secret-pw");
+    portcullis_e2e::htpasswd(&users, "-B", "alice", "secret-pw");
     let origin = TestOrigin::http().await;
     let proxy = Arc::new(TestProxy::start(&auth_config(
         &users,

@@ -10,13 +10,13 @@ use hyper_util::rt::TokioIo;
 use portcullis_policy::{Action, Decision, RuleSource};
 
 use super::headers::{via_names_us, Target};
-use super::{Outcome, Txn};
+use super::Txn;
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::TlsTunnelReason;
 use crate::server::{ConnCtx, Proxy};
-use crate::tunnel::{relay, RelayEnd};
+use crate::tunnel::relay_and_log;
 
 /// What an inspected tunnel needs from its CONNECT to decide again on the SNI.
 pub struct TunnelPlan {
@@ -79,7 +79,6 @@ pub(super) async fn handle(
         Ok(stream) => stream,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-    let peer = upstream.peer_addr().ok().map(|a| a.ip());
 
     let user_agent = req
         .headers()
@@ -128,22 +127,7 @@ pub(super) async fn handle(
                 .await;
             return;
         }
-        let stats = relay(TokioIo::new(client), upstream, idle).await;
-        if let RelayEnd::Error(e) = &stats.end {
-            tracing::debug!(target = %target.authority(), error = %e, "tunnel ended with an error");
-        }
-        let mut record = txn.record(
-            Outcome {
-                result: "TCP_TUNNEL",
-                ..Outcome::direct(peer)
-            },
-            200,
-            stats.to_client,
-            None,
-        );
-        record.bytes_in = stats.from_client;
-        proxy_task.access_log.log(&record);
-        drop(conn); // the client connection's slot is held until the tunnel ends
+        relay_and_log(&proxy_task, conn, txn, TokioIo::new(client), upstream, idle).await;
     });
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;

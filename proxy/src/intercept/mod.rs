@@ -44,7 +44,7 @@ use crate::http::{forward, Outcome, Txn};
 use crate::metrics::TlsTunnelReason;
 use crate::rewind::Rewind;
 use crate::server::{ConnCtx, Proxy};
-use crate::tunnel::relay;
+use crate::tunnel::relay_and_log;
 use session::Session;
 use upstream_tls::{classify_handshake_error, server_name, UpstreamTls, HTTP11};
 
@@ -186,7 +186,7 @@ pub async fn run_tunnel(
         Err(bytes) => {
             proxy.metrics.tls_tunnelled(TlsTunnelReason::NonTls);
             let client = Rewind::new(bytes, client);
-            return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
+            return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
         }
     };
     let hello = accepted.client_hello();
@@ -203,7 +203,7 @@ pub async fn run_tunnel(
         tracing::debug!(sni = %name, "this client refused interception of this host; tunnelling untouched");
         proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
         let client = Rewind::new(seen.freeze(), client);
-        return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
+        return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
     }
     let mut denied = None;
     if let Some(decision) = decide_on_sni(&proxy, &conn, &txn, &target, sni.as_deref(), &plan) {
@@ -220,7 +220,7 @@ pub async fn run_tunnel(
                     idle
                 };
                 let client = Rewind::new(seen.freeze(), client);
-                return relay_untouched(&proxy, conn, txn, client, upstream, peer, idle).await;
+                return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
             }
             Action::Deny { reason } => {
                 // The 200 is already sent: finish the handshake and show the page inside.
@@ -432,33 +432,6 @@ fn decide_on_sni(
         facts.dest_ip = ip;
     }
     Some(proxy.policy.decide_connect(&facts))
-}
-
-/// Relays a tunnel byte for byte and logs it as Squid does (`TCP_TUNNEL/200`).
-async fn relay_untouched<C>(
-    proxy: &Proxy,
-    conn: Arc<ConnCtx>,
-    txn: Txn,
-    client: C,
-    upstream: TcpStream,
-    peer: Option<IpAddr>,
-    idle: Duration,
-) where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let stats = relay(client, upstream, idle).await;
-    let mut record = txn.record(
-        Outcome {
-            result: "TCP_TUNNEL",
-            ..Outcome::direct(peer)
-        },
-        200,
-        stats.to_client,
-        None,
-    );
-    record.bytes_in = stats.from_client;
-    proxy.access_log.log(&record);
-    drop(conn);
 }
 
 /// Squid logs an intercepted CONNECT as `NONE/200 0 CONNECT host:port`, then each decrypted
