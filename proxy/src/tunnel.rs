@@ -171,6 +171,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

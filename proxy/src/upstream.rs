@@ -235,6 +235,7 @@ pub fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     #[test]

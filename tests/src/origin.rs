@@ -78,37 +78,27 @@ impl TestOrigin {
         TestOrigin::https_with(crate::tls::OriginCert::Good, false).await
     }
 
-    /// An HTTPS origin whose certificate is `kind` (for `localhost`, `127.0.0.1` and
-    /// `*.lab.test`); with `h2`, it offers ALPN h2 and speaks HTTP/2 when chosen.
     /// An HTTPS origin whose certificate, from its own fresh "public" CA, names `names`
     /// (reached through the proxy's `[resolve]` map).
     pub async fn https_for(names: &[&str]) -> TestOrigin {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (ca_pem, chain, key) = crate::tls::origin_certificate(names);
-        let ca_file = dir.path().join("origin-ca.pem");
-        std::fs::write(&ca_file, ca_pem).unwrap_or_else(|e| panic!("{e}"));
-        let acceptor = crate::tls::acceptor(chain, key);
-        let listener = bind().await;
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let state = Arc::new(State::default());
-        let task = tokio::spawn(serve(listener, Arc::clone(&state), Some(acceptor)));
-        TestOrigin {
-            addr,
-            state,
-            ca_file: Some(ca_file),
-            _dir: Some(dir),
-            task,
-        }
+        TestOrigin::serve_tls(ca_pem, crate::tls::acceptor(chain, key)).await
     }
 
+    /// An HTTPS origin whose certificate is `kind` (for `localhost`, `127.0.0.1` and
+    /// `*.lab.test`); with `h2`, it offers ALPN h2 and speaks HTTP/2 when chosen.
     pub async fn https_with(kind: crate::tls::OriginCert, h2: bool) -> TestOrigin {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (ca_pem, chain, key) =
             crate::tls::origin_certificate_kind(kind, &["localhost", "127.0.0.1", "*.lab.test"]);
+        let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
+        TestOrigin::serve_tls(ca_pem, crate::tls::acceptor_with_alpn(chain, key, alpn)).await
+    }
+
+    /// Serves TLS with `acceptor`; `ca_pem` (the CA clients must trust) goes to `ca_file`.
+    async fn serve_tls(ca_pem: String, acceptor: tokio_rustls::TlsAcceptor) -> TestOrigin {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let ca_file = dir.path().join("origin-ca.pem");
         std::fs::write(&ca_file, ca_pem).unwrap_or_else(|e| panic!("{e}"));
-        let alpn: &[&[u8]] = if h2 { &[b"h2", b"http/1.1"] } else { &[] };
-        let acceptor = crate::tls::acceptor_with_alpn(chain, key, alpn);
         let listener = bind().await;
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let state = Arc::new(State::default());

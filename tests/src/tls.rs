@@ -43,11 +43,7 @@ pub fn acceptor(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| {
-            b.with_no_client_auth()
-                .with_single_cert(chain, key)
-                .map_err(Into::into)
-        })
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .unwrap_or_else(|e: rustls::Error| panic!("{e}"));
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
@@ -133,11 +129,7 @@ pub fn acceptor_with_alpn(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| {
-            b.with_no_client_auth()
-                .with_single_cert(chain, key)
-                .map_err(Into::into)
-        })
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .unwrap_or_else(|e: rustls::Error| panic!("{e}"));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))

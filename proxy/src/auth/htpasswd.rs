@@ -196,6 +196,7 @@ pub fn apr1(password: &[u8], salt: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     #[test]

@@ -225,6 +225,7 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
