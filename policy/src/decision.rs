@@ -274,7 +274,8 @@ fn parse_ip(host: &str) -> Option<IpAddr> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    host.parse().ok()
+    // `::ffff:10.0.0.1` is 10.0.0.1: one spelling per address for `dest_ip` rules.
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// The facts as the matcher sees them: one shape for both decision points.

@@ -182,6 +182,28 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per origin.
     pub pool_max_idle_per_host: usize,
+    /// Destination networks the proxy never connects to, whatever name resolves to them:
+    /// loopback (services on the proxy host itself), link-local and cloud metadata addresses
+    /// (169.254.169.254, fd00:ec2::254), "this host" (0.0.0.0/8, ::). Checked on the resolved
+    /// address, IPv4-mapped IPv6 included; refused with 403 `destination-denied` before any
+    /// connection is made. Set `[]` to allow everything (test labs on loopback).
+    pub deny_networks: Vec<ipnet::IpNet>,
+}
+
+/// The default `upstream.deny_networks`.
+pub fn default_deny_networks() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "0.0.0.0/8",
+        "::/128",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::/32",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
 }
 
 impl Default for UpstreamConfig {
@@ -191,6 +213,7 @@ impl Default for UpstreamConfig {
             system_resolver: true,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            deny_networks: default_deny_networks(),
         }
     }
 }

@@ -26,6 +26,12 @@ pub enum ProxyError {
     /// Refused by a policy rule; `reason` is the rule's, shown to the user as written.
     #[error("{reason} (rule {rule})")]
     Denied { reason: String, rule: String },
+    /// The destination resolved to a network in `upstream.deny_networks`.
+    #[error("{host} ({addr}) is on a network this proxy does not connect to")]
+    DestinationDenied {
+        host: String,
+        addr: std::net::IpAddr,
+    },
     #[error("cannot resolve {host}: {reason}")]
     Dns { host: String, reason: String },
     #[error("connection to {addr} refused")]
@@ -61,9 +67,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedScheme(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::PortNotAllowed { .. } | ProxyError::Loop(_) | ProxyError::Denied { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::PortNotAllowed { .. }
+            | ProxyError::Loop(_)
+            | ProxyError::Denied { .. }
+            | ProxyError::DestinationDenied { .. } => StatusCode::FORBIDDEN,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -88,6 +95,7 @@ impl ProxyError {
             ProxyError::PortNotAllowed { .. } => "port-not-allowed",
             ProxyError::Loop(_) => "forwarding-loop",
             ProxyError::Denied { .. } => "policy-denied",
+            ProxyError::DestinationDenied { .. } => "destination-denied",
             ProxyError::Dns { .. } => "dns-failure",
             ProxyError::Refused { .. } => "connection-refused",
             ProxyError::Connect { .. } => "connect-failed",
@@ -110,6 +118,7 @@ impl ProxyError {
             | ProxyError::PortNotAllowed { .. }
             | ProxyError::Loop(_)
             | ProxyError::Denied { .. }
+            | ProxyError::DestinationDenied { .. }
             | ProxyError::ClientBody(_) => Side::Client,
             _ => Side::Upstream,
         }

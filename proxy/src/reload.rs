@@ -176,6 +176,7 @@ pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Reso
                     config.timeouts.upstream_connect,
                     shared.own_addrs.clone(),
                 )
+                .with_deny(config.upstream.deny_networks.clone())
                 .with_metrics(Arc::clone(&shared.metrics)),
             );
             let client = http_client(&config, Arc::clone(&dialer));

@@ -108,6 +108,7 @@ pub struct Dialer {
     resolver: Resolver,
     connect_timeout: Duration,
     own_addrs: Vec<SocketAddr>,
+    deny: Vec<ipnet::IpNet>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -117,8 +118,15 @@ impl Dialer {
             resolver,
             connect_timeout,
             own_addrs,
+            deny: Vec::new(),
             metrics: None,
         }
+    }
+
+    /// Refuses destinations that resolve into `deny` (`upstream.deny_networks`).
+    pub fn with_deny(mut self, deny: Vec<ipnet::IpNet>) -> Self {
+        self.deny = deny;
+        self
     }
 
     /// Reports connect times and DNS failures to `metrics`.
@@ -153,6 +161,18 @@ impl Dialer {
             return Err(ProxyError::Loop(format!(
                 "{host}:{port} is this proxy ({addr})"
             )));
+        }
+        // Every address is checked, not just the first: a name must not smuggle a denied
+        // address in behind an allowed one.
+        if let Some(addr) = addrs
+            .iter()
+            .map(|a| a.ip().to_canonical())
+            .find(|ip| self.deny.iter().any(|n| n.contains(ip)))
+        {
+            return Err(ProxyError::DestinationDenied {
+                host: host.to_owned(),
+                addr,
+            });
         }
         let mut last_err = None;
         for addr in addrs {

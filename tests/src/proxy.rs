@@ -325,6 +325,16 @@ fn merged_config(extra: &str, dir: &Path) -> String {
             .entry("listen")
             .or_insert_with(|| "127.0.0.1:0".into());
     }
+    // Test origins live on loopback, which `upstream.deny_networks` refuses by default;
+    // tests/tests/hardening.rs checks the default.
+    let upstream = table
+        .entry("upstream")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(upstream) = upstream.as_table_mut() {
+        upstream
+            .entry("deny_networks")
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+    }
     // Tests never ask Microsoft's endpoints service; tests/tests/m365.rs runs its own.
     let m365 = table
         .entry("m365")

@@ -182,6 +182,21 @@ impl Target {
         {
             return Err(bad("invalid character in host"));
         }
+        // One spelling per address, the one we connect to: `[::ffff:10.0.0.1]` is 10.0.0.1, and
+        // the inet_aton forms (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`), which resolvers
+        // accept as IPv4 but policies and people read differently, are refused.
+        let host = match host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => v6.to_string(),
+            },
+            Err(_) => {
+                if host.parse::<std::net::Ipv4Addr>().is_err() && looks_numeric(host) {
+                    return Err(bad("not a dotted-quad IPv4 address nor a host name"));
+                }
+                host.to_owned()
+            }
+        };
         let port = match port {
             None => default_port.ok_or_else(|| bad("a port is required"))?,
             Some(p) => {
@@ -194,13 +209,11 @@ impl Target {
                 }
             }
         };
-        Ok(Target {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(Target { host, port })
     }
 
     /// `host:port` with brackets around IPv6 literals, as used in a Host header or CONNECT line.
+    /// (IPv6 hosts are kept without brackets in [`Target::host`].)
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -221,6 +234,17 @@ impl Target {
             self.authority()
         }
     }
+}
+
+/// Whether a name's last label is a number (`2130706433`, `127.1`, `0x7f`): no DNS name ends
+/// so (RFC 1123 §2.1, and URL parsers treat such hosts as IPv4).
+fn looks_numeric(host: &str) -> bool {
+    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -314,6 +338,11 @@ mod tests {
             ("[::1]:8443", None, "::1", 8443),
             ("[2001:db8::1]", Some(80), "2001:db8::1", 80),
             ("10.0.0.1:65535", None, "10.0.0.1", 65535),
+            // IPv4-mapped IPv6 is the IPv4 address it maps.
+            ("[::ffff:10.0.0.1]:443", None, "10.0.0.1", 443),
+            ("www.example.com.:443", None, "www.example.com.", 443),
+            ("1password.com:443", None, "1password.com", 443),
+            ("x.0x7g:443", None, "x.0x7g", 443),
         ];
         for (input, default, host, port) in ok {
             let t = Target::parse(input, default).unwrap();
@@ -331,6 +360,13 @@ mod tests {
             ":443",
             "exa mple.com:443",
             "example.com:+443",
+            // inet_aton spellings of 127.0.0.1 that resolvers accept.
+            "2130706433:443",
+            "0x7f000001:443",
+            "0177.0.0.1:443",
+            "127.1:443",
+            "127.0.0.1.:443",
+            "example.123:443",
         ];
         for input in bad {
             assert!(

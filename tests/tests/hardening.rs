@@ -1,0 +1,228 @@
+//! Hostile requests over raw TCP: every one gets a clear 4xx (or a closed connection), and
+//! nothing ambiguous reaches the recording origin. Also the default destination deny list.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The status line of the first response `request` gets, or "" when the proxy closes instead.
+async fn first_status(proxy: &TestProxy, request: &[u8]) -> String {
+    let reply = raw(proxy.addr, request, Duration::from_millis(500)).await;
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_never_reach_the_origin() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let o = origin.addr;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("two different Content-Lengths", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd").into()),
+        ("non-numeric Content-Length", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nContent-Length: +4\r\n\r\nabcd").into()),
+        ("Transfer-Encoding gzip", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: gzip\r\n\r\nabcd").into()),
+        ("chunked not last", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n").into()),
+        ("obfuscated TE value", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n").into()),
+        ("TE with vertical tab", format!("POST http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n").into()),
+        ("space before colon", format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n").into()),
+        ("bare CR", format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\rX-Smuggle: y\r\n\r\n").into()),
+        ("NUL in a header", format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX: a\x00b\r\n\r\n").into()),
+        ("obs-fold", format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX-A: a\r\n b\r\n\r\n").into()),
+        ("HTTP/1.2", format!("GET http://{o}/ HTTP/1.2\r\nHost: {o}\r\n\r\n").into()),
+        ("HTTP/0.9", format!("GET http://{o}/\r\n\r\n").into()),
+        ("HTTP/1.0 with Transfer-Encoding", format!("POST http://{o}/ HTTP/1.0\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into()),
+        ("userinfo in the authority", format!("GET http://user:pw@{o}/ HTTP/1.1\r\nHost: {o}\r\n\r\n").into()),
+        ("port overflow", b"GET http://127.0.0.1:65561/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("double port", format!("GET http://{o}:80/ HTTP/1.1\r\nHost: {o}\r\n\r\n").into()),
+        ("decimal IPv4", format!("GET http://2130706433:{}/ HTTP/1.1\r\nHost: x\r\n\r\n", o.port()).into()),
+        ("hex IPv4", format!("GET http://0x7f000001:{}/ HTTP/1.1\r\nHost: x\r\n\r\n", o.port()).into()),
+        ("octal IPv4", format!("GET http://0177.0.0.1:{}/ HTTP/1.1\r\nHost: x\r\n\r\n", o.port()).into()),
+        ("short IPv4", format!("GET http://127.1:{}/ HTTP/1.1\r\nHost: x\r\n\r\n", o.port()).into()),
+        ("CONNECT to decimal IPv4", format!("CONNECT 2130706433:{} HTTP/1.1\r\nHost: x\r\n\r\n", o.port()).into()),
+    ];
+    for (what, request) in &cases {
+        let status = first_status(&proxy, request).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{what}: {status:?}");
+    }
+    // Invalid chunk sizes and oversized chunk extensions: refused once the body is read.
+    for (what, body) in [
+        ("invalid chunk size", "zz\r\nabcd\r\n0\r\n\r\n".to_owned()),
+        (
+            "huge chunk extension",
+            format!("4;{}\r\nabcd\r\n0\r\n\r\n", "a".repeat(70_000)),
+        ),
+    ] {
+        let request = format!("POST http://{o}/sink HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let status = first_status(&proxy, request.as_bytes()).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400") || status.starts_with("HTTP/1.1 502"),
+            "{what}: {status:?}"
+        );
+        assert_eq!(
+            origin.sink_bytes(),
+            0,
+            "{what}: body bytes reached the origin"
+        );
+    }
+    let reached: Vec<_> = origin
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri != "/sink")
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "malformed requests reached the origin: {reached:?}"
+    );
+    // Unsupported schemes: 501.
+    let status = first_status(
+        &proxy,
+        b"GET gopher://127.0.0.1:70/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 501"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_normalised_and_the_connection_closed() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let o = origin.addr;
+    // The classic CL.TE smuggle: by Content-Length the body hides a second request; by
+    // Transfer-Encoding it follows the first. RFC 9112 §6.3: Transfer-Encoding wins, the
+    // Content-Length is removed before forwarding, and the connection is closed afterwards.
+    let smuggled = format!("GET http://{o}/smuggled HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    let request = format!(
+        "POST http://{o}/echo HTTP/1.1\r\nHost: {o}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+        5 + smuggled.len()
+    );
+    let reply = raw(proxy.addr, request.as_bytes(), Duration::from_millis(800)).await;
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].headers["transfer-encoding"], "chunked");
+    assert!(seen[0].headers.get("content-length").is_none(), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_request_after_a_good_request_gets_its_own_response() {
+    // Bare LF line endings are accepted (RFC 9112 §2.2 allows it) and forwarded re-framed with
+    // CRLF; the next request on the connection is answered on its own.
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let o = origin.addr;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let two = format!(
+        "GET http://{o}/a HTTP/1.1\nHost: {o}\n\nGET http://{o}/b HTTP/1.1\r\nHost: {o}\r\n\r\n"
+    );
+    tcp.write_all(two.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while String::from_utf8_lossy(&got)
+        .matches("hello from origin")
+        .count()
+        < 2
+    {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let uris: Vec<_> = origin.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/a", "/b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_on_the_http1_port_is_refused() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let reply = raw(
+        proxy.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply:?}"
+    );
+    assert!(origin.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_never_reflects_proxy_credentials() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let r = curl(&[
+        "-x",
+        &proxy.url(),
+        "-X",
+        "TRACE",
+        "-H",
+        "Proxy-Authorization: Basic c2VjcmV0OnNlY3JldA==",
+        &origin.url("/"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = origin.seen();
+    assert_eq!(seen[0].method, "TRACE");
+    assert!(
+        seen[0].headers.get("proxy-authorization").is_none(),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
+    let origin = TestOrigin::http().await;
+    let port = origin.addr.port();
+    // The shipped default, read from the binary itself (the test harness allows loopback, so
+    // the default is written out explicitly here).
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let effective = std::process::Command::new(portcullis_e2e::portcullis_bin())
+        .arg("check-config")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let effective: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&effective.stdout)).unwrap();
+    let default = effective["upstream"]["deny_networks"].clone();
+    let proxy = TestProxy::start(&format!(
+        "[upstream]\ndeny_networks = {default}\n\
+         [server]\nconnect_ports = [443, 1]\n\
+         [resolve]\n\"sneaky.test\" = [\"127.0.0.1\"]\n\"mixed.test\" = [\"192.0.2.1\", \"127.0.0.1\"]\n",
+    ));
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://sneaky.test:{port}/"),
+        format!("http://mixed.test:{port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://0.0.0.0:{port}/"),
+    ] {
+        let r = curl(&["-x", &proxy.url(), &url]).await;
+        assert_eq!(r.status, 403, "{url}: {r:?}");
+        assert_eq!(
+            r.header("x-portcullis-error").as_deref(),
+            Some("destination-denied"),
+            "{url}"
+        );
+    }
+    let connect = first_status(
+        &proxy,
+        b"CONNECT 169.254.169.254:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 403"), "{connect:?}");
+    assert!(origin.seen().is_empty());
+    // The same proxy with the list emptied reaches the loopback origin: the list is what refused.
+    let open = TestProxy::start("[resolve]\n\"sneaky.test\" = [\"127.0.0.1\"]\n");
+    let r = curl(&["-x", &open.url(), &format!("http://sneaky.test:{port}/")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
