@@ -7,6 +7,7 @@ pub mod client;
 pub mod kdc;
 pub mod origin;
 pub mod proxy;
+pub mod raw_origin;
 pub mod scrape;
 pub mod tls;
 pub mod users;

@@ -226,3 +226,80 @@ async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
     let r = curl(&["-x", &open.url(), &format!("http://sneaky.test:{port}/")]).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// `curl` through `proxy` to `origin`: (status, body, X-Portcullis-Error).
+async fn via(
+    proxy: &TestProxy,
+    origin: &portcullis_e2e::raw_origin::RawOrigin,
+) -> (u16, String, Option<String>) {
+    let r = curl(&["-x", &proxy.url(), &format!("http://{}/", origin.addr)]).await;
+    let cause = r.header("x-portcullis-error");
+    (r.status, r.body_text(), cause)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_responses_never_reach_the_client_ambiguously() {
+    use portcullis_e2e::raw_origin::RawOrigin;
+    let proxy = TestProxy::start("");
+    // Two different lengths: which body is it? Refused.
+    let two_lengths = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\nok".to_vec(),
+    )
+    .await;
+    let (status, _, cause) = via(&proxy, &two_lengths).await;
+    assert_eq!(
+        (status, cause.as_deref()),
+        (502, Some("upstream-protocol-error"))
+    );
+
+    // Content-Length with chunked: the chunked framing wins and the client gets one clean body.
+    let both = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+    )
+    .await;
+    let r = curl(&["-x", &proxy.url(), &format!("http://{}/", both.addr)]).await;
+    assert_eq!((r.status, r.body_text().as_str()), (200, "ok"), "{r:?}");
+    assert!(r.header("content-length").is_none(), "{}", r.headers);
+
+    // A 101 nobody asked for.
+    let upgrade = RawOrigin::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let (status, _, cause) = via(&proxy, &upgrade).await;
+    assert_eq!(
+        (status, cause.as_deref()),
+        (502, Some("upstream-protocol-error"))
+    );
+
+    // A response followed by a second, unsolicited one: it must never become the answer to the
+    // next request (another client's): the poisoned connection is not reused.
+    let extra = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned".to_vec(),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, body, _) = via(&proxy, &extra).await;
+        assert_eq!((status, body.as_str()), (200, "first"));
+    }
+    assert!(
+        extra.connections() >= 2,
+        "the poisoned connection was reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_informational_responses_is_bounded() {
+    use portcullis_e2e::raw_origin::RawOrigin;
+    let proxy = TestProxy::start("");
+    let mut flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(100_000);
+    flood.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let origin = RawOrigin::start(flood).await;
+    let (status, _, _) = via(&proxy, &origin).await;
+    // Whatever the outcome, it is one clean answer, and the proxy is still serving.
+    assert!(status == 200 || status == 502, "{status}");
+    let fine = TestOrigin::http().await;
+    let r = curl(&["-x", &proxy.url(), &fine.url("/")]).await;
+    assert_eq!(r.status, 200);
+}

@@ -223,6 +223,12 @@ async fn send(
     }
 
     let (mut parts, body) = response.into_parts();
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary removes
+    // the Content-Length before forwarding. The body was decoded by its chunked framing; a
+    // leftover length would make the client wait for bytes that never come, or worse.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, false);
     append_via(&mut parts.headers, parts.version, pseudonym);
     // hyper frames the body for the client's own HTTP version.
