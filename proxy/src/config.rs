@@ -83,6 +83,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Client connections served at once; further connections get a 503 and are closed.
     pub max_connections: usize,
+    /// Client connections one source address may hold at once (0: no limit), so that one
+    /// client cannot take every slot. Outlook opens a few dozen; an office behind NAT shares
+    /// one address, so raise it there.
+    pub max_connections_per_client: usize,
     /// Upper bound for the request line plus headers; larger requests get 431.
     pub max_header_bytes: usize,
     /// Upper bound for the number of request header fields; more get 431.
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             data_dir: PathBuf::from("/var/lib/portcullis"),
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             via_pseudonym: "portcullis".to_owned(),

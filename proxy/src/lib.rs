@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod intercept;
+pub mod limits;
 pub mod m365_feed;
 pub mod metrics;
 pub mod netfilter_cmd;

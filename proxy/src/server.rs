@@ -70,6 +70,7 @@ pub struct ConnCtx {
     /// This connection's private origin connection after NTLM/Negotiate to an origin.
     pub pinned: crate::http::pinned::PinnedOrigin,
     _slot: OwnedSemaphorePermit,
+    _client_slot: crate::limits::ClientSlot,
     /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
     /// holding this context) lives.
     _active: ActiveGuard,
@@ -182,6 +183,7 @@ pub async fn run(
     ));
     admin.set_reloader(Arc::clone(&reloader));
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let client_slots = Arc::new(crate::limits::ClientSlots::default());
     let pid_file = config.admin.pid_file.as_deref();
     if let Some(path) = pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
@@ -199,6 +201,7 @@ pub async fn run(
             Arc::clone(&reloader),
             listener,
             Arc::clone(&slots),
+            Arc::clone(&client_slots),
             shutdown.clone(),
         )));
     }
@@ -264,6 +267,7 @@ async fn accept_loop(
     reloader: Arc<Reloader>,
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    client_slots: Arc<crate::limits::ClientSlots>,
     shutdown: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
@@ -286,7 +290,16 @@ async fn accept_loop(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%client, "max_connections reached; refusing a connection");
             proxy.metrics.connection_refused();
-            proxy.tasks.spawn(refuse_busy(stream));
+            proxy.tasks.spawn(refuse_busy(stream, "max_connections"));
+            continue;
+        };
+        let per_client = proxy.config.server.max_connections_per_client;
+        let Some(client_slot) = client_slots.try_take(client.ip(), per_client) else {
+            tracing::warn!(%client, limit = per_client, "max_connections_per_client reached; refusing a connection");
+            proxy.metrics.connection_refused();
+            proxy
+                .tasks
+                .spawn(refuse_busy(stream, "max_connections_per_client"));
             continue;
         };
         let ctx = Arc::new(ConnCtx {
@@ -296,6 +309,7 @@ async fn accept_loop(
             auth: ConnAuth::default(),
             pinned: Default::default(),
             _slot: slot,
+            _client_slot: client_slot,
             _active: proxy.metrics.connection_opened(),
             tunnel: OnceLock::new(),
         });
@@ -310,12 +324,15 @@ async fn accept_loop(
     }
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-X-Portcullis-Error: too-many-connections\r\nContent-Length: 31\r\nConnection: close\r\n\r\n\
-proxy is at max_connections.\r\n";
+async fn refuse_busy(mut stream: TcpStream, limit: &'static str) {
+    let body = format!("proxy is at {limit}.\r\n");
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+         X-Portcullis-Error: too-many-connections\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(BUSY).await;
+        let _ = stream.write_all(busy.as_bytes()).await;
         let _ = stream.shutdown().await;
     })
     .await;

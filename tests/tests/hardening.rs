@@ -303,3 +303,85 @@ async fn a_flood_of_informational_responses_is_bounded() {
     let r = curl(&["-x", &proxy.url(), &fine.url("/")]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_slot() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("[server]\nmax_connections_per_client = 3\n");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.body_text().contains("max_connections_per_client"),
+        "{}",
+        r.body_text()
+    );
+    // Another address is served meanwhile.
+    let other = curl(&[
+        "--interface",
+        "127.0.0.2",
+        "-x",
+        &proxy.url(),
+        &origin.url("/"),
+    ])
+    .await;
+    assert_eq!(other.status, 200, "{other:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(r.status, 200, "slots were not given back: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_slowloris_clients_do_not_delay_a_normal_one() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("[timeouts]\nclient_header = \"3s\"\n");
+    // Each sends a request head one byte every 200 ms and never finishes it in time.
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let addr = proxy.addr;
+        let target = origin.url("/");
+        slow.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let head = format!("GET {target}?{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            for b in head.bytes().chain(std::iter::repeat(b'a')) {
+                if tcp.write_all(&[b]).await.is_err() {
+                    return true; // closed by the header deadline
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let r = curl(&["-x", &proxy.url(), &origin.url("/normal")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // And the slow ones are cut off by the header deadline rather than held forever.
+    let deadline = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut closed = 0;
+        for s in slow {
+            if s.await.unwrap() {
+                closed += 1;
+            }
+        }
+        closed
+    })
+    .await
+    .expect("slow clients were never disconnected");
+    assert_eq!(deadline, 50);
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "only the normal request reached the origin"
+    );
+}
