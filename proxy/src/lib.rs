@@ -17,6 +17,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod intercept;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 pub mod m365_feed;
 pub mod metrics;

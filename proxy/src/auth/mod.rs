@@ -10,7 +10,7 @@ mod basic;
 pub mod htpasswd;
 #[cfg(feature = "negotiate")]
 mod negotiate;
-mod spn;
+pub(crate) mod spn;
 mod throttle;
 
 use std::net::IpAddr;
@@ -308,7 +308,7 @@ impl Auth {
 
 /// Decodes `base64(user:password)`. The password may contain colons; control bytes (NUL, CR,
 /// LF, …) anywhere are refused so that no component sees a truncated or split name.
-fn decode_basic(param: &str) -> Option<(String, Vec<u8>)> {
+pub(crate) fn decode_basic(param: &str) -> Option<(String, Vec<u8>)> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(param)
         .ok()?;

@@ -38,7 +38,7 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The service principal (`HTTP/proxy.example.com@EXAMPLE.COM`) the token's ticket is for.
-pub(super) fn requested_spn(token: &[u8]) -> Option<String> {
+pub(crate) fn requested_spn(token: &[u8]) -> Option<String> {
     find_ticket(token, 0)
 }
 
