@@ -39,7 +39,17 @@ fn token() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..256),
         proptest::collection::vec(
-            prop_oneof![Just(0x60u8), Just(0x30), Just(0xa0), Just(0x6e), Just(0x61), Just(0x1b), Just(0x82), Just(0x81), any::<u8>()],
+            prop_oneof![
+                Just(0x60u8),
+                Just(0x30),
+                Just(0xa0),
+                Just(0x6e),
+                Just(0x61),
+                Just(0x1b),
+                Just(0x82),
+                Just(0x81),
+                any::<u8>()
+            ],
             0..256
         ),
     ]

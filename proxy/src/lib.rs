@@ -15,10 +15,10 @@ pub mod ca_cmd;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod http;
-pub mod intercept;
 #[cfg(test)]
 mod fuzz;
+pub mod http;
+pub mod intercept;
 pub mod limits;
 pub mod m365_feed;
 pub mod metrics;

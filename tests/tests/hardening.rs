@@ -339,7 +339,7 @@ async fn one_client_cannot_take_every_connection_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_slowloris_clients_do_not_delay_a_normal_one() {
     let origin = TestOrigin::http().await;
-    let proxy = TestProxy::start("[timeouts]\nclient_header = \"3s\"\n");
+    let proxy = TestProxy::start("[timeouts]\nclient_header = \"5s\"\n");
     // Each sends a request head one byte every 200 ms and never finishes it in time.
     let mut slow = Vec::new();
     for i in 0..50 {
@@ -383,5 +383,55 @@ async fn fifty_slowloris_clients_do_not_delay_a_normal_one() {
         origin.seen().len(),
         1,
         "only the normal request reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_each_way_keeps_the_proxy_small() {
+    const SIZE: u64 = 1 << 30;
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let warm = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(warm.status, 200);
+    let baseline = portcullis_e2e::proxy::proc_status_kib(proxy.pid() as u32, "VmRSS:");
+    // Download 1 GiB, discarded by curl.
+    let down = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "-x",
+            &proxy.url(),
+        ])
+        .arg(origin.url(&format!("/bytes/{SIZE}")))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&down.stdout), format!("200 {SIZE}"));
+    // Upload 1 GiB as Outlook Anywhere does: RPC_IN_DATA with the whole length declared,
+    // streamed by curl from a sparse file.
+    let file = proxy.dir.path().join("gib");
+    std::fs::File::create(&file).unwrap().set_len(SIZE).unwrap();
+    let up = curl(&[
+        "-x",
+        &proxy.url(),
+        "-X",
+        "RPC_IN_DATA",
+        "-H",
+        "Expect:",
+        "-T",
+        &file.display().to_string(),
+        &origin.url("/rpc/rpcproxy.dll?mail.corp.test:6001"),
+    ])
+    .await;
+    assert_eq!(up.status, 200, "{up:?}");
+    assert_eq!(origin.sink_bytes(), SIZE);
+    let growth = proxy.peak_rss_kib().saturating_sub(baseline);
+    assert!(baseline > 0, "cannot read VmRSS");
+    assert!(
+        growth < 64 * 1024,
+        "RSS grew by {growth} KiB moving 1 GiB each way"
     );
 }
