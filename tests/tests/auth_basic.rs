@@ -155,6 +155,11 @@ async fn verified_credentials_are_cached() {
     let bad = curl(&["-x", &proxy.url(), "-U", "u_bcrypt:nope", &origin.url("/")]).await;
     assert_eq!(bad.status, 407);
     assert_eq!(proxy.stderr().matches("password hash verified").count(), 2);
+    // An unknown user costs a hash verification too (against a dummy bcrypt hash), so a wrong
+    // user name and a wrong password take the same time.
+    let nobody = curl(&["-x", &proxy.url(), "-U", "nobody:nope", &origin.url("/")]).await;
+    assert_eq!(nobody.status, 407);
+    assert_eq!(proxy.stderr().matches("password hash verified").count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,3 +435,33 @@ async fn a_gibibyte_each_way_keeps_the_proxy_small() {
         "RSS grew by {growth} KiB moving 1 GiB each way"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let warm = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(warm.status, 200);
+    let baseline = portcullis_e2e::proxy::proc_status_kib(proxy.pid() as u32, "VmRSS:");
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        origin.url("/bytes/1073741824")
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    let n = tcp.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    // Read nothing more for a while: an eager proxy would pull the gigabyte into memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let growth = portcullis_e2e::proxy::proc_status_kib(proxy.pid() as u32, "VmRSS:")
+        .saturating_sub(baseline);
+    assert!(
+        growth < 32 * 1024,
+        "RSS grew by {growth} KiB while the client was not reading"
+    );
+    drop(tcp);
+    // The proxy is fine afterwards.
+    let r = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
+    assert_eq!(r.status, 200);
+}
