@@ -375,3 +375,36 @@ async fn a_client_that_refuses_interception_is_tunnelled_on_its_next_try() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_is_as_strict_inside_intercepted_tls() {
+    let origin = TestOrigin::https().await;
+    let proxy = inspecting_proxy(&origin, "");
+    let port = origin.addr.port();
+    let ca = std::fs::read(proxy_ca(&proxy)).unwrap();
+    let exchange = |request: &'static [u8]| {
+        let ca = ca.clone();
+        let addr = proxy.addr;
+        async move {
+            let mut tls = tls_via_proxy(addr, "localhost", port, &ca).await;
+            tls.write_all(request).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let two_lengths = exchange(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+    )
+    .await;
+    assert!(two_lengths.starts_with("HTTP/1.1 400"), "{two_lengths:?}");
+    let smuggle = exchange(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(smuggle.matches("HTTP/1.1 ").count(), 1, "{smuggle}");
+    // Only the smuggling POST reached the origin, chunked and without the stale length.
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].headers.get("content-length").is_none(), "{seen:?}");
+}
