@@ -12,6 +12,7 @@ use crate::auth::spn::requested_spn;
 use crate::auth::{decode_basic, htpasswd};
 use crate::config::Config;
 use crate::http::headers::Target;
+use crate::intercept::read_client_hello;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -55,6 +56,21 @@ fn token() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Bytes that start like a TLS handshake record (0x16 0x03 0x01, a length, a ClientHello type)
+/// before noise, so the parser gets past the first checks.
+fn client_hello_like() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u16>(),
+        any::<u8>(),
+        proptest::collection::vec(any::<u8>(), 0..600),
+    )
+        .prop_map(|(len, version, body)| {
+            let mut v = vec![0x16, 0x03, version % 4, (len >> 8) as u8, len as u8, 0x01];
+            v.extend(body);
+            v
+        })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -84,6 +100,28 @@ proptest! {
     #[test]
     fn negotiate_tokens_never_panic(bytes in token()) {
         let _ = requested_spn(&bytes);
+    }
+
+    #[test]
+    fn client_hello_peeking_never_panics_and_ends(first in client_hello_like(), rest in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let outcome = runtime.block_on(async {
+            let mut reader: &[u8] = &rest;
+            let seen = bytes::BytesMut::from(&first[..]);
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                read_client_hello(&mut reader, seen, std::time::Duration::from_millis(100)),
+            )
+            .await
+        });
+        match outcome.expect("the ClientHello reader hung") {
+            // Whatever it saw is handed back whole, to be relayed untouched.
+            Err(bytes) => prop_assert!(bytes.len() >= first.len()),
+            Ok((accepted, seen)) => {
+                let _ = accepted.client_hello().server_name();
+                prop_assert!(seen.len() >= first.len());
+            }
+        }
     }
 
     #[test]

@@ -365,11 +365,14 @@ async fn peek(client: &mut TokioIo<Upgraded>, upstream: &TcpStream, wait: Durati
 
 /// Feeds the client's bytes to a rustls `Acceptor` until the ClientHello is complete, keeping a
 /// copy so the tunnel can still be relayed untouched. Not a ClientHello: the bytes come back.
-async fn read_client_hello(
-    client: &mut TokioIo<Upgraded>,
+pub(crate) async fn read_client_hello<R>(
+    client: &mut R,
     mut seen: BytesMut,
     wait: Duration,
-) -> Result<(rustls::server::Accepted, BytesMut), Bytes> {
+) -> Result<(rustls::server::Accepted, BytesMut), Bytes>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;
     let deadline = tokio::time::Instant::now() + wait;
