@@ -4,7 +4,7 @@
 //! under `cargo test` with proptest, bounded by `PROPTEST_CASES` (default below), on every CI
 //! run. A failing input proptest finds is kept in `proptest-regressions/` next to this file and
 //! replayed first from then on.
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use proptest::prelude::*;
 
