@@ -79,6 +79,13 @@ pub struct ServerConfig {
     /// Addresses to accept proxy clients on. Loopback by default so that a fresh install is not
     /// an open relay; set the LAN address explicitly.
     pub listen: Vec<SocketAddr>,
+    /// Further listeners for use behind a load balancer (HAProxy `send-proxy-v2`, cloud LBs):
+    /// every connection must start with a PROXY protocol v1 or v2 header naming the real
+    /// client, and may only come from `proxy_protocol_trusted`.
+    pub proxy_protocol_listen: Vec<SocketAddr>,
+    /// Source networks of the load balancers allowed to send PROXY protocol headers; any other
+    /// connection to a PROXY protocol listener is closed with a log line.
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
     /// Where persistent state (CA, caches) lives.
     pub data_dir: PathBuf,
     /// Client connections served at once; further connections get a 503 and are closed.
@@ -103,6 +110,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            proxy_protocol_listen: Vec::new(),
+            proxy_protocol_trusted: Vec::new(),
             data_dir: PathBuf::from("/var/lib/portcullis"),
             max_connections: 10_000,
             max_connections_per_client: 1_000,
@@ -529,6 +538,14 @@ impl Config {
         }
         if s.max_headers == 0 {
             return Err(("server.max_headers", "must be at least 1".into()));
+        }
+        if !s.proxy_protocol_listen.is_empty() && s.proxy_protocol_trusted.is_empty() {
+            return Err((
+                "server.proxy_protocol_trusted",
+                "must name the load balancers' networks when server.proxy_protocol_listen is set \
+                 (otherwise any client could claim any address)"
+                    .into(),
+            ));
         }
         if s.max_connections == 0 {
             return Err(("server.max_connections", "must be at least 1".into()));

@@ -24,6 +24,7 @@ pub mod m365_feed;
 pub mod metrics;
 pub mod netfilter_cmd;
 pub mod policy_cmd;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod rewind;
 pub mod server;

@@ -223,6 +223,7 @@ fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
         };
     }
     keep!("server.listen", server.listen);
+    keep!("server.proxy_protocol_listen", server.proxy_protocol_listen);
     keep!("server.max_connections", server.max_connections);
     keep!("admin", admin);
     keep!("access_log", access_log);

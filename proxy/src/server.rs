@@ -1,6 +1,8 @@
 //! Listeners, the accept loop, per-connection limits and deadlines, and graceful shutdown.
 
 use std::convert::Infallible;
+
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -23,6 +25,7 @@ use crate::config::Config;
 use crate::intercept::Interceptor;
 use crate::metrics::{ActiveGuard, Metrics};
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
+use crate::rewind::Rewind;
 use crate::upstream::{Dialer, HttpClient};
 
 /// Everything a request needs: one immutable snapshot of the configuration and what was built
@@ -157,6 +160,17 @@ pub async fn run(
             })?;
         listeners.push(listener);
     }
+    // PROXY protocol listeners come after the plain ones.
+    let plain = listeners.len();
+    for addr in &config.server.proxy_protocol_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(listener);
+    }
     let listen_addrs: Vec<SocketAddr> = listeners
         .iter()
         .map(TcpListener::local_addr)
@@ -195,19 +209,32 @@ pub async fn run(
     }
 
     let mut accept_loops = Vec::new();
-    for (listener, addr) in listeners.into_iter().zip(&listen_addrs) {
-        tracing::info!("listening on {addr}");
+    for (i, (listener, addr)) in listeners.into_iter().zip(&listen_addrs).enumerate() {
+        let proxy_protocol = i >= plain;
+        if proxy_protocol {
+            tracing::info!("PROXY protocol listener on {addr}");
+        } else {
+            tracing::info!("listening on {addr}");
+        }
         accept_loops.push(tokio::spawn(accept_loop(
             Arc::clone(&reloader),
             listener,
-            Arc::clone(&slots),
-            Arc::clone(&client_slots),
-            shutdown.clone(),
+            proxy_protocol,
+            Admission {
+                slots: Arc::clone(&slots),
+                client_slots: Arc::clone(&client_slots),
+                shutdown: shutdown.clone(),
+            },
         )));
     }
     admin.set_listeners_bound();
+    // systemd Type=notify: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell the service manager we are ready (NOTIFY_SOCKET)");
+    }
 
     shutdown.cancelled().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     for accept in accept_loops {
         let _ = accept.await;
     }
@@ -261,22 +288,31 @@ fn spawn_reopen_on_sigusr1(log: AccessLog, shutdown: CancellationToken) {
     });
 }
 
-/// Accepts connections; each starts with the snapshot current at its accept (for its
-/// connection-level limits), and each request on it takes the snapshot current at its start.
-async fn accept_loop(
-    reloader: Arc<Reloader>,
-    listener: TcpListener,
+/// What every accepted connection is admitted against.
+#[derive(Clone)]
+struct Admission {
     slots: Arc<Semaphore>,
     client_slots: Arc<crate::limits::ClientSlots>,
     shutdown: CancellationToken,
+}
+
+/// Accepts connections; each starts with the snapshot current at its accept (for its
+/// connection-level limits), and each request on it takes the snapshot current at its start.
+/// On a PROXY protocol listener the header is read first (in the connection's own task, so a
+/// slow load balancer delays nobody else) and names the client.
+async fn accept_loop(
+    reloader: Arc<Reloader>,
+    listener: TcpListener,
+    proxy_protocol: bool,
+    admission: Admission,
 ) {
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
+            () = admission.shutdown.cancelled() => break,
         };
-        let (stream, client) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -286,45 +322,85 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = local.unwrap_or(peer);
+        if !proxy_protocol {
+            admit(
+                &reloader,
+                Rewind::new(Bytes::new(), stream),
+                peer,
+                local,
+                &admission,
+            );
+            continue;
+        }
         let proxy = reloader.current();
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%client, "max_connections reached; refusing a connection");
-            proxy.metrics.connection_refused();
-            proxy.tasks.spawn(refuse_busy(stream, "max_connections"));
-            continue;
-        };
-        let per_client = proxy.config.server.max_connections_per_client;
-        let Some(client_slot) = client_slots.try_take(client.ip(), per_client) else {
-            tracing::warn!(%client, limit = per_client, "max_connections_per_client reached; refusing a connection");
-            proxy.metrics.connection_refused();
-            proxy
-                .tasks
-                .spawn(refuse_busy(stream, "max_connections_per_client"));
-            continue;
-        };
-        let ctx = Arc::new(ConnCtx {
-            client,
-            local: local.unwrap_or(client),
-            activity: Activity::new(),
-            auth: ConnAuth::default(),
-            pinned: Default::default(),
-            _slot: slot,
-            _client_slot: client_slot,
-            _active: proxy.metrics.connection_opened(),
-            tunnel: OnceLock::new(),
+        let (reloader, admission) = (Arc::clone(&reloader), admission.clone());
+        proxy.tasks.spawn(async move {
+            let proxy = reloader.current();
+            let server = &proxy.config.server;
+            let wait = proxy.config.timeouts.client_header;
+            match crate::proxy_protocol::read_header(&mut stream, peer, &server.proxy_protocol_trusted, wait).await {
+                Ok((client, rest)) => {
+                    tracing::trace!(%peer, %client, "PROXY protocol header");
+                    admit(&reloader, Rewind::new(rest, stream), client, local, &admission);
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing a connection on a PROXY protocol listener");
+                }
+            }
         });
-        let tasks = proxy.tasks.clone();
-        tasks.spawn(serve_connection(
-            proxy,
-            Arc::clone(&reloader),
-            stream,
-            ctx,
-            shutdown.clone(),
-        ));
     }
 }
 
-async fn refuse_busy(mut stream: TcpStream, limit: &'static str) {
+/// Admits one client connection against the limits and serves it.
+fn admit(
+    reloader: &Arc<Reloader>,
+    stream: Rewind<TcpStream>,
+    client: SocketAddr,
+    local: SocketAddr,
+    admission: &Admission,
+) {
+    let proxy = reloader.current();
+    let Ok(slot) = Arc::clone(&admission.slots).try_acquire_owned() else {
+        tracing::warn!(%client, "max_connections reached; refusing a connection");
+        proxy.metrics.connection_refused();
+        proxy.tasks.spawn(refuse_busy(stream, "max_connections"));
+        return;
+    };
+    let per_client = proxy.config.server.max_connections_per_client;
+    let Some(client_slot) = admission.client_slots.try_take(client.ip(), per_client) else {
+        tracing::warn!(%client, limit = per_client, "max_connections_per_client reached; refusing a connection");
+        proxy.metrics.connection_refused();
+        proxy
+            .tasks
+            .spawn(refuse_busy(stream, "max_connections_per_client"));
+        return;
+    };
+    let ctx = Arc::new(ConnCtx {
+        client,
+        local,
+        activity: Activity::new(),
+        auth: ConnAuth::default(),
+        pinned: Default::default(),
+        _slot: slot,
+        _client_slot: client_slot,
+        _active: proxy.metrics.connection_opened(),
+        tunnel: OnceLock::new(),
+    });
+    let tasks = proxy.tasks.clone();
+    tasks.spawn(serve_connection(
+        proxy,
+        Arc::clone(reloader),
+        stream,
+        ctx,
+        admission.shutdown.clone(),
+    ));
+}
+
+async fn refuse_busy<S>(mut stream: S, limit: &'static str)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
     let body = format!("proxy is at {limit}.\r\n");
     let busy = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
@@ -341,7 +417,7 @@ async fn refuse_busy(mut stream: TcpStream, limit: &'static str) {
 async fn serve_connection(
     proxy: Arc<Proxy>,
     reloader: Arc<Reloader>,
-    stream: TcpStream,
+    stream: Rewind<TcpStream>,
     ctx: Arc<ConnCtx>,
     shutdown: CancellationToken,
 ) {
