@@ -58,7 +58,15 @@ case "${1:-}" in
     shift
     ensure_cargo
     ensure_packages "${BUILD_PACKAGES[@]}"
-    [ $# -eq 0 ] && set -- run
+    if [ $# -eq 0 ]; then
+      set -- run
+      # The default data directory (/var/lib/portcullis, where the CA is created) needs root;
+      # a normal user gets one in their home instead.
+      if ! { mkdir -p /var/lib/portcullis && [ -w /var/lib/portcullis ]; } 2>/dev/null; then
+        set -- run --data-dir "${XDG_DATA_HOME:-$HOME/.local/share}/portcullis"
+        echo "dev.sh: /var/lib/portcullis is not writable; using --data-dir $3" >&2
+      fi
+    fi
     exec cargo run --quiet -p portcullis -- "$@"
     ;;
   test)
