@@ -150,19 +150,15 @@ pub async fn run(
             .map_err(|e| LoadError::Task(e.to_string()))??
     };
 
-    let mut listeners = Vec::new();
-    for addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(listener);
-    }
     // PROXY protocol listeners come after the plain ones.
-    let plain = listeners.len();
-    for addr in &config.server.proxy_protocol_listen {
+    let plain = config.server.listen.len();
+    let mut listeners = Vec::new();
+    for addr in config
+        .server
+        .listen
+        .iter()
+        .chain(&config.server.proxy_protocol_listen)
+    {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen {

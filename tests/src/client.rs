@@ -99,3 +99,23 @@ pub async fn read_until_quiet(stream: &mut TcpStream, wait: Duration) -> String 
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// GETs `url` through `proxy` with curl, discarding the body: `"<status> <bytes>"`. For bodies
+/// too big to keep in the test's memory.
+pub async fn download_discarding(proxy: &str, url: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "-x",
+            proxy,
+            url,
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

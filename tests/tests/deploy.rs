@@ -284,7 +284,11 @@ fn systemd_units_pass_systemd_analyze_verify() {
             })
             .filter(|l| !l.contains("Failed to load") || l.contains("portcullis"))
             .collect();
-        assert!(ours.is_empty() && out.status.success(), "{}:\n{stderr}", unit.display());
+        assert!(
+            ours.is_empty() && out.status.success(),
+            "{}:\n{stderr}",
+            unit.display()
+        );
     }
 }
 

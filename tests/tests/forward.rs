@@ -240,21 +240,12 @@ async fn big_bodies_stream_both_ways_in_bounded_memory() {
     let origin = TestOrigin::http().await;
     let proxy = TestProxy::start("");
     // Download: 200 MiB, discarded by curl.
-    let down = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download}",
-            "-x",
-            &proxy.url(),
-        ])
-        .arg(origin.url(&format!("/bytes/{SIZE}")))
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&down.stdout), format!("200 {SIZE}"));
+    let down = portcullis_e2e::client::download_discarding(
+        &proxy.url(),
+        &origin.url(&format!("/bytes/{SIZE}")),
+    )
+    .await;
+    assert_eq!(down, format!("200 {SIZE}"));
     // Upload: 200 MiB read from a sparse file, chunked (no length known up front).
     let file = proxy.dir.path().join("big");
     std::fs::File::create(&file).unwrap().set_len(SIZE).unwrap();

@@ -395,21 +395,12 @@ async fn a_gibibyte_each_way_keeps_the_proxy_small() {
     assert_eq!(warm.status, 200);
     let baseline = portcullis_e2e::proxy::proc_status_kib(proxy.pid() as u32, "VmRSS:");
     // Download 1 GiB, discarded by curl.
-    let down = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download}",
-            "-x",
-            &proxy.url(),
-        ])
-        .arg(origin.url(&format!("/bytes/{SIZE}")))
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&down.stdout), format!("200 {SIZE}"));
+    let down = portcullis_e2e::client::download_discarding(
+        &proxy.url(),
+        &origin.url(&format!("/bytes/{SIZE}")),
+    )
+    .await;
+    assert_eq!(down, format!("200 {SIZE}"));
     // Upload 1 GiB as Outlook Anywhere does: RPC_IN_DATA with the whole length declared,
     // streamed by curl from a sparse file.
     let file = proxy.dir.path().join("gib");
