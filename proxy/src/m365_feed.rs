@@ -126,7 +126,7 @@ pub async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
                 }
                 Err(Failure::Other(e)) => {
                     proxy.metrics.m365_fetched("failed");
-                    tracing::warn!(url = %settings.url, error = %e, "cannot refresh the Microsoft 365 endpoint list; keeping the cached one");
+                    tracing::warn!(url = %settings.url, error = %e, "cannot refresh the Microsoft 365 endpoint list; keeping the one in use (cached or built in)");
                 }
             }
         }
