@@ -320,11 +320,14 @@ pub async fn run_tunnel(
                 interceptor
                     .refusals
                     .remember(conn.client.ip(), &target.host);
+                tracing::warn!(
+                    host = %origin_name, client = %conn.client, error = %e,
+                    "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
+                );
+            } else {
+                // A client that simply went away (browsers drop surplus connections).
+                tracing::debug!(host = %origin_name, client = %conn.client, error = %e, "client left during the intercepted handshake");
             }
-            tracing::warn!(
-                host = %origin_name, client = %conn.client, error = %e,
-                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
-            );
             return;
         }
         Err(_) => return,

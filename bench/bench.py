@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Helper for bench/run: clients the stock tools do not cover, output parsers, the report.
+
+Subcommands (all print one JSON object on stdout unless noted):
+  tls-conns   new TLS connections per second, direct or through a proxy (CONNECT + TLS + GET)
+  idle-conns  open N keep-alive HTTP connections through a proxy and hold them
+  stream-rss  run a command (a download) while sampling a process's VmRSS
+  cpu-ticks   utime+stime (clock ticks) of a process and its descendants (prints an integer)
+  rss-kib     VmRSS of a process (prints an integer, KiB)
+  parse-wrk / parse-hey / parse-curl   turn a tool's output into JSON
+  report      render RESULTS.md from the JSON-lines results file and the run's metadata
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def _children_map():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rindex(")") + 2:].split()
+        kids.setdefault(int(rest[1]), []).append(int(d))
+    return kids
+
+
+def cpu_ticks(pid, tree=True):
+    pids = [pid]
+    if tree:
+        kids = _children_map()
+        i = 0
+        while i < len(pids):
+            pids.extend(kids.get(pids[i], []))
+            i += 1
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rindex(")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------- TLS connection client
+
+async def _read_head(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    return head
+
+
+async def _one_tls(args, ctx, name):
+    """One connection: (CONNECT through the proxy,) TLS with SNI `name`, GET, read to EOF."""
+    if args.proxy:
+        ph, pp = args.proxy.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(ph, int(pp))
+        try:
+            writer.write(
+                f"CONNECT {name}:{args.port} HTTP/1.1\r\nHost: {name}:{args.port}\r\n\r\n".encode()
+            )
+            head = await _read_head(reader)
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                raise RuntimeError(f"CONNECT status {status.decode(errors='replace')}")
+            await writer.start_tls(ctx, server_hostname=name)
+        except BaseException:
+            writer.close()
+            raise
+    else:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", args.port, ssl=ctx, server_hostname=name
+        )
+    try:
+        writer.write(
+            f"GET {args.path} HTTP/1.1\r\nHost: {name}:{args.port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = await reader.read()  # to EOF (Connection: close)
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"response {data[:40]!r}")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception:
+            pass
+
+
+async def _tls_main(args):
+    ctx = ssl.create_default_context(cafile=args.cafile)
+    ctx.check_hostname = True
+    names_single = args.single_name
+    counter = {"next": 0, "ok": 0, "err": 0}
+    errors = {}
+    deadline = time.monotonic() + args.duration
+    t0 = time.monotonic()
+
+    async def worker():
+        while time.monotonic() < deadline:
+            i = counter["next"]
+            if not names_single and i >= args.count:
+                return
+            counter["next"] += 1
+            name = names_single or f"{args.prefix}{i}.bench.test"
+            try:
+                await asyncio.wait_for(_one_tls(args, ctx, name), 30)
+                counter["ok"] += 1
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                counter["err"] += 1
+                k = f"{type(e).__name__}: {e}"[:120]
+                errors[k] = errors.get(k, 0) + 1
+
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    elapsed = time.monotonic() - t0
+    return {
+        "ok": counter["ok"],
+        "errors": counter["err"],
+        "error_kinds": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "elapsed_s": round(elapsed, 3),
+        "conns_per_s": round(counter["ok"] / elapsed, 1) if elapsed > 0 else 0,
+        "names_used": counter["next"] if not names_single else 1,
+    }
+
+
+def cmd_tls_conns(args):
+    print(json.dumps(asyncio.run(_tls_main(args))))
+
+
+# ---------------------------------------------------------------- idle keep-alive connections
+
+async def _idle_main(args):
+    ph, pp = args.proxy.rsplit(":", 1)
+    req = (
+        f"GET http://{args.host}:{args.port}{args.path} HTTP/1.1\r\n"
+        f"Host: {args.host}:{args.port}\r\nUser-Agent: bench-idle\r\n\r\n"
+    ).encode()
+    sem = asyncio.Semaphore(args.parallel)
+    conns = []
+    stats = {"ok": 0, "err": 0}
+    errors = {}
+
+    async def open_one():
+        async with sem:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(ph, int(pp)), 30)
+                w.write(req)
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if m:
+                    await asyncio.wait_for(r.readexactly(int(m.group(1))), 30)
+                if re.search(rb"(?i)\r\nconnection:\s*close", head):
+                    raise RuntimeError("server said Connection: close")
+                conns.append((r, w))
+                stats["ok"] += 1
+            except Exception as e:  # noqa: BLE001
+                stats["err"] += 1
+                k = f"{type(e).__name__}: {e}"[:120]
+                errors[k] = errors.get(k, 0) + 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(open_one() for _ in range(args.n)))
+    open_s = time.monotonic() - t0
+    with open(args.ready_file, "w") as f:
+        json.dump({"ok": stats["ok"], "errors": stats["err"]}, f)
+    # Hold until bench/run has measured, then check how many are still open.
+    while not os.path.exists(args.stop_file):
+        await asyncio.sleep(0.1)
+    closed_early = sum(1 for r, _ in conns if r.at_eof())
+    for _, w in conns:
+        w.close()
+    return {
+        "ok": stats["ok"],
+        "errors": stats["err"],
+        "error_kinds": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "open_s": round(open_s, 2),
+        "closed_by_proxy_while_held": closed_early,
+    }
+
+
+def cmd_idle_conns(args):
+    print(json.dumps(asyncio.run(_idle_main(args))))
+
+
+# ---------------------------------------------------------------- RSS while streaming
+
+def cmd_stream_rss(args):
+    before = rss_kib(args.pid)
+    samples = [before]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while proc.poll() is None:
+        try:
+            samples.append(rss_kib(args.pid))
+        except OSError:
+            break
+        time.sleep(args.interval)
+    out, err = proc.communicate()
+    elapsed = time.monotonic() - t0
+    after = rss_kib(args.pid)
+    print(json.dumps({
+        "rss_before_kib": before,
+        "rss_max_kib": max(samples),
+        "rss_after_kib": after,
+        "growth_kib": max(samples) - before,
+        "samples": len(samples),
+        "elapsed_s": round(elapsed, 2),
+        "cmd_rc": proc.returncode,
+        "cmd_out": out.decode(errors="replace").strip()[-200:],
+        "cmd_err": err.decode(errors="replace").strip()[-200:],
+    }))
+
+
+# ---------------------------------------------------------------- parsers
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else None
+
+
+def cmd_parse_wrk(args):
+    t = open(args.file).read()
+    r = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", t)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t)
+    r["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+\w+)", t)
+        r[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+    r["socket_errors"] = sum(map(int, m.groups())) if m else 0
+    r["socket_errors_detail"] = m.group(0) if m else ""
+    print(json.dumps(r))
+
+
+def cmd_parse_hey(args):
+    t = open(args.file).read()
+    r = {}
+    m = re.search(r"Total:\s+([\d.]+) secs", t)
+    total = float(m.group(1)) if m else None
+    codes = {k: int(v) for k, v in re.findall(r"\[(\d+)\]\s+(\d+) responses", t)}
+    r["status_counts"] = codes
+    r["requests"] = codes.get("200", 0)
+    r["non200"] = sum(v for k, v in codes.items() if k != "200")
+    r["rps"] = round(r["requests"] / total, 1) if total else None
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}% in ([\d.]+) secs", t)
+        r[f"p{pct}_ms"] = float(m.group(1)) * 1e3 if m else None
+    m = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", t)
+    errs = re.findall(r"\[(\d+)\]\s+(.*)", m.group(1)) if m else []
+    r["errors"] = sum(int(n) for n, _ in errs)
+    r["error_kinds"] = [f"{n}× {e[:100]}" for n, e in errs[:3]]
+    print(json.dumps(r))
+
+
+def cmd_parse_curl(args):
+    # curl -w '%{http_code} %{size_download} %{speed_download} %{time_total}'
+    t = open(args.file).read().split()
+    code, size, speed, total = t[0], int(float(t[1])), float(t[2]), float(t[3])
+    print(json.dumps({"http_code": code, "bytes": size, "mb_per_s": round(speed / 1e6, 1),
+                      "time_s": total}))
+
+
+# ---------------------------------------------------------------- report
+
+def _load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def _median(rows, test, contender, key):
+    vals = [r[key] for r in rows
+            if r.get("test") == test and r.get("contender") == contender and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _vals(rows, test, contender, key):
+    return [r[key] for r in rows
+            if r.get("test") == test and r.get("contender") == contender and r.get(key) is not None]
+
+
+def _fmt(v, digits=None):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+    return f"{v:,.{digits}f}"
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def cmd_report(args):
+    rows = _load(args.results)
+    meta = json.load(open(args.meta))
+    out = []
+    w = out.append
+
+    # metric rows: (label, test, key, unit, direct contender, squid contender, target text, check)
+    # check: function(portcullis, direct, squid) -> True/False/None
+    def ge_squid(k):
+        return lambda p, d, s: None if not p or not s else p >= k * s
+
+    def le_abs(k):
+        return lambda p, d, s: None if p is None else p <= k
+
+    def ge_direct(k):
+        return lambda p, d, s: None if not p or not d else p >= k * d
+
+    M = []
+
+    def metric(label, test, key, unit, squid, target="", check=None, digits=None, direct="direct"):
+        M.append((label, test, key, unit, direct, squid, target, check, digits))
+
+    metric("1. plain HTTP keep-alive, 50 conns, 100 B: throughput", "http-keepalive", "rps", "req/s",
+           "squid", "≥ 3× Squid", ge_squid(3))
+    metric("1. plain HTTP keep-alive: p50 latency", "http-keepalive", "p50_ms", "ms", "squid",
+           digits=3)
+    metric("1. plain HTTP keep-alive: p99 latency", "http-keepalive", "p99_ms", "ms", "squid",
+           digits=3)
+    metric("1. plain HTTP keep-alive: proxy CPU per request", "http-keepalive", "cpu_us_per_req",
+           "µs", "squid", "≤ 20 µs", le_abs(20), direct=None)
+    metric("2. new client connection per request, 50 conns: throughput", "http-newconn", "rps",
+           "req/s", "squid", "≥ 1.4× Squid", ge_squid(1.4))
+    metric("2. new connection per request: proxy CPU per request", "http-newconn",
+           "cpu_us_per_req", "µs", "squid", direct=None)
+    metric("3. CONNECT tunnel, 100 MiB over HTTPS (curl -p)", "connect-100m", "mb_per_s", "MB/s",
+           "squid", "≥ 0.95× direct", ge_direct(0.95))
+    metric("3. CONNECT tunnel: proxy CPU per MiB", "connect-100m", "cpu_ms_per_mib", "ms",
+           "squid", direct=None, digits=2)
+    metric("4. intercepted HTTPS keep-alive, 50 conns, 100 B (hey): throughput", "https-keepalive",
+           "rps", "req/s", "squid-bump", "≥ 1.6× Squid ssl_bump", ge_squid(1.6))
+    metric("4. intercepted HTTPS keep-alive: p99 latency", "https-keepalive", "p99_ms", "ms",
+           "squid-bump", digits=2)
+    metric("4. intercepted HTTPS keep-alive: proxy CPU per request", "https-keepalive",
+           "cpu_us_per_req", "µs", "squid-bump", "≤ 27 µs", le_abs(27), direct=None)
+    metric("4. new TLS connections/s, many distinct names (cold mint)", "tls-cold", "conns_per_s",
+           "conn/s", "squid-bump")
+    metric("4. cold mint: proxy CPU per connection", "tls-cold", "cpu_us_per_conn", "µs",
+           "squid-bump", direct=None)
+    metric("4. new TLS connections/s, one name (cached cert)", "tls-cached", "conns_per_s",
+           "conn/s", "squid-bump")
+    metric("4. cached cert: proxy CPU per connection", "tls-cached", "cpu_us_per_conn", "µs",
+           "squid-bump", direct=None)
+    metric("5. RSS idle (fresh start, no traffic)", "mem-idle", "rss_mib", "MiB", "squid", "≤ 15 MiB",
+           le_abs(15), direct=None, digits=1)
+    metric("5. RSS idle, benchmark instance (with the 50,000-name hosts file), before traffic",
+           "mem-idle-hosts", "rss_mib", "MiB", "squid", direct=None, digits=1)
+    metric("5. RSS after all tests (10,000 idle connections opened and closed)", "mem-after",
+           "rss_mib", "MiB", "squid", direct=None, digits=1)
+    metric(f"5. RSS per idle keep-alive connection ({meta.get('idle_n')} conns)", "mem-idleconns",
+           "per_conn_kib", "KiB", "squid", "≤ 32 KiB", le_abs(32), direct=None, digits=1)
+    metric("5. 1 GiB plain-HTTP download through the proxy (curl): throughput", "mem-stream",
+           "mb_per_s", "MB/s", "squid")
+    metric("5. 1 GiB download: proxy CPU per MiB", "mem-stream", "cpu_ms_per_mib", "ms", "squid",
+           direct=None, digits=2)
+    metric("5. RSS growth while streaming 1 GiB (plain HTTP)", "mem-stream", "growth_mib", "MiB",
+           "squid", "flat", lambda p, d, s: None if p is None else p <= 8, direct=None, digits=1)
+
+    w("# Portcullis benchmark results")
+    w("")
+    w(f"Generated by `bench/run` on {meta['date']} (total run time {meta.get('elapsed', '?')}). "
+      "Regenerate with `bench/run`; see `bench/README.md`.")
+    w("")
+    w(f"**Machine:** {meta['cpu']} — {meta['nproc']} cores, kernel {meta['kernel']}. "
+      f"**Pinning (taskset):** proxies (Portcullis, both Squids and Squid's certificate helpers) and "
+      f"the nginx origin on **core 1**; every load generator (wrk, hey, curl, the Python client) on "
+      f"**core 0**. There is no third core, so the proxy and the origin share core 1: proxied "
+      f"figures include the proxy taking CPU from the origin, while the direct baseline gives the "
+      f"origin core 1 alone (and is itself bounded by one load-generator core).")
+    w("")
+    w(f"**Method:** contenders alternate (direct, Portcullis, Squid; then again) for "
+      f"{meta['rounds']} rounds; each figure is the median of the rounds. Load runs last "
+      f"{meta['duration']}; TLS connection runs {meta['tls_duration']}. Portcullis runs with its "
+      f"access log (file) and metrics (admin listener) **on**; Squid with its access log on and "
+      f"caching off (`cache deny all`, no cache_dir, `cache_mem 0`). CPU per request = (utime+stime "
+      f"of the proxy process and its children from `/proc/<pid>/stat`, after − before) ÷ "
+      f"successful requests, clock tick {meta['clk_tck']} Hz.")
+    w("")
+    w("## Results")
+    w("")
+    w("Ratios are Portcullis ÷ the other figure (for rates higher is better; for latency, CPU and "
+      "memory lower is better).")
+    w("")
+    w("| Measurement | Unit | Direct | Portcullis | Squid | Portcullis ÷ direct | Portcullis ÷ Squid | Target | Met |")
+    w("|---|---|---:|---:|---:|---:|---:|---|---|")
+    met_summary = []
+    for label, test, key, unit, direct, squid, target, check, digits in M:
+        p = _median(rows, test, "portcullis", key)
+        d = _median(rows, test, direct, key) if direct else None
+        s = _median(rows, test, squid, key)
+        ok = check(p, d, s) if check else None
+        mark = "—" if check is None else ("✅ yes" if ok else ("❌ no" if ok is False else "?"))
+        sq_label = _fmt(s, digits) + (" (ssl_bump)" if squid == "squid-bump" and s is not None else "")
+        w(f"| {label} | {unit} | {_fmt(d, digits)} | {_fmt(p, digits)} | {sq_label} | "
+          f"{_ratio(p, d) if direct else '—'} | {_ratio(p, s)} | {target} | {mark} |")
+        if check is not None:
+            met_summary.append((label, target, ok, p, d, s, unit))
+    w("")
+
+    # per-round raw figures
+    w("<details><summary>Per-round figures</summary>")
+    w("")
+    w("| Test | Contender | Figure | Rounds |")
+    w("|---|---|---|---|")
+    seen = set()
+    for label, test, key, unit, direct, squid, target, check, digits in M:
+        for c in ("direct", "portcullis", "squid", "squid-bump"):
+            if (test, c, key) in seen:
+                continue
+            seen.add((test, c, key))
+            vals = _vals(rows, test, c, key)
+            if vals:
+                w(f"| {test} | {c} | {key} | {', '.join(_fmt(v, digits) for v in vals)} |")
+    w("")
+    w("</details>")
+    w("")
+
+    # errors seen in the load runs
+    w("## Errors and anomalies seen during the run")
+    w("")
+    anomalies = []
+    for r in rows:
+        bad = []
+        for k in ("non2xx", "socket_errors", "errors", "non200", "closed_by_proxy_while_held"):
+            if r.get(k):
+                bad.append(f"{k}={r[k]}")
+        if r.get("http_code") and r["http_code"] != "200":
+            bad.append(f"http_code={r['http_code']}")
+        if bad:
+            extra = r.get("error_kinds") or r.get("socket_errors_detail") or ""
+            anomalies.append(f"- `{r['test']}` {r['contender']} round {r.get('round')}: "
+                             f"{', '.join(bad)} {json.dumps(extra, ensure_ascii=False) if extra else ''}")
+    for line in meta.get("notes", []):
+        anomalies.append(f"- {line}")
+    w("\n".join(anomalies) if anomalies else "None: every request in every run got a 200.")
+    w("")
+
+    w("## Versions")
+    w("")
+    for k, v in meta["versions"].items():
+        w(f"- **{k}**: {v}")
+    w("")
+    w("## Exact commands")
+    w("")
+    w("`$P` = Portcullis' port, `$S` = Squid (forward), `$SB` = Squid (ssl_bump), `$O` = nginx "
+      "HTTP, `$OS` = nginx HTTPS; `bench.py` is `bench/bench.py`. Configs are written by `bench/run` "
+      "(functions `write_nginx_conf`, `write_portcullis_conf`, `write_squid_conf`).")
+    w("")
+    w("```sh")
+    for c in meta["commands"]:
+        w(c)
+    w("```")
+    w("")
+    print("\n".join(out))
+    print(json.dumps([[l, t, ok, p, d, s, u] for l, t, ok, p, d, s, u in met_summary]),
+          file=sys.stderr)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("tls-conns")
+    p.add_argument("--proxy", default="")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/small")
+    p.add_argument("--cafile", required=True)
+    p.add_argument("--prefix", default="n")
+    p.add_argument("--count", type=int, default=10000)
+    p.add_argument("--single-name", default="")
+    p.add_argument("--duration", type=float, default=5)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.set_defaults(fn=cmd_tls_conns)
+
+    p = sub.add_parser("idle-conns")
+    p.add_argument("--proxy", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/small")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--parallel", type=int, default=200)
+    p.add_argument("--ready-file", required=True)
+    p.add_argument("--stop-file", required=True)
+    p.set_defaults(fn=cmd_idle_conns)
+
+    p = sub.add_parser("stream-rss")
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_stream_rss)
+
+    p = sub.add_parser("cpu-ticks")
+    p.add_argument("pid", type=int)
+    p.set_defaults(fn=lambda a: print(cpu_ticks(a.pid)))
+
+    p = sub.add_parser("rss-kib")
+    p.add_argument("pid", type=int)
+    p.set_defaults(fn=lambda a: print(rss_kib(a.pid)))
+
+    for name, fn in (("parse-wrk", cmd_parse_wrk), ("parse-hey", cmd_parse_hey),
+                     ("parse-curl", cmd_parse_curl)):
+        p = sub.add_parser(name)
+        p.add_argument("file")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("report")
+    p.add_argument("--results", required=True)
+    p.add_argument("--meta", required=True)
+    p.set_defaults(fn=cmd_report)
+
+    args = ap.parse_args()
+    if args.cmd == "stream-rss" and args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
