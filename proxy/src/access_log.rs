@@ -52,22 +52,23 @@ pub struct PolicyNote {
     /// `inspect`, `tunnel` or `deny`.
     pub action: &'static str,
     /// The rule that decided: its `name`, `rules[3]`, `outlook:…`, `default`.
-    pub rule: String,
+    pub rule: std::sync::Arc<str>,
     /// The Exchange protocol of the request (autodiscover, mapi, rpc-http, ews, eas, oab).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exchange: Option<&'static str>,
     /// The rule's `log_tag`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
+    pub tag: Option<std::sync::Arc<str>>,
 }
 
 impl PolicyNote {
     pub fn new(decision: &portcullis_policy::Decision) -> PolicyNote {
         PolicyNote {
             action: decision.action.as_str(),
-            rule: decision.rule.name.to_string(),
+            // Shared with the compiled policy: no allocation per request.
+            rule: std::sync::Arc::clone(&decision.rule.name),
             exchange: decision.class.map(|c| c.as_str()),
-            tag: decision.tag.as_deref().map(str::to_owned),
+            tag: decision.tag.clone(),
         }
     }
 }
