@@ -212,6 +212,10 @@ impl Policy {
         let pac = PacSettings::compile(&raw.pac)?;
         Ok(Policy {
             index: Index::build(&rules),
+            uses_sni: rules.iter().any(|r| !r.cond.sni.is_empty()),
+            uses_identity: rules
+                .iter()
+                .any(|r| !r.cond.user.is_empty() || !r.cond.group.is_empty()),
             rules,
             default,
             default_timeouts: raw.default.timeouts,

@@ -8,7 +8,8 @@
 //! scanned. The candidate lists are merged in rule order, so the index never changes which rule
 //! wins, and every candidate is still checked in full.
 
-use std::collections::HashMap;
+// foldhash: the index is probed up to 2×labels+1 times per decision; SipHash dominated that.
+use foldhash::HashMap;
 
 use crate::decision::{ConnectFacts, Decision, Facts, RequestFacts, TimeoutProfile};
 use crate::exchange::{self, ExchangeClass};
@@ -51,6 +52,10 @@ pub struct Policy {
     pub(crate) index: Index,
     pub(crate) pac: PacSettings,
     pub(crate) m365_skipped: Vec<Skipped>,
+    /// Whether any rule has an `sni` condition (asked per CONNECT).
+    pub(crate) uses_sni: bool,
+    /// Whether any rule has a `user` or `group` condition (asked per request).
+    pub(crate) uses_identity: bool,
 }
 
 /// Longest host name looked up through the index (DNS names are at most 253 bytes); longer
@@ -116,15 +121,13 @@ impl Policy {
     /// Whether any rule has an `sni` condition: only then is a second decision after peeking
     /// the ClientHello needed.
     pub fn uses_sni(&self) -> bool {
-        self.rules.iter().any(|r| !r.cond.sni.is_empty())
+        self.uses_sni
     }
 
     /// Whether any rule has a `user` or `group` condition: only then is a second decision after
     /// authentication needed.
     pub fn uses_identity(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| !r.cond.user.is_empty() || !r.cond.group.is_empty())
+        self.uses_identity
     }
 
     /// Feed entries (Microsoft 365 endpoints) that could not be turned into rules, with why.

@@ -79,34 +79,65 @@ impl Record {
     /// `action/rule` (`tunnel/outlook:m365-hosts`) when the policy decided; log analysers that read
     /// Squid's ten fields ignore it.
     pub fn squid_line(&self) -> String {
+        let mut line = String::with_capacity(160);
+        self.write_squid(&mut line);
+        line
+    }
+
+    /// Appends [`Record::squid_line`] to `out`, without the `format!` machinery: this runs once
+    /// per request.
+    fn write_squid(&self, out: &mut String) {
         let since = self
             .time
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let dash = |s: Option<String>| s.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
-        let mut line = format!(
-            "{}.{:03} {:>6} {} {}/{:03} {} {} {} {} {}/{} {}",
-            since.as_secs(),
-            since.subsec_millis(),
-            self.elapsed_ms,
-            self.client,
-            self.result,
-            self.status,
-            self.bytes,
-            self.method,
-            sanitise(&self.url),
-            sanitise(&dash(self.user.clone())),
-            self.hierarchy,
-            self.peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            sanitise(&dash(self.content_type.clone())),
+        let mut num = itoa::Buffer::new();
+        out.push_str(num.format(since.as_secs()));
+        out.push('.');
+        push_padded(out, num.format(since.subsec_millis()), 3, '0');
+        out.push(' ');
+        push_padded(out, num.format(self.elapsed_ms), 6, ' ');
+        out.push(' ');
+        push_ip(out, self.client);
+        out.push(' ');
+        out.push_str(self.result);
+        out.push('/');
+        push_padded(out, num.format(self.status), 3, '0');
+        out.push(' ');
+        out.push_str(num.format(self.bytes));
+        out.push(' ');
+        push_sanitised(out, &self.method);
+        out.push(' ');
+        push_sanitised(out, &self.url);
+        out.push(' ');
+        push_sanitised(
+            out,
+            self.user
+                .as_deref()
+                .filter(|u| !u.is_empty())
+                .unwrap_or("-"),
+        );
+        out.push(' ');
+        out.push_str(self.hierarchy);
+        out.push('/');
+        match self.peer {
+            Some(peer) => push_ip(out, peer),
+            None => out.push('-'),
+        }
+        out.push(' ');
+        push_sanitised(
+            out,
+            self.content_type
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .unwrap_or("-"),
         );
         if let Some(policy) = &self.policy {
-            line.push(' ');
-            line.push_str(policy.action);
-            line.push('/');
-            line.push_str(&sanitise(&policy.rule));
+            out.push(' ');
+            out.push_str(policy.action);
+            out.push('/');
+            push_sanitised(out, &policy.rule);
         }
-        line
     }
 
     pub fn json_line(&self) -> String {
@@ -128,22 +159,50 @@ impl Record {
 
 /// Keeps one log line one line and one field one field: spaces and control bytes from the
 /// network (URLs, user names) are percent-encoded.
-fn sanitise(field: &str) -> String {
+fn push_sanitised(out: &mut String, field: &str) {
     if field.bytes().all(|b| b.is_ascii_graphic()) {
-        return field.to_owned();
+        out.push_str(field);
+        return;
     }
-    let mut out = String::with_capacity(field.len() + 8);
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for c in field.chars() {
         if c.is_ascii_graphic() {
             out.push(c);
         } else {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
             }
         }
     }
-    out
+}
+
+/// `digits` right-aligned in `width`, as `{:>6}` / `{:03}` would.
+fn push_padded(out: &mut String, digits: &str, width: usize, pad: char) {
+    for _ in digits.len()..width {
+        out.push(pad);
+    }
+    out.push_str(digits);
+}
+
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(num.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Handle used on the request path; cheap to clone.
@@ -157,8 +216,7 @@ pub struct AccessLog {
 }
 
 struct Inner {
-    tx: mpsc::Sender<String>,
-    format: AccessLogFormat,
+    tx: mpsc::Sender<Record>,
     reopen: Arc<Notify>,
     dropped: AtomicU64,
 }
@@ -189,19 +247,27 @@ impl AccessLog {
         }
         let dest = Destination::from_path(&config.path);
         let mut sink = dest.open()?;
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
         let reopen = Arc::new(Notify::new());
         let reopen_rx = Arc::clone(&reopen);
+        let format = config.format;
         let writer = tokio::task::spawn(async move {
+            let mut line = String::with_capacity(512);
+            // Lines reach the file at most FLUSH_EVERY after they were logged, or sooner when the
+            // buffer fills: under load that is one write(2) per buffer, not one per request.
+            let mut flush_at: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
-                    line = rx.recv() => {
-                        let Some(line) = line else { break };
-                        write_line(&mut sink, &line);
-                        // Drain what is queued, then flush once: one syscall per burst.
-                        while let Ok(line) = rx.try_recv() {
-                            write_line(&mut sink, &line);
+                    record = rx.recv() => {
+                        let Some(record) = record else { break };
+                        write_record(&mut sink, &mut line, format, &record);
+                        while let Ok(record) = rx.try_recv() {
+                            write_record(&mut sink, &mut line, format, &record);
                         }
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
+                    }
+                    () = sleep_until(flush_at) => {
+                        flush_at = None;
                         if let Err(e) = sink.flush() {
                             tracing::warn!(error = %e, "access log flush failed");
                         }
@@ -224,7 +290,6 @@ impl AccessLog {
             AccessLog {
                 inner: Some(Arc::new(Inner {
                     tx,
-                    format: config.format,
                     reopen,
                     dropped: AtomicU64::new(0),
                 })),
@@ -234,16 +299,14 @@ impl AccessLog {
         ))
     }
 
-    pub fn log(&self, record: &Record) {
+    /// Counts `record` in the metrics and queues it for the writer, which formats it: the
+    /// request path does no formatting and never waits on the disk.
+    pub fn log(&self, record: Record) {
         if let Some(metrics) = &self.metrics {
-            metrics.observe(record);
+            metrics.observe(&record);
         }
         let Some(inner) = &self.inner else { return };
-        let line = match inner.format {
-            AccessLogFormat::Squid => record.squid_line(),
-            AccessLogFormat::Json => record.json_line(),
-        };
-        if inner.tx.try_send(line).is_err() {
+        if inner.tx.try_send(record).is_err() {
             let dropped = inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped, "access log queue full; lines dropped");
@@ -297,11 +360,30 @@ impl Destination {
     }
 }
 
-fn write_line(sink: &mut Box<dyn Write + Send>, line: &str) {
-    if let Err(e) = sink
-        .write_all(line.as_bytes())
-        .and_then(|()| sink.write_all(b"\n"))
-    {
+/// How long a logged line may wait in the writer's buffer before it is written out.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Resolves at `at`; never when there is nothing to flush.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn write_record(
+    sink: &mut Box<dyn Write + Send>,
+    line: &mut String,
+    format: AccessLogFormat,
+    record: &Record,
+) {
+    line.clear();
+    match format {
+        AccessLogFormat::Squid => record.write_squid(line),
+        AccessLogFormat::Json => line.push_str(&record.json_line()),
+    }
+    line.push('\n');
+    if let Err(e) = sink.write_all(line.as_bytes()) {
         tracing::warn!(error = %e, "access log write failed");
     }
 }

@@ -196,6 +196,7 @@ pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Reso
             .map(|i| Arc::clone(i) as Arc<dyn CertCacheStats>),
     );
     Proxy {
+        via: crate::http::headers::Via::new(&config.server.via_pseudonym),
         config: Arc::new(config),
         dialer,
         client,

@@ -50,6 +50,8 @@ pub struct Proxy {
     /// The process's metrics, shared by every snapshot. Interception reports through it:
     /// `tls_intercepted`, `tls_tunnelled(reason)`, `tls_handshake_failed(side)`.
     pub metrics: Arc<Metrics>,
+    /// Our `Via` entries, rendered from `server.via_pseudonym`.
+    pub via: crate::http::headers::Via,
 }
 
 impl Proxy {
@@ -66,6 +68,8 @@ impl Proxy {
 /// `max_connections` stays taken until the tunnel ends.
 pub struct ConnCtx {
     pub client: SocketAddr,
+    /// `client`'s address as a header value, for `X-Forwarded-For`.
+    pub client_address: http::HeaderValue,
     pub local: SocketAddr,
     pub activity: Arc<Activity>,
     /// The authenticated user of this connection (Negotiate) and handshake state.
@@ -374,6 +378,7 @@ fn admit(
     };
     let ctx = Arc::new(ConnCtx {
         client,
+        client_address: crate::http::headers::client_address_value(client.ip()),
         local,
         activity: Activity::new(),
         auth: ConnAuth::default(),
@@ -536,30 +541,49 @@ pub async fn drive<C: GracefulConnection>(
     shutdown: &CancellationToken,
 ) -> Result<(), Closed> {
     tokio::pin!(conn);
+    // The watchdog's futures live as long as the connection: this loop turns once per request
+    // (a head starting wakes it), and re-creating a timer and two waiter registrations each
+    // time showed up in profiles.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let head_started = activity.head_started();
+    tokio::pin!(head_started);
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    // When the timer is due, on the `now_ms` clock; 0 = not armed.
+    let mut timer_at = 0;
     let mut draining = false;
     loop {
         let now = now_ms();
-        let wait = match activity.verdict(now, header, idle) {
-            Verdict::WaitUntil(at) => Duration::from_millis(at - now),
+        let at = match activity.verdict(now, header, idle) {
+            Verdict::WaitUntil(at) => at,
             Verdict::HeaderTimeout => return Err(Closed::HeaderTimeout),
             Verdict::Idle => return Err(Closed::Idle),
         };
+        // A deadline that moved later needs no new timer: the old one fires early, and the
+        // verdict then re-arms it for the later time.
+        if timer_at == 0 || at < timer_at {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(at - now));
+            timer_at = at;
+        }
         tokio::select! {
             result = conn.as_mut() => return result.map_err(Closed::Hyper),
-            () = shutdown.cancelled(), if !draining => {
+            () = cancelled.as_mut(), if !draining => {
                 // Finish the request in flight, if any, then close.
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = tokio::time::sleep(wait) => {}
-            () = activity.head_started() => {}
+            () = timer.as_mut(), if timer_at != 0 => timer_at = 0,
+            () = head_started.as_mut() => head_started.set(activity.head_started()),
         }
     }
 }
 
 /// Squid logs requests it could not parse as `NONE/400 … error:invalid-request`; so do we.
 fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
-    proxy.access_log.log(&Record {
+    proxy.access_log.log(Record {
         time: std::time::SystemTime::now(),
         elapsed_ms: 0,
         client: ctx.client.ip(),

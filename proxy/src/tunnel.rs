@@ -124,7 +124,7 @@ pub async fn relay_and_log<C>(
     };
     let mut record = txn.record(outcome, 200, stats.to_client, None);
     record.bytes_in = stats.from_client;
-    proxy.access_log.log(&record);
+    proxy.access_log.log(record);
     drop(conn);
 }
 

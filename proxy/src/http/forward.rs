@@ -13,9 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
-use super::headers::{
-    append_via, apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target,
-};
+use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target};
 use super::pinned::starts_connection_auth;
 use super::{classify_error, Outcome, Txn};
 use crate::activity::InFlight;
@@ -80,16 +78,30 @@ fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         .authority()
         .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
     let target = Target::parse(authority.as_str(), Some(80))?;
+    let invalid = |e: http::Error| ProxyError::BadRequest(format!("invalid request target: {e}"));
+    // The authority as received when it is already the one we connect to (the usual case):
+    // no re-rendering and re-parsing per request.
+    let as_received = authority.host() == target.host
+        && authority
+            .port()
+            .is_none_or(|p| p.as_str() == itoa::Buffer::new().format(target.port));
+    let authority = if as_received {
+        authority.clone()
+    } else {
+        http::uri::Authority::try_from(target.authority()).map_err(|e| invalid(e.into()))?
+    };
+    if as_received && target.port != 80 {
+        set_host(req, authority.as_str())?;
+    } else {
+        set_host(req, &target.host_header(80))?;
+    }
     // The pool and connector key on scheme + authority; the wire gets origin-form.
-    let path = path_of(uri);
-    let upstream_uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.authority())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
-    *req.uri_mut() = upstream_uri;
-    set_host(req, &target.host_header(80))
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_of(req.uri()));
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| invalid(e.into()))?;
+    Ok(())
 }
 
 /// Inside a tunnel the origin is fixed; only the path comes from the request. HTTP/1.1 origins
@@ -114,12 +126,6 @@ fn target_intercepted(req: &mut Request<Incoming>, h2: bool, host: &str) -> Resu
             .map_err(invalid)?;
         set_host(req, host)
     }
-}
-
-/// `host:port` as [`crate::http::pinned`] keys origins.
-fn authority_with_port(a: &http::uri::Authority) -> String {
-    let host = a.host().trim_start_matches('[').trim_end_matches(']');
-    format!("{host}:{}", a.port_u16().unwrap_or(80))
 }
 
 fn path_of(uri: &Uri) -> PathAndQuery {
@@ -160,8 +166,8 @@ async fn send(
         strip_hop_by_hop(headers, upgrade);
         // 100-continue was answered on the client hop when the body was first read.
         headers.remove(EXPECT);
-        append_via(headers, received, &server.via_pseudonym);
-        apply_forwarded_for(headers, server.x_forwarded_for, conn.client.ip());
+        proxy.via.append(headers, received);
+        apply_forwarded_for(headers, server.x_forwarded_for, &conn.client_address);
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -176,15 +182,17 @@ async fn send(
         Route::Pooled => {
             starts_connection_auth(req.headers())
                 || match req.uri().authority() {
-                    Some(a) => conn.pinned.is_pinned_to(&authority_with_port(a)).await,
+                    Some(a) => conn.pinned.is_pinned_to(a).await,
                     None => false,
                 }
         }
         Route::Session(_) => false,
     };
+    // The pinned and session round trips are boxed: inline, their futures would make every
+    // request's future several KiB larger, and hyper moves that future by value per request.
     let round_trip = async {
         match route {
-            Route::Pooled if pin => conn.pinned.send(&proxy.dialer, req).await,
+            Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req)).await,
             Route::Pooled => proxy
                 .client
                 .request(req)
@@ -197,7 +205,7 @@ async fn send(
                     (response, peer)
                 })
                 .map_err(|e| classify_error(&e)),
-            Route::Session(session) => session.send(req).await.map(|r| (r, session.peer)),
+            Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.peer)),
         }
     };
     let (mut response, peer) = match tokio::time::timeout(timeout, round_trip).await {
@@ -205,7 +213,6 @@ async fn send(
         Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
         Err(_) => return txn.fail(proxy, in_flight, ProxyError::ResponseTimeout(timeout)),
     };
-    let pseudonym = &server.via_pseudonym;
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -217,7 +224,7 @@ async fn send(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
-        append_via(&mut parts.headers, parts.version, pseudonym);
+        proxy.via.append(&mut parts.headers, parts.version);
         spawn_upgraded_relay(proxy, conn, txn, peer, client_upgrade, upstream_upgrade);
         return Txn::respond_unlogged(in_flight, Response::from_parts(parts, body::empty()));
     }
@@ -230,7 +237,7 @@ async fn send(
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, false);
-    append_via(&mut parts.headers, parts.version, pseudonym);
+    proxy.via.append(&mut parts.headers, parts.version);
     // hyper frames the body for the client's own HTTP version.
     parts.version = received;
     txn.respond(
@@ -268,7 +275,7 @@ fn spawn_upgraded_relay(
         tracing::debug!(?stats, "upgraded connection ended");
         let mut record = txn.record(Outcome::direct(peer), 101, stats.to_client, None);
         record.bytes_in = stats.from_client;
-        log.log(&record);
+        log.log(record);
         drop(conn);
     });
 }

@@ -55,6 +55,15 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Connection: upgrade` is set again, as the next hop needs both to switch protocols.
 /// A `TE: trailers` request keeps saying so, so that the origin still sends trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names is much cheaper than eight
+    // removals, each hashing its name (this runs twice per request).
+    if !upgrade
+        && !headers
+            .keys()
+            .any(|name| fixed_hop_by_hop().contains(&name))
+    {
+        return;
+    }
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -94,11 +103,44 @@ fn version_label(version: Version) -> &'static str {
     }
 }
 
-/// Appends our `Via` entry ("1.1 portcullis") for a message received with `version`.
-pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
-    let entry = format!("{} {}", version_label(version), pseudonym);
-    if let Ok(value) = HeaderValue::from_str(&entry) {
-        headers.append(header::VIA, value);
+/// Our `Via` entries ("1.1 portcullis"), one per HTTP version, rendered once per configuration
+/// rather than per message.
+#[derive(Debug, Clone)]
+pub struct Via {
+    /// Indexed by [`Via::slot`].
+    entries: [Option<HeaderValue>; 5],
+}
+
+impl Via {
+    pub fn new(pseudonym: &str) -> Via {
+        let entry =
+            |v: Version| HeaderValue::from_str(&format!("{} {}", version_label(v), pseudonym)).ok();
+        Via {
+            entries: [
+                entry(Version::HTTP_09),
+                entry(Version::HTTP_10),
+                entry(Version::HTTP_11),
+                entry(Version::HTTP_2),
+                entry(Version::HTTP_3),
+            ],
+        }
+    }
+
+    fn slot(version: Version) -> usize {
+        match version {
+            Version::HTTP_09 => 0,
+            Version::HTTP_10 => 1,
+            Version::HTTP_2 => 3,
+            Version::HTTP_3 => 4,
+            _ => 2,
+        }
+    }
+
+    /// Appends our entry for a message received with `version`.
+    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+        if let Some(value) = &self.entries[Self::slot(version)] {
+            headers.append(header::VIA, value.clone());
+        }
     }
 }
 
@@ -113,22 +155,32 @@ pub fn via_names_us(headers: &HeaderMap, pseudonym: &str) -> bool {
         .any(|received_by| received_by.eq_ignore_ascii_case(pseudonym))
 }
 
-/// Applies the `x_forwarded_for` setting for a request from `client`.
-pub fn apply_forwarded_for(headers: &mut HeaderMap, mode: ForwardedFor, client: IpAddr) {
+/// A client address as a header value, rendered once per connection for `X-Forwarded-For`.
+pub fn client_address_value(client: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Applies the `x_forwarded_for` setting for a request from `client` (see
+/// [`client_address_value`]).
+pub fn apply_forwarded_for(headers: &mut HeaderMap, mode: ForwardedFor, client: &HeaderValue) {
     let addition = match mode {
         ForwardedFor::Transparent => return,
         ForwardedFor::Delete => {
             headers.remove(&X_FORWARDED_FOR);
             return;
         }
-        ForwardedFor::On => client.to_string(),
-        ForwardedFor::Off => "unknown".to_owned(),
+        ForwardedFor::On => client.clone(),
+        ForwardedFor::Off => HeaderValue::from_static("unknown"),
     };
     let joined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {addition}"),
-        _ => addition,
+        Some(prev) if !prev.trim().is_empty() => {
+            let addition = addition.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{prev}, {addition}")).ok()
+        }
+        _ => Some(addition),
     };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    if let Some(value) = joined {
         headers.insert(&X_FORWARDED_FOR, value);
     }
 }
@@ -185,13 +237,18 @@ impl Target {
         // One spelling per address, the one we connect to: `[::ffff:10.0.0.1]` is 10.0.0.1, and
         // the inet_aton forms (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`), which resolvers
         // accept as IPv4 but policies and people read differently, are refused.
-        let host = match host.parse::<std::net::Ipv6Addr>() {
-            Ok(v6) => match v6.to_ipv4_mapped() {
+        let v6 = if host.contains(':') {
+            host.parse::<std::net::Ipv6Addr>().ok()
+        } else {
+            None
+        };
+        let host = match v6 {
+            Some(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => v4.to_string(),
                 None => v6.to_string(),
             },
-            Err(_) => {
-                if host.parse::<std::net::Ipv4Addr>().is_err() && looks_numeric(host) {
+            None => {
+                if looks_numeric(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
                     return Err(bad("not a dotted-quad IPv4 address nor a host name"));
                 }
                 host.to_owned()
@@ -302,8 +359,15 @@ mod tests {
     fn via_and_loop_detection() {
         let mut h = headers(&[("via", "1.0 fred, 1.1 other (squid)")]);
         assert!(!via_names_us(&h, "portcullis"));
-        append_via(&mut h, Version::HTTP_11, "portcullis");
+        Via::new("portcullis").append(&mut h, Version::HTTP_11);
         assert!(via_names_us(&h, "Portcullis"));
+        assert_eq!(
+            h.get_all("via").iter().next_back().unwrap(),
+            "1.1 portcullis"
+        );
+        let mut h = HeaderMap::new();
+        Via::new("portcullis").append(&mut h, Version::HTTP_10);
+        assert_eq!(h["via"], "1.0 portcullis");
     }
 
     #[test]
@@ -321,7 +385,7 @@ mod tests {
             if let Some(b) = before {
                 h.insert("x-forwarded-for", HeaderValue::from_static(b));
             }
-            apply_forwarded_for(&mut h, mode, ip);
+            apply_forwarded_for(&mut h, mode, &client_address_value(ip));
             assert_eq!(
                 h.get("x-forwarded-for").map(|v| v.to_str().unwrap()),
                 after,

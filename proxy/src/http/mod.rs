@@ -42,19 +42,20 @@ pub async fn handle(
     // A target the decision cannot be made for is malformed: the handlers below answer 400.
     let mut decision = decide(&proxy, &conn, &req, None);
     // A refusal that no user could change is answered before asking for credentials.
-    let final_denial = !proxy.policy.uses_identity()
-        && decision
-            .as_ref()
-            .is_some_and(|d| matches!(d.action, Action::Deny { .. }));
+    let final_denial = decision
+        .as_ref()
+        .is_some_and(|d| matches!(d.action, Action::Deny { .. }))
+        && !proxy.policy.uses_identity();
     let mut auth_reply = None;
     if let Some(auth) = proxy.auth.as_ref().filter(|_| !final_denial) {
         let exempt = decision
             .as_ref()
             .is_some_and(|d| d.auth == AuthRequirement::Exempt);
-        match auth
-            .authenticate(&conn.auth, conn.client.ip(), exempt, req.headers())
-            .await
-        {
+        // Boxed: the authentication future is large (Negotiate's GSSAPI step) and would
+        // otherwise be part of every request's future, which hyper moves by value.
+        let authenticated =
+            Box::pin(auth.authenticate(&conn.auth, conn.client.ip(), exempt, req.headers()));
+        match authenticated.await {
             AuthOutcome::Exempt => {}
             AuthOutcome::Authenticated { user, reply } => {
                 txn.user = Some(user.to_string());
@@ -249,7 +250,7 @@ impl Txn {
             start: Instant::now(),
             client: conn.client.ip(),
             method: req.method().as_str().to_owned(),
-            url: req.uri().to_string(),
+            url: uri_text(req.uri()),
             user: None,
             policy: None,
             long_poll: false,
@@ -271,7 +272,7 @@ impl Txn {
     }
 
     pub fn record(
-        &self,
+        self,
         outcome: Outcome,
         status: u16,
         bytes: u64,
@@ -285,14 +286,14 @@ impl Txn {
             status,
             bytes,
             bytes_in: 0,
-            method: self.method.clone(),
-            url: self.url.clone(),
-            user: self.user.clone(),
+            method: self.method,
+            url: self.url,
+            user: self.user,
             hierarchy: outcome.hierarchy,
             peer: outcome.peer,
             content_type,
             error: outcome.error,
-            policy: self.policy.clone(),
+            policy: self.policy,
         }
     }
 
@@ -311,9 +312,10 @@ impl Txn {
             .and_then(|v| v.to_str().ok())
             // Squid logs the media type alone, without parameters.
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        let start = self.start;
         let done = LogWhenDone {
             proxy_log: proxy.access_log.clone(),
-            start: self.start,
+            start,
             record: Some(self.record(outcome, status, 0, content_type)),
             _in_flight: in_flight,
         };
@@ -342,6 +344,34 @@ impl Txn {
     }
 }
 
+/// The request target as received, for the log: `Uri`'s `Display` without the formatting
+/// machinery (this runs for every request).
+fn uri_text(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str();
+    let authority = uri.authority().map(http::uri::Authority::as_str);
+    let path = uri.path();
+    let query = uri.query();
+    let mut url = String::with_capacity(
+        scheme.map_or(0, |s| s.len() + 3)
+            + authority.map_or(0, str::len)
+            + path.len()
+            + query.map_or(0, |q| q.len() + 1),
+    );
+    if let Some(scheme) = scheme {
+        url.push_str(scheme);
+        url.push_str("://");
+    }
+    if let Some(authority) = authority {
+        url.push_str(authority);
+    }
+    url.push_str(path);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
 struct LogWhenDone {
     proxy_log: crate::access_log::AccessLog,
     start: Instant,
@@ -355,7 +385,7 @@ impl OnBodyDone for LogWhenDone {
             record.bytes = bytes;
             record.time = SystemTime::now();
             record.elapsed_ms = self.start.elapsed().as_millis() as u64;
-            self.proxy_log.log(&record);
+            self.proxy_log.log(record);
         }
     }
 }
@@ -367,5 +397,26 @@ trait BoxedUnsync {
 impl BoxedUnsync for CountedBody {
     fn boxed_unsync_body(self) -> ProxyBody {
         http_body_util::BodyExt::boxed_unsync(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    #[test]
+    fn uri_text_matches_display() {
+        for target in [
+            "http://example.test/a/b?c=d&e",
+            "http://example.test:8080/",
+            "http://[2001:db8::1]:80/x",
+            "https://outlook.office365.com/mapi/emsmdb/?MailboxId=x",
+            "example.test:443",
+            "/local/page?x",
+            "*",
+        ] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(super::uri_text(&uri), uri.to_string(), "{target}");
+        }
     }
 }

@@ -10,6 +10,8 @@
 
 use std::net::IpAddr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -25,6 +27,9 @@ use crate::upstream::Dialer;
 #[derive(Default)]
 pub struct PinnedOrigin {
     slot: Mutex<Option<Pin>>,
+    /// Set once the slot is first filled, so that the connections that never pin (nearly all)
+    /// skip the lock and the key on every request.
+    used: AtomicBool,
 }
 
 struct Pin {
@@ -45,7 +50,11 @@ pub fn starts_connection_auth(headers: &HeaderMap) -> bool {
 
 impl PinnedOrigin {
     /// Whether requests to `authority` go through this connection's pinned origin connection.
-    pub async fn is_pinned_to(&self, authority: &str) -> bool {
+    pub async fn is_pinned_to(&self, authority: &http::uri::Authority) -> bool {
+        if !self.used.load(Ordering::Acquire) {
+            return false;
+        }
+        let authority = authority_key(authority);
         self.slot
             .lock()
             .await
@@ -68,6 +77,7 @@ impl PinnedOrigin {
             .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
         let port = uri.port_u16().unwrap_or(80);
         let authority = format!("{host}:{port}");
+        self.used.store(true, Ordering::Release);
         // Origin-form on the wire, as to any origin.
         *req.uri_mut() = uri
             .path_and_query()
@@ -106,6 +116,12 @@ impl PinnedOrigin {
             .map_err(|e| classify_error(&e))?;
         Ok((response, peer))
     }
+}
+
+/// `host:port` as origins are keyed here.
+fn authority_key(a: &http::uri::Authority) -> String {
+    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    format!("{host}:{}", a.port_u16().unwrap_or(80))
 }
 
 #[cfg(test)]

@@ -443,7 +443,7 @@ fn decide_on_sni(
 /// Squid logs an intercepted CONNECT as `NONE/200 0 CONNECT host:port`, then each decrypted
 /// request on its own line.
 fn log_connect(proxy: &Proxy, txn: &Txn, result: &'static str, peer: Option<std::net::IpAddr>) {
-    let record = txn.record(
+    let record = txn.clone().record(
         Outcome {
             result,
             ..Outcome::direct(peer)
@@ -452,7 +452,7 @@ fn log_connect(proxy: &Proxy, txn: &Txn, result: &'static str, peer: Option<std:
         0,
         None,
     );
-    proxy.access_log.log(&record);
+    proxy.access_log.log(record);
 }
 
 /// Per intercepted tunnel: where requests go, or why they cannot.
