@@ -28,6 +28,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod rewind;
 pub mod server;
+pub mod splice;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;

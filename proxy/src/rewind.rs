@@ -19,6 +19,11 @@ impl<T> Rewind<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Rewind { prefix, inner }
     }
+
+    /// The bytes not yet replayed, and the stream.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for Rewind<T> {

@@ -8,13 +8,32 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 use tokio::net::TcpStream;
 
-use crate::activity::now_ms;
+use crate::activity::{now_ms, ActivityIo};
 use crate::http::{Outcome, Txn};
+use crate::rewind::Rewind;
 use crate::server::{ConnCtx, Proxy};
+
+/// The I/O type the client listener hands hyper, recovered from an upgraded connection.
+type ClientIo = TokioIo<ActivityIo<Rewind<TcpStream>>>;
+
+/// The client end of a CONNECT tunnel: the upgraded connection, and the bytes already read
+/// from it (a peeked ClientHello), which go to the origin first.
+pub struct TunnelClient {
+    upgraded: Upgraded,
+    prefix: Bytes,
+}
+
+impl TunnelClient {
+    pub fn new(upgraded: Upgraded, prefix: Bytes) -> TunnelClient {
+        TunnelClient { upgraded, prefix }
+    }
+}
 
 /// Per-direction buffer: large enough for bulk transfers to run at memory speed, small enough
 /// that thousands of idle tunnels stay cheap (buffers exist only while copying).
@@ -103,18 +122,16 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
 /// Relays a CONNECT tunnel untouched and logs it as Squid does (`TCP_TUNNEL/200`, bytes to the
 /// client and from it). `conn` is held to the end: the client connection's slot stays taken
 /// while its tunnel lives.
-pub async fn relay_and_log<C>(
+pub async fn relay_and_log(
     proxy: &Proxy,
     conn: Arc<ConnCtx>,
     txn: Txn,
-    client: C,
+    client: TunnelClient,
     upstream: TcpStream,
     idle: Duration,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let peer = upstream.peer_addr().ok().map(|a| a.ip());
-    let stats = relay(client, upstream, idle).await;
+    let stats = relay_tunnel(client, upstream, idle).await;
     if let RelayEnd::Error(e) = &stats.end {
         tracing::debug!(client = %conn.client, error = %e, "tunnel ended with an error");
     }
@@ -126,6 +143,36 @@ pub async fn relay_and_log<C>(
     record.bytes_in = stats.from_client;
     proxy.access_log.log(record);
     drop(conn);
+}
+
+/// A tunnel between two TCP sockets is spliced ([`crate::splice`]); the copying relay is the
+/// fallback when the client's socket cannot be recovered or no pipes can be had.
+async fn relay_tunnel(client: TunnelClient, upstream: TcpStream, idle: Duration) -> RelayStats {
+    let parts = match client.upgraded.downcast::<ClientIo>() {
+        Ok(parts) => parts,
+        Err(upgraded) => {
+            let client = Rewind::new(client.prefix, TokioIo::new(upgraded));
+            return relay(client, upstream, idle).await;
+        }
+    };
+    // In the order the client sent them: what was peeked, what hyper had read past the
+    // CONNECT head, what the listener had read before hyper.
+    let (unread, tcp) = parts.io.into_inner().into_inner().into_parts();
+    let prefix = [client.prefix, parts.read_buf, unread]
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .fold(bytes::BytesMut::new(), |mut all, b| {
+            all.extend_from_slice(&b);
+            all
+        })
+        .freeze();
+    match crate::splice::Pipes::new() {
+        Ok(pipes) => crate::splice::relay(tcp, prefix, upstream, idle, pipes).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipes for splice(2); copying the tunnel instead");
+            relay(Rewind::new(prefix, tcp), upstream, idle).await
+        }
+    }
 }
 
 pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats

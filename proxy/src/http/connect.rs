@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use portcullis_policy::{Action, Decision, RuleSource};
 
 use super::headers::{via_names_us, Target};
@@ -16,7 +15,7 @@ use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::TlsTunnelReason;
 use crate::server::{ConnCtx, Proxy};
-use crate::tunnel::relay_and_log;
+use crate::tunnel::{relay_and_log, TunnelClient};
 
 /// What an inspected tunnel needs from its CONNECT to decide again on the SNI.
 pub struct TunnelPlan {
@@ -127,7 +126,8 @@ pub(super) async fn handle(
                 .await;
             return;
         }
-        relay_and_log(&proxy_task, conn, txn, TokioIo::new(client), upstream, idle).await;
+        let client = TunnelClient::new(client, bytes::Bytes::new());
+        relay_and_log(&proxy_task, conn, txn, client, upstream, idle).await;
     });
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;

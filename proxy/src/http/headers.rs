@@ -55,13 +55,16 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Connection: upgrade` is set again, as the next hop needs both to switch protocols.
 /// A `TE: trailers` request keeps saying so, so that the origin still sends trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names is much cheaper than eight
-    // removals, each hashing its name (this runs twice per request).
-    if !upgrade
-        && !headers
-            .keys()
-            .any(|name| fixed_hop_by_hop().contains(&name))
-    {
+    // Messages carry few of these (typically `Connection: keep-alive`): one pass over the names
+    // finds them, instead of eight removals that each hash a name (this runs twice per request).
+    let fixed = fixed_hop_by_hop();
+    let mut present = [false; 8];
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present[i] = true;
+        }
+    }
+    if !upgrade && !present.contains(&true) {
         return;
     }
     let te_trailers = headers
@@ -80,8 +83,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(&name);
         }
     }
-    for name in fixed_hop_by_hop() {
-        if !(upgrade && *name == header::UPGRADE) {
+    for (name, present) in fixed.into_iter().zip(present) {
+        if present && !(upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
     }

@@ -42,9 +42,8 @@ use crate::http::connect::{tunnel_reason, TunnelPlan};
 use crate::http::headers::Target;
 use crate::http::{forward, Outcome, Txn};
 use crate::metrics::TlsTunnelReason;
-use crate::rewind::Rewind;
 use crate::server::{ConnCtx, Proxy};
-use crate::tunnel::relay_and_log;
+use crate::tunnel::{relay_and_log, TunnelClient};
 use session::Session;
 use upstream_tls::{classify_handshake_error, server_name, UpstreamTls, HTTP11};
 
@@ -185,7 +184,7 @@ pub async fn run_tunnel(
         Ok(pair) => pair,
         Err(bytes) => {
             proxy.metrics.tls_tunnelled(TlsTunnelReason::NonTls);
-            let client = Rewind::new(bytes, client);
+            let client = TunnelClient::new(client.into_inner(), bytes);
             return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
         }
     };
@@ -202,7 +201,7 @@ pub async fn run_tunnel(
     {
         tracing::debug!(sni = %name, "this client refused interception of this host; tunnelling untouched");
         proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
-        let client = Rewind::new(seen.freeze(), client);
+        let client = TunnelClient::new(client.into_inner(), seen.freeze());
         return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
     }
     let mut denied = None;
@@ -219,7 +218,7 @@ pub async fn run_tunnel(
                 } else {
                     idle
                 };
-                let client = Rewind::new(seen.freeze(), client);
+                let client = TunnelClient::new(client.into_inner(), seen.freeze());
                 return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
             }
             Action::Deny { reason } => {
