@@ -253,23 +253,31 @@ impl AccessLog {
         let format = config.format;
         let writer = tokio::task::spawn(async move {
             let mut line = String::with_capacity(512);
-            // Lines reach the file at most FLUSH_EVERY after they were logged, or sooner when the
-            // buffer fills: under load that is one write(2) per buffer, not one per request.
-            let mut flush_at: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     record = rx.recv() => {
                         let Some(record) = record else { break };
                         write_record(&mut sink, &mut line, format, &record);
-                        while let Ok(record) = rx.try_recv() {
-                            write_record(&mut sink, &mut line, format, &record);
+                        // Let the batch gather, then write it: under load the writer wakes and
+                        // calls write(2) once per FLUSH_EVERY instead of once per request. A
+                        // line reaches the file at most FLUSH_EVERY after it was logged.
+                        tokio::time::sleep(FLUSH_EVERY).await;
+                        let mut closed = false;
+                        loop {
+                            match rx.try_recv() {
+                                Ok(record) => write_record(&mut sink, &mut line, format, &record),
+                                Err(mpsc::error::TryRecvError::Empty) => break,
+                                Err(mpsc::error::TryRecvError::Disconnected) => {
+                                    closed = true;
+                                    break;
+                                }
+                            }
                         }
-                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
-                    }
-                    () = sleep_until(flush_at) => {
-                        flush_at = None;
                         if let Err(e) = sink.flush() {
                             tracing::warn!(error = %e, "access log flush failed");
+                        }
+                        if closed {
+                            break;
                         }
                     }
                     () = reopen_rx.notified() => {
@@ -362,14 +370,6 @@ impl Destination {
 
 /// How long a logged line may wait in the writer's buffer before it is written out.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
-
-/// Resolves at `at`; never when there is nothing to flush.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 
 fn write_record(
     sink: &mut Box<dyn Write + Send>,
