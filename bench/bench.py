@@ -2,20 +2,24 @@
 """Helper for bench/run: clients the stock tools do not cover, output parsers, the report.
 
 Subcommands (all print one JSON object on stdout unless noted):
-  tls-conns   new TLS connections per second, direct or through a proxy (CONNECT + TLS + GET)
+  tls-conns   new TLS connections per second, direct or through a proxy (CONNECT + TLS + GET),
+              with p50/p99 of connect-to-handshake-complete (--concurrency 1: blocking client)
   idle-conns  open N keep-alive HTTP connections through a proxy and hold them
   stream-rss  run a command (a download) while sampling a process's VmRSS
   cpu-ticks   utime+stime (clock ticks) of a process and its descendants (prints an integer)
   rss-kib     VmRSS of a process (prints an integer, KiB)
-  parse-wrk / parse-hey / parse-curl   turn a tool's output into JSON
+  watch-foreign / foreign-summary   CPU used by processes outside the bench while it runs
+  parse-wrk / parse-hey / parse-curl   turn a tool's output into JSON (wrk: also Transfer/sec as MB/s)
   report      render RESULTS.md from the JSON-lines results file and the run's metadata
 """
 
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
+import socket
 import ssl
 import statistics
 import subprocess
@@ -76,7 +80,11 @@ async def _read_head(reader):
 
 
 async def _one_tls(args, ctx, name):
-    """One connection: (CONNECT through the proxy,) TLS with SNI `name`, GET, read to EOF."""
+    """One connection: (CONNECT through the proxy,) TLS with SNI `name`, GET, read to EOF.
+
+    Returns the seconds from the start of the TCP connect until the TLS handshake completed
+    (through a proxy: connect + CONNECT + the proxy's certificate + handshake)."""
+    t0 = time.perf_counter()
     if args.proxy:
         ph, pp = args.proxy.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(ph, int(pp))
@@ -96,6 +104,7 @@ async def _one_tls(args, ctx, name):
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", args.port, ssl=ctx, server_hostname=name
         )
+    handshake_s = time.perf_counter() - t0
     try:
         writer.write(
             f"GET {args.path} HTTP/1.1\r\nHost: {name}:{args.port}\r\nConnection: close\r\n\r\n".encode()
@@ -109,14 +118,24 @@ async def _one_tls(args, ctx, name):
             await writer.wait_closed()
         except Exception:
             pass
+    return handshake_s
+
+
+def _pct(sorted_vals, q):
+    """Nearest-rank percentile of an ascending list (None if empty)."""
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
 
 
 async def _tls_main(args):
     ctx = ssl.create_default_context(cafile=args.cafile)
     ctx.check_hostname = True
     names_single = args.single_name
-    counter = {"next": 0, "ok": 0, "err": 0}
+    counter = {"next": args.start, "ok": 0, "err": 0}
     errors = {}
+    handshakes = []
     deadline = time.monotonic() + args.duration
     t0 = time.monotonic()
 
@@ -128,7 +147,7 @@ async def _tls_main(args):
             counter["next"] += 1
             name = names_single or f"{args.prefix}{i}.bench.test"
             try:
-                await asyncio.wait_for(_one_tls(args, ctx, name), 30)
+                handshakes.append(await asyncio.wait_for(_one_tls(args, ctx, name), 30))
                 counter["ok"] += 1
             except Exception as e:  # noqa: BLE001 - counted and reported
                 counter["err"] += 1
@@ -137,18 +156,99 @@ async def _tls_main(args):
 
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.monotonic() - t0
+    return _tls_summary(args, counter["ok"], counter["err"], errors, handshakes, elapsed,
+                        counter["next"] - args.start if not names_single else 1)
+
+
+def _one_tls_sync(args, ctx, name):
+    """`_one_tls` with blocking sockets: the handshake runs in OpenSSL without the event loop's
+    round trips, so one-at-a-time latencies carry little client overhead."""
+    t0 = time.perf_counter()
+    if args.proxy:
+        ph, pp = args.proxy.rsplit(":", 1)
+        raw = socket.create_connection((ph, int(pp)), timeout=30)
+    else:
+        raw = socket.create_connection(("127.0.0.1", args.port), timeout=30)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if args.proxy:
+            raw.sendall(f"CONNECT {name}:{args.port} HTTP/1.1\r\nHost: {name}:{args.port}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = raw.recv(4096)
+                if not chunk:
+                    raise RuntimeError("proxy closed the connection before the CONNECT response")
+                head += chunk
+            status = head.split(b" ", 2)[1]
+            if status != b"200":
+                raise RuntimeError(f"CONNECT status {status.decode(errors='replace')}")
+        tls = ctx.wrap_socket(raw, server_hostname=name)  # the handshake happens here
+        handshake_s = time.perf_counter() - t0
+        with tls:
+            tls.sendall(f"GET {args.path} HTTP/1.1\r\nHost: {name}:{args.port}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"response {data[:40]!r}")
+        return handshake_s
+    finally:
+        raw.close()
+
+
+def _tls_sync_main(args):
+    """One connection at a time (--concurrency 1); the same output as `_tls_main`."""
+    ctx = ssl.create_default_context(cafile=args.cafile)
+    ctx.check_hostname = True
+    ok = err = 0
+    errors = {}
+    handshakes = []
+    i = args.start
+    deadline = time.monotonic() + args.duration
+    t0 = time.monotonic()
+    while time.monotonic() < deadline and (args.single_name or i < args.count):
+        name = args.single_name or f"{args.prefix}{i}.bench.test"
+        i += 1
+        try:
+            handshakes.append(_one_tls_sync(args, ctx, name))
+            ok += 1
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            err += 1
+            k = f"{type(e).__name__}: {e}"[:120]
+            errors[k] = errors.get(k, 0) + 1
+    return _tls_summary(args, ok, err, errors, handshakes, time.monotonic() - t0,
+                        1 if args.single_name else i - args.start)
+
+
+def _tls_summary(args, ok, err, errors, handshakes, elapsed, names_used):
+    hs = sorted(handshakes)
+
+    def ms(v):
+        return None if v is None else round(v * 1e3, 3)
+
     return {
-        "ok": counter["ok"],
-        "errors": counter["err"],
+        "ok": ok,
+        "errors": err,
         "error_kinds": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
         "elapsed_s": round(elapsed, 3),
-        "conns_per_s": round(counter["ok"] / elapsed, 1) if elapsed > 0 else 0,
-        "names_used": counter["next"] if not names_single else 1,
+        "conns_per_s": round(ok / elapsed, 1) if elapsed > 0 else 0,
+        "names_used": names_used,
+        "concurrency": args.concurrency,
+        # from the TCP connect (and CONNECT) until the TLS handshake is complete, per connection
+        "hs_p50_ms": ms(_pct(hs, 50)),
+        "hs_p99_ms": ms(_pct(hs, 99)),
+        "hs_mean_ms": ms(statistics.fmean(hs)) if hs else None,
     }
 
 
 def cmd_tls_conns(args):
-    print(json.dumps(asyncio.run(_tls_main(args))))
+    if args.concurrency == 1:
+        print(json.dumps(_tls_sync_main(args)))
+    else:
+        print(json.dumps(asyncio.run(_tls_main(args))))
 
 
 # ---------------------------------------------------------------- idle keep-alive connections
@@ -237,6 +337,78 @@ def cmd_stream_rss(args):
     }))
 
 
+# ---------------------------------------------------------------- other load on the machine
+
+def _proc_table():
+    """{pid: (ppid, comm, utime+stime ticks)} of every process."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        comm = s[s.index("(") + 1:s.rindex(")")]
+        rest = s[s.rindex(")") + 2:].split()
+        table[int(d)] = (int(rest[1]), comm, int(rest[11]) + int(rest[12]))
+    return table
+
+
+def cmd_watch_foreign(args):
+    """Until killed: every --interval seconds, append one JSON line naming the processes outside
+    the bench's process tree (not descendants of --root; not init, not kernel threads) that used
+    more than --threshold of a core since the last sample."""
+    clk = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    prev = _proc_table()
+    while True:
+        time.sleep(args.interval)
+        cur = _proc_table()
+        used = {}
+        for pid, (ppid, comm, ticks) in cur.items():
+            # skip ourselves, init (the VM's agent) and kernel threads
+            if pid in (me, 1, 2) or ppid == 2 or pid not in prev:
+                continue
+            anc, ours = pid, False
+            for _ in range(64):  # walk up to init
+                if anc == args.root:
+                    ours = True
+                    break
+                anc = cur.get(anc, (0,))[0]
+                if anc <= 1:
+                    break
+            if ours:
+                continue
+            cpu = (ticks - prev[pid][2]) / clk / args.interval
+            if cpu >= args.threshold:
+                used[comm] = round(used.get(comm, 0) + cpu, 2)
+        if used:
+            with open(args.out, "a") as f:
+                f.write(json.dumps({"t": time.strftime("%H:%M:%S", time.gmtime()),
+                                    "interval_s": args.interval, "cores": used}) + "\n")
+        prev = cur
+
+
+def cmd_foreign_summary(args):
+    """One line for the report from watch-foreign's file, or nothing (under 1 CPU-second)."""
+    try:
+        samples = [json.loads(l) for l in open(args.file) if l.strip()]
+    except OSError:
+        return
+    total = {}
+    for smp in samples:
+        for comm, cores in smp["cores"].items():
+            total[comm] = total.get(comm, 0) + cores * smp["interval_s"]
+    if sum(total.values()) < 1:  # under one CPU-second in all: not worth a note
+        return
+    top = ", ".join(f"{c} {v:.0f} s" for c, v in sorted(total.items(), key=lambda kv: -kv[1])[:6])
+    print(f"processes outside the bench used CPU during the measurements ({top} of CPU time; "
+          f"{len(samples)} samples between {samples[0]['t']} and {samples[-1]['t']} UTC, in "
+          f"out/foreign-cpu.jsonl; test times in out/run-log.txt): figures from then are noisy.")
+
+
 # ---------------------------------------------------------------- parsers
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -257,6 +429,10 @@ def cmd_parse_wrk(args):
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+\w+)", t)
         r[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
+    # Transfer/sec in wrk's binary units (KB = 1024 B), as MB/s of 10^6 bytes
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", t)
+    r["mb_per_s"] = (round(float(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(2)] / 1e6, 1)
+                     if m else None)
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
     r["non2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
@@ -335,11 +511,13 @@ def _ratio(a, b):
 def cmd_report(args):
     rows = _load(args.results)
     meta = json.load(open(args.meta))
+    peer_ran = meta.get("hudsucker_ran", False)
     out = []
     w = out.append
 
-    # metric rows: (label, test, key, unit, direct contender, squid contender, target text, check)
-    # check: function(portcullis, direct, squid) -> True/False/None
+    # metric rows: (label, test, key, unit, direct contender, squid contender, target text, check,
+    # digits, peer_na). check: function(portcullis, direct, squid) -> True/False/None.
+    # peer_na: why hudsucker has no figure for a row it could not run (shown in its column).
     def ge_squid(k):
         return lambda p, d, s: None if not p or not s else p >= k * s
 
@@ -351,8 +529,9 @@ def cmd_report(args):
 
     M = []
 
-    def metric(label, test, key, unit, squid, target="", check=None, digits=None, direct="direct"):
-        M.append((label, test, key, unit, direct, squid, target, check, digits))
+    def metric(label, test, key, unit, squid, target="", check=None, digits=None, direct="direct",
+               peer_na=""):
+        M.append((label, test, key, unit, direct, squid, target, check, digits, peer_na))
 
     metric("1. plain HTTP keep-alive, 50 conns, 100 B: throughput", "http-keepalive", "rps", "req/s",
            "squid", "≥ 3× Squid", ge_squid(3))
@@ -362,32 +541,49 @@ def cmd_report(args):
            digits=3)
     metric("1. plain HTTP keep-alive: proxy CPU per request", "http-keepalive", "cpu_us_per_req",
            "µs", "squid", "≤ 20 µs", le_abs(20), direct=None)
+    metric("1. plain HTTP keep-alive, 50 conns, 1 MiB responses: throughput", "http-1m",
+           "mb_per_s", "MB/s", "squid", "≥ 4× Squid", ge_squid(4))
+    metric("1. 1 MiB responses: requests/s", "http-1m", "rps", "req/s", "squid")
+    metric("1. 1 MiB responses: proxy CPU per request", "http-1m", "cpu_us_per_req", "µs", "squid",
+           direct=None)
     metric("2. new client connection per request, 50 conns: throughput", "http-newconn", "rps",
            "req/s", "squid", "≥ 1.4× Squid", ge_squid(1.4))
     metric("2. new connection per request: proxy CPU per request", "http-newconn",
            "cpu_us_per_req", "µs", "squid", direct=None)
     metric("3. CONNECT tunnel, 100 MiB over HTTPS (curl -p)", "connect-100m", "mb_per_s", "MB/s",
-           "squid", "≥ 0.95× direct", ge_direct(0.95))
+           "squid", "≥ 0.95× direct", ge_direct(0.95), peer_na="n/a¹")
     metric("3. CONNECT tunnel: proxy CPU per MiB", "connect-100m", "cpu_ms_per_mib", "ms",
-           "squid", direct=None, digits=2)
+           "squid", direct=None, digits=2, peer_na="n/a¹")
     metric("4. intercepted HTTPS keep-alive, 50 conns, 100 B (hey): throughput", "https-keepalive",
            "rps", "req/s", "squid-bump", "≥ 1.6× Squid ssl_bump", ge_squid(1.6))
     metric("4. intercepted HTTPS keep-alive: p99 latency", "https-keepalive", "p99_ms", "ms",
            "squid-bump", digits=2)
     metric("4. intercepted HTTPS keep-alive: proxy CPU per request", "https-keepalive",
            "cpu_us_per_req", "µs", "squid-bump", "≤ 27 µs", le_abs(27), direct=None)
-    metric("4. new TLS connections/s, many distinct names (cold mint)", "tls-cold", "conns_per_s",
-           "conn/s", "squid-bump")
+    metric("4. intercepted HTTPS download, 100 MiB (curl)", "https-100m", "mb_per_s", "MB/s",
+           "squid-bump", "≥ 0.85× direct", ge_direct(0.85))
+    metric("4. intercepted 100 MiB download: proxy CPU per MiB", "https-100m", "cpu_ms_per_mib",
+           "ms", "squid-bump", direct=None, digits=2)
+    metric("4. new TLS connections/s, many distinct names (cold mint), 32 concurrent", "tls-cold",
+           "conns_per_s", "conn/s", "squid-bump")
     metric("4. cold mint: proxy CPU per connection", "tls-cold", "cpu_us_per_conn", "µs",
            "squid-bump", direct=None)
-    metric("4. new TLS connections/s, one name (cached cert)", "tls-cached", "conns_per_s",
-           "conn/s", "squid-bump")
+    metric("4. cold mint, 32 concurrent: connect + CONNECT + TLS handshake p50 (includes queueing)",
+           "tls-cold", "hs_p50_ms", "ms", "squid-bump", digits=2)
+    metric("4. cold mint + handshake, one connection at a time: p50", "tls-cold-lat", "hs_p50_ms",
+           "ms", "squid-bump", "≤ 2 ms", le_abs(2), digits=2)
+    metric("4. cold mint + handshake, one connection at a time: p99", "tls-cold-lat", "hs_p99_ms",
+           "ms", "squid-bump", digits=2)
+    metric("4. new TLS connections/s, one name (cached cert), 32 concurrent", "tls-cached",
+           "conns_per_s", "conn/s", "squid-bump")
     metric("4. cached cert: proxy CPU per connection", "tls-cached", "cpu_us_per_conn", "µs",
            "squid-bump", direct=None)
+    metric("4. cached cert, 32 concurrent: connect + CONNECT + TLS handshake p50", "tls-cached",
+           "hs_p50_ms", "ms", "squid-bump", digits=2)
     metric("5. RSS idle (fresh start, no traffic)", "mem-idle", "rss_mib", "MiB", "squid", "≤ 15 MiB",
            le_abs(15), direct=None, digits=1)
     metric("5. RSS idle, benchmark instance (with the 50,000-name hosts file), before traffic",
-           "mem-idle-hosts", "rss_mib", "MiB", "squid", direct=None, digits=1)
+           "mem-idle-hosts", "rss_mib", "MiB", "squid", direct=None, digits=1, peer_na="n/a²")
     metric("5. RSS after all tests (10,000 idle connections opened and closed)", "mem-after",
            "rss_mib", "MiB", "squid", direct=None, digits=1)
     metric(f"5. RSS per idle keep-alive connection ({meta.get('idle_n')} conns)", "mem-idleconns",
@@ -405,39 +601,63 @@ def cmd_report(args):
       "Regenerate with `bench/run`; see `bench/README.md`.")
     w("")
     w(f"**Machine:** {meta['cpu']} — {meta['nproc']} cores, kernel {meta['kernel']}. "
-      f"**Pinning (taskset):** proxies (Portcullis, both Squids and Squid's certificate helpers) and "
-      f"the nginx origin on **core 1**; every load generator (wrk, hey, curl, the Python client) on "
-      f"**core 0**. There is no third core, so the proxy and the origin share core 1: proxied "
-      f"figures include the proxy taking CPU from the origin, while the direct baseline gives the "
-      f"origin core 1 alone (and is itself bounded by one load-generator core).")
+      f"**Pinning (taskset):** proxies (Portcullis, both Squids and Squid's certificate helpers, "
+      f"hudsucker) and the nginx origin on **core 1**; every load generator (wrk, hey, curl, the "
+      f"Python client) on **core 0**. There is no third core, so the proxy and the origin share "
+      f"core 1: proxied figures include the proxy taking CPU from the origin, while the direct "
+      f"baseline gives the origin core 1 alone (and is itself bounded by one load-generator core).")
     w("")
-    w(f"**Method:** contenders alternate (direct, Portcullis, Squid; then again) for "
+    w(f"**Method:** contenders alternate (direct, Portcullis, Squid, hudsucker; then again) for "
       f"{meta['rounds']} rounds; each figure is the median of the rounds. Load runs last "
       f"{meta['duration']}; TLS connection runs {meta['tls_duration']}. Portcullis runs with its "
       f"access log (file) and metrics (admin listener) **on**; Squid with its access log on and "
       f"caching off (`cache deny all`, no cache_dir, `cache_mem 0`). CPU per request = (utime+stime "
       f"of the proxy process and its children from `/proc/<pid>/stat`, after − before) ÷ "
-      f"successful requests, clock tick {meta['clk_tck']} Hz.")
+      f"successful requests, clock tick {meta['clk_tck']} Hz. MB/s = 10⁶ bytes per second.")
+    w("")
+    if peer_ran:
+        w("**hudsucker** is the Rust peer: `bench/hudsucker-peer`, hudsucker's `noop` example (no "
+          "handlers, no logging; release build) with rustls' `ring` provider like Portcullis, "
+          "certificates minted from its own CA by `RcgenAuthority` (cache of 1,000), upstream TLS "
+          "trusting only the origin CA and every name resolved to 127.0.0.1. It has no access log "
+          "and no metrics.")
+    else:
+        w(f"**hudsucker** (the Rust peer) did not run: {meta.get('hudsucker_why', 'disabled')}.")
     w("")
     w("## Results")
     w("")
     w("Ratios are Portcullis ÷ the other figure (for rates higher is better; for latency, CPU and "
-      "memory lower is better).")
+      "memory lower is better). Squid figures of the interception rows are from the ssl_bump "
+      "instance.")
     w("")
-    w("| Measurement | Unit | Direct | Portcullis | Squid | Portcullis ÷ direct | Portcullis ÷ Squid | Target | Met |")
-    w("|---|---|---:|---:|---:|---:|---:|---|---|")
+    w("| Measurement | Unit | Direct | Portcullis | Squid | hudsucker | Portcullis ÷ direct | "
+      "Portcullis ÷ Squid | Portcullis ÷ hudsucker | Target | Met |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     met_summary = []
-    for label, test, key, unit, direct, squid, target, check, digits in M:
+    for label, test, key, unit, direct, squid, target, check, digits, peer_na in M:
         p = _median(rows, test, "portcullis", key)
         d = _median(rows, test, direct, key) if direct else None
         s = _median(rows, test, squid, key)
+        h = _median(rows, test, "hudsucker", key)
         ok = check(p, d, s) if check else None
         mark = "—" if check is None else ("✅ yes" if ok else ("❌ no" if ok is False else "?"))
         sq_label = _fmt(s, digits) + (" (ssl_bump)" if squid == "squid-bump" and s is not None else "")
-        w(f"| {label} | {unit} | {_fmt(d, digits)} | {_fmt(p, digits)} | {sq_label} | "
-          f"{_ratio(p, d) if direct else '—'} | {_ratio(p, s)} | {target} | {mark} |")
+        h_label = peer_na if (peer_na and h is None) else _fmt(h, digits)
+        w(f"| {label} | {unit} | {_fmt(d, digits)} | {_fmt(p, digits)} | {sq_label} | {h_label} | "
+          f"{_ratio(p, d) if direct else '—'} | {_ratio(p, s)} | {_ratio(p, h)} | {target} | {mark} |")
         if check is not None:
-            met_summary.append((label, target, ok, p, d, s, unit))
+            met_summary.append((label, target, ok, p, d, s, h, unit))
+    w("")
+    w("¹ hudsucker intercepts every CONNECT (it has no tunnel or pass-through mode), so it has no "
+      "CONNECT-tunnel figure. ² hudsucker loads no hosts file (its resolver maps every name to "
+      "127.0.0.1), so its idle figure above is already the benchmark instance. "
+      "The one-at-a-time cold-mint rows run `bench.py tls-conns --concurrency 1` (blocking "
+      "sockets, the handshake runs inside OpenSSL) over 500 fresh names per round and report the "
+      "time from the start of the TCP connect to the completed TLS handshake: connect + CONNECT + "
+      "minting + handshake through the proxy, plus whatever upstream work the proxy does before "
+      "it finishes the client's handshake; in the direct column connect + handshake with nginx, "
+      "the floor on this machine. The 32-concurrent rows report the same time under load, mostly queueing. "
+      "1 MiB rows: MB/s from wrk's Transfer/sec.")
     w("")
 
     # per-round raw figures
@@ -446,8 +666,8 @@ def cmd_report(args):
     w("| Test | Contender | Figure | Rounds |")
     w("|---|---|---|---|")
     seen = set()
-    for label, test, key, unit, direct, squid, target, check, digits in M:
-        for c in ("direct", "portcullis", "squid", "squid-bump"):
+    for label, test, key, unit, direct, squid, target, check, digits, peer_na in M:
+        for c in ("direct", "portcullis", "squid", "squid-bump", "hudsucker"):
             if (test, c, key) in seen:
                 continue
             seen.add((test, c, key))
@@ -485,9 +705,10 @@ def cmd_report(args):
     w("")
     w("## Exact commands")
     w("")
-    w("`$P` = Portcullis' port, `$S` = Squid (forward), `$SB` = Squid (ssl_bump), `$O` = nginx "
-      "HTTP, `$OS` = nginx HTTPS; `bench.py` is `bench/bench.py`. Configs are written by `bench/run` "
-      "(functions `write_nginx_conf`, `write_portcullis_conf`, `write_squid_conf`).")
+    w("`$P` = Portcullis' port, `$S` = Squid (forward), `$SB` = Squid (ssl_bump), `$H` = hudsucker, "
+      "`$O` = nginx HTTP, `$OS` = nginx HTTPS; `bench.py` is `bench/bench.py`. Configs are written "
+      "by `bench/run` (functions `write_nginx_conf`, `write_portcullis_conf`, `write_squid_conf`); "
+      "hudsucker takes its settings on the command line (below).")
     w("")
     w("```sh")
     for c in meta["commands"]:
@@ -495,7 +716,7 @@ def cmd_report(args):
     w("```")
     w("")
     print("\n".join(out))
-    print(json.dumps([[l, t, ok, p, d, s, u] for l, t, ok, p, d, s, u in met_summary]),
+    print(json.dumps([[l, t, ok, p, d, s, h, u] for l, t, ok, p, d, s, h, u in met_summary]),
           file=sys.stderr)
 
 
@@ -511,7 +732,8 @@ def main():
     p.add_argument("--path", default="/small")
     p.add_argument("--cafile", required=True)
     p.add_argument("--prefix", default="n")
-    p.add_argument("--count", type=int, default=10000)
+    p.add_argument("--start", type=int, default=0, help="first name index (names start..count-1)")
+    p.add_argument("--count", type=int, default=10000, help="end of the name index range")
     p.add_argument("--single-name", default="")
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--concurrency", type=int, default=32)
@@ -527,6 +749,17 @@ def main():
     p.add_argument("--ready-file", required=True)
     p.add_argument("--stop-file", required=True)
     p.set_defaults(fn=cmd_idle_conns)
+
+    p = sub.add_parser("watch-foreign")
+    p.add_argument("--root", type=int, required=True, help="pid of the bench (its tree is ours)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--threshold", type=float, default=0.1, help="share of a core")
+    p.set_defaults(fn=cmd_watch_foreign)
+
+    p = sub.add_parser("foreign-summary")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_foreign_summary)
 
     p = sub.add_parser("stream-rss")
     p.add_argument("--pid", type=int, required=True)
