@@ -423,6 +423,22 @@ mod tests {
     }
 
     #[test]
+    fn squid_format_edges() {
+        let mut r = record();
+        r.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_007);
+        r.elapsed_ms = 12_345_678;
+        r.client = "2001:db8::1".parse().unwrap();
+        r.status = 0;
+        r.user = Some("dom\\alice smith".into());
+        r.peer = None;
+        r.content_type = Some(String::new());
+        assert_eq!(
+            r.squid_line(),
+            "1700000000.007 12345678 2001:db8::1 TCP_MISS/000 1234 GET http://example.test/a%20b dom\\alice%20smith HIER_DIRECT/- -"
+        );
+    }
+
+    #[test]
     fn json_format() {
         let v: serde_json::Value = serde_json::from_str(&record().json_line()).unwrap();
         assert_eq!(v["status"], 200);
