@@ -155,8 +155,8 @@ async fn relay_tunnel(client: TunnelClient, upstream: TcpStream, idle: Duration)
             return relay(client, upstream, idle).await;
         }
     };
-    // In the order the client sent them: what was peeked, what hyper had read past the
-    // CONNECT head, what the listener had read before hyper.
+    // In the order the client sent them: what was peeked (which starts with hyper's buffered
+    // bytes), what is left of hyper's buffer, what the listener's rewind still holds.
     let (unread, tcp) = parts.io.into_inner().into_inner().into_parts();
     let prefix = [client.prefix, parts.read_buf, unread]
         .into_iter()
