@@ -31,16 +31,8 @@ import time
 
 def _children_map():
     kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rindex(")") + 2:].split()
-        kids.setdefault(int(rest[1]), []).append(int(d))
+    for pid, (ppid, _comm, _ticks) in _proc_table().items():
+        kids.setdefault(ppid, []).append(pid)
     return kids
 
 

@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::activity::now_ms;
-use crate::tunnel::{RelayEnd, RelayStats};
+use crate::tunnel::{until_idle, RelayStats};
 
 /// Bytes moved per splice: the default pipe capacity (16 pages), so a read never finds the
 /// pipe full.
@@ -71,24 +71,7 @@ pub async fn relay(
             pump(upstream_read, client_write, down, &to_client, &last),
         )
     };
-    tokio::pin!(both);
-    let idle_ms = idle.as_millis() as u64;
-    let end = loop {
-        let wait = (last.load(Ordering::Relaxed) + idle_ms).saturating_sub(now_ms());
-        tokio::select! {
-            result = &mut both => {
-                break match result {
-                    Ok(_) => RelayEnd::Closed,
-                    Err(e) => RelayEnd::Error(e.to_string()),
-                };
-            }
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {
-                if now_ms() >= last.load(Ordering::Relaxed) + idle_ms {
-                    break RelayEnd::Idle;
-                }
-            }
-        }
-    };
+    let end = until_idle(both, &last, idle).await;
     RelayStats {
         from_client: from_client.load(Ordering::Relaxed),
         to_client: to_client.load(Ordering::Relaxed),
@@ -147,6 +130,7 @@ async fn pump(
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use crate::tunnel::RelayEnd;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 

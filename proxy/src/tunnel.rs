@@ -175,6 +175,33 @@ async fn relay_tunnel(client: TunnelClient, upstream: TcpStream, idle: Duration)
     }
 }
 
+/// Drives `relay` to its end, or stops it once nothing has moved (`last`, on the [`now_ms`]
+/// clock) for `idle`. Shared by the copying and the spliced relay.
+pub(crate) async fn until_idle<T>(
+    relay: impl std::future::Future<Output = io::Result<T>>,
+    last: &AtomicU64,
+    idle: Duration,
+) -> RelayEnd {
+    tokio::pin!(relay);
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let wait = (last.load(Ordering::Relaxed) + idle_ms).saturating_sub(now_ms());
+        tokio::select! {
+            result = &mut relay => {
+                return match result {
+                    Ok(_) => RelayEnd::Closed,
+                    Err(e) => RelayEnd::Error(e.to_string()),
+                };
+            }
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {
+                if now_ms() >= last.load(Ordering::Relaxed) + idle_ms {
+                    return RelayEnd::Idle;
+                }
+            }
+        }
+    }
+}
+
 pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -190,25 +217,7 @@ where
     };
     let mut upstream = upstream;
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF);
-    tokio::pin!(copy);
-    let idle_ms = idle.as_millis() as u64;
-    let end = loop {
-        let last = counters.last.load(Ordering::Relaxed);
-        let wait = (last + idle_ms).saturating_sub(now_ms());
-        tokio::select! {
-            result = &mut copy => {
-                break match result {
-                    Ok(_) => RelayEnd::Closed,
-                    Err(e) => RelayEnd::Error(e.to_string()),
-                };
-            }
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {
-                if now_ms() >= counters.last.load(Ordering::Relaxed) + idle_ms {
-                    break RelayEnd::Idle;
-                }
-            }
-        }
-    };
+    let end = until_idle(copy, &counters.last, idle).await;
     RelayStats {
         from_client: counters.from_client.load(Ordering::Relaxed),
         to_client: counters.to_client.load(Ordering::Relaxed),
