@@ -162,6 +162,13 @@ pub struct Identity<'a> {
     pub groups: &'a [String],
 }
 
+impl<'a> Identity<'a> {
+    /// A user whose groups are not known (no group source is configured).
+    pub fn named(name: &'a str) -> Identity<'a> {
+        Identity { name, groups: &[] }
+    }
+}
+
 /// Facts about a CONNECT, before or after the ClientHello was peeked.
 ///
 /// The intended sequence in the proxy:

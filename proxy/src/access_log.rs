@@ -6,79 +6,22 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 use crate::metrics::Metrics;
-
-/// One finished transaction (a request, or a whole CONNECT tunnel).
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// Completion time.
-    #[serde(skip)]
-    pub time: SystemTime,
-    pub elapsed_ms: u64,
-    pub client: IpAddr,
-    /// Squid's result code: TCP_MISS, TCP_TUNNEL, TCP_DENIED, NONE.
-    pub result: &'static str,
-    pub status: u16,
-    /// Bytes sent to the client (response body, or both directions' payload for a tunnel's
-    /// client side).
-    pub bytes: u64,
-    /// Bytes received from the client (request body, or a tunnel's client→origin payload).
-    pub bytes_in: u64,
-    pub method: String,
-    pub url: String,
-    pub user: Option<String>,
-    /// Squid's hierarchy code: HIER_DIRECT or HIER_NONE.
-    pub hierarchy: &'static str,
-    pub peer: Option<IpAddr>,
-    pub content_type: Option<String>,
-    /// The `X-Portcullis-Error` cause when the proxy produced an error.
-    pub error: Option<&'static str>,
-    /// What the policy decided; `None` for the proxy's own pages and requests refused before
-    /// the policy ran (malformed, 407 challenges).
-    #[serde(flatten)]
-    pub policy: Option<PolicyNote>,
-}
-
-/// The policy's decision as the access log and metrics see it: an operator can tell "tunnelled
-/// by the Outlook profile" from "inspected by default".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PolicyNote {
-    /// `inspect`, `tunnel` or `deny`.
-    pub action: &'static str,
-    /// The rule that decided: its `name`, `rules[3]`, `outlook:…`, `default`.
-    pub rule: std::sync::Arc<str>,
-    /// The Exchange protocol of the request (autodiscover, mapi, rpc-http, ews, eas, oab).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exchange: Option<&'static str>,
-    /// The rule's `log_tag`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag: Option<std::sync::Arc<str>>,
-}
-
-impl PolicyNote {
-    pub fn new(decision: &portcullis_policy::Decision) -> PolicyNote {
-        PolicyNote {
-            action: decision.action.as_str(),
-            // Shared with the compiled policy: no allocation per request.
-            rule: std::sync::Arc::clone(&decision.rule.name),
-            exchange: decision.class.map(|c| c.as_str()),
-            tag: decision.tag.clone(),
-        }
-    }
-}
+use crate::record::Record;
 
 impl Record {
     /// Squid's default `logformat squid`:
     /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`, plus one trailing field
     /// `action/rule` (`tunnel/outlook:m365-hosts`) when the policy decided; log analysers that read
     /// Squid's ten fields ignore it.
-    pub fn squid_line(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn squid_line(&self) -> String {
         let mut line = String::with_capacity(160);
         self.write_squid(&mut line);
         line
@@ -100,7 +43,7 @@ impl Record {
         out.push(' ');
         push_ip(out, self.client);
         out.push(' ');
-        out.push_str(self.result);
+        out.push_str(self.result.as_str());
         out.push('/');
         push_padded(out, num.format(self.status), 3, '0');
         out.push(' ');
@@ -118,7 +61,7 @@ impl Record {
                 .unwrap_or("-"),
         );
         out.push(' ');
-        out.push_str(self.hierarchy);
+        out.push_str(self.hierarchy.as_str());
         out.push('/');
         match self.peer {
             Some(peer) => push_ip(out, peer),
@@ -140,7 +83,7 @@ impl Record {
         }
     }
 
-    pub fn json_line(&self) -> String {
+    pub(crate) fn json_line(&self) -> String {
         #[derive(Serialize)]
         struct Json<'a> {
             time: f64,
@@ -210,7 +153,7 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 /// Every finished transaction passes through [`AccessLog::log`], which makes it the one place
 /// where request metrics are counted too: the request path needs no metric calls of its own.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     inner: Option<Arc<Inner>>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -226,7 +169,7 @@ struct Inner {
 const QUEUE: usize = 16 * 1024;
 
 impl AccessLog {
-    pub fn disabled() -> AccessLog {
+    pub(crate) fn disabled() -> AccessLog {
         AccessLog {
             inner: None,
             metrics: None,
@@ -234,14 +177,16 @@ impl AccessLog {
     }
 
     /// Counts every logged record in `metrics`, whether or not lines are written.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AccessLog {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> AccessLog {
         self.metrics = Some(metrics);
         self
     }
 
     /// Opens the destination and starts the writer task. Returns the handle and the writer's
     /// join handle, which finishes after every handle is dropped and the queue is flushed.
-    pub fn start(config: &AccessLogConfig) -> io::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+    pub(crate) fn start(
+        config: &AccessLogConfig,
+    ) -> io::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
         if !config.enabled {
             return Ok((AccessLog::disabled(), tokio::spawn(async {})));
         }
@@ -309,7 +254,7 @@ impl AccessLog {
 
     /// Counts `record` in the metrics and queues it for the writer, which formats it: the
     /// request path does no formatting and never waits on the disk.
-    pub fn log(&self, record: Record) {
+    pub(crate) fn log(&self, record: Record) {
         if let Some(metrics) = &self.metrics {
             metrics.observe(&record);
         }
@@ -323,7 +268,7 @@ impl AccessLog {
     }
 
     /// Reopens the log file (after logrotate moved it away).
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         if let Some(inner) = &self.inner {
             inner.reopen.notify_one();
         }
@@ -399,17 +344,18 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             elapsed_ms: 45,
             client: "127.0.0.1".parse().unwrap(),
-            result: "TCP_MISS",
+            result: crate::record::ResultCode::TcpMiss,
             status: 200,
             bytes: 1234,
             bytes_in: 0,
             method: "GET".into(),
             url: "http://example.test/a b".into(),
             user: None,
-            hierarchy: "HIER_DIRECT",
+            hierarchy: crate::record::Hierarchy::Direct,
             peer: Some("10.0.0.1".parse().unwrap()),
             content_type: Some("text/html".into()),
             error: None,
+            channel: crate::record::Channel::Plain,
             policy: None,
         }
     }

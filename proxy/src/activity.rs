@@ -15,14 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 /// Milliseconds since the process's clock epoch, never 0 (0 means "not set").
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     epoch.elapsed().as_millis() as u64 + 1
 }
 
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     in_flight: AtomicU64,
     /// When the first byte of a not-yet-complete request head arrived (0 = none pending).
     head_started: AtomicU64,
@@ -34,7 +34,7 @@ pub struct Activity {
 
 /// What the watchdog should do next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Check again at this time (ms on the [`now_ms`] clock).
     WaitUntil(u64),
     HeaderTimeout,
@@ -42,7 +42,7 @@ pub enum Verdict {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
@@ -52,7 +52,7 @@ impl Activity {
     }
 
     /// A request head has been parsed; the guard ends the request when dropped.
-    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         InFlight(Arc::clone(self))
@@ -68,11 +68,11 @@ impl Activity {
     }
 
     /// Resolves when the first byte of a new request head arrives.
-    pub async fn head_started(&self) {
+    pub(crate) async fn head_started(&self) {
         self.head_start.notified().await;
     }
 
-    pub fn verdict(&self, now: u64, header: Duration, idle: Duration) -> Verdict {
+    pub(crate) fn verdict(&self, now: u64, header: Duration, idle: Duration) -> Verdict {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             // Long requests (uploads, long polls) have their own upstream timeouts.
             return Verdict::WaitUntil(now + idle.as_millis() as u64);
@@ -94,7 +94,7 @@ impl Activity {
 
 /// A request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -113,11 +113,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> ActivityIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
         ActivityIo { inner, activity }
     }
 
-    pub fn into_inner(self) -> T {
+    pub(crate) fn into_inner(self) -> T {
         self.inner
     }
 }

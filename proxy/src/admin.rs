@@ -31,7 +31,7 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// What the admin endpoints read. Created before anything else at start, so `/healthz` and
 /// `/metrics` answer while the rest is still loading.
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     listeners_bound: AtomicBool,
     /// Set once the first configuration snapshot is built and serving.
@@ -39,7 +39,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>) -> AdminState {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> AdminState {
         AdminState {
             metrics,
             listeners_bound: AtomicBool::new(false),
@@ -48,17 +48,17 @@ impl AdminState {
     }
 
     /// The proxy is running with its first snapshot; `/config` and `/reload` become available.
-    pub fn set_reloader(&self, reloader: Arc<Reloader>) {
+    pub(crate) fn set_reloader(&self, reloader: Arc<Reloader>) {
         let _ = self.reloader.set(reloader);
     }
 
     /// Every proxy listener is bound and accepting.
-    pub fn set_listeners_bound(&self) {
+    pub(crate) fn set_listeners_bound(&self) {
         self.listeners_bound.store(true, Ordering::Release);
     }
 
     /// Each readiness check and its state; ready when all are `Ok`.
-    pub fn readiness(&self) -> Vec<(&'static str, Result<String, String>)> {
+    pub(crate) fn readiness(&self) -> Vec<(&'static str, Result<String, String>)> {
         let snapshot = self.reloader.get().map(|r| r.current());
         // A rejected reload does not make the proxy unready: it keeps serving with the
         // previous, valid configuration. It is shown here and in the metrics for alerting.
@@ -91,7 +91,11 @@ impl AdminState {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
@@ -129,7 +133,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
 
 /// The admin address as a log line; worded differently from the proxy's `listening on`, which
 /// tools and the test harness read to find the proxy port.
-pub fn log_bound(addr: SocketAddr) {
+pub(crate) fn log_bound(addr: SocketAddr) {
     tracing::info!("admin endpoints on {addr} (/metrics /healthz /readyz /config /reload)");
 }
 

@@ -7,27 +7,27 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every response body the proxy produces: streamed from an origin or generated locally.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-pub fn incoming(body: hyper::body::Incoming) -> ProxyBody {
+pub(crate) fn incoming(body: hyper::body::Incoming) -> ProxyBody {
     body.map_err(BoxError::from).boxed_unsync()
 }
 
 /// Called once when a response body is finished or abandoned.
-pub trait OnBodyDone: Send + 'static {
+pub(crate) trait OnBodyDone: Send + 'static {
     /// `bytes` is the number of body bytes that went through; `complete` is false when the body
     /// was dropped before its end (client went away) or failed.
     fn done(self: Box<Self>, bytes: u64, complete: bool);
@@ -55,7 +55,7 @@ pin_project_lite::pin_project! {
 }
 
 impl CountedBody {
-    pub fn new(inner: ProxyBody, on_done: Box<dyn OnBodyDone>) -> Self {
+    pub(crate) fn new(inner: ProxyBody, on_done: Box<dyn OnBodyDone>) -> Self {
         let complete = inner.is_end_stream();
         CountedBody {
             inner,

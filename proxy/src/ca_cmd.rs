@@ -106,7 +106,7 @@ pub struct CheckArgs {
     pub allow_insecure_key_permissions: bool,
 }
 
-pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init(args) => init(&args),
         CaCommand::Export(args) => export(&args),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The embedded default configuration, used when `portcullis run` gets no `--config`.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../deploy/portcullis.default.toml");
+pub(crate) const DEFAULT_CONFIG_TOML: &str = include_str!("../../deploy/portcullis.default.toml");
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -205,7 +205,7 @@ pub struct UpstreamConfig {
 }
 
 /// The default `upstream.deny_networks`.
-pub fn default_deny_networks() -> Vec<ipnet::IpNet> {
+pub(crate) fn default_deny_networks() -> Vec<ipnet::IpNet> {
     [
         "127.0.0.0/8",
         "::1/128",
@@ -687,7 +687,7 @@ impl Config {
 /// Whether a config key holds a secret value (passwords, tokens, key passphrases). Paths to
 /// files holding secrets (`htpasswd`, `keytab`) are not secrets themselves and stay visible,
 /// because they are what an operator needs to check.
-pub fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     const SECRET_WORDS: [&str; 5] = ["password", "passphrase", "secret", "token", "psk"];
     let key = key.to_ascii_lowercase();
     SECRET_WORDS.iter().any(|w| key.contains(w))

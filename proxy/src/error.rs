@@ -5,16 +5,15 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 
-/// Which side of the proxy an error came from (for logs, and later metric labels).
+/// Which side of an intercepted connection a TLS handshake failed on (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Client,
     Upstream,
-    Internal,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("the {0} scheme is not supported by this proxy")]
@@ -63,7 +62,18 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    /// The refusal for a `deny` decision; `None` for any other action.
+    pub(crate) fn denial(decision: &portcullis_policy::Decision) -> Option<ProxyError> {
+        match &decision.action {
+            portcullis_policy::Action::Deny { reason } => Some(ProxyError::Denied {
+                reason: reason.to_string(),
+                rule: decision.rule.name.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedScheme(_) => StatusCode::NOT_IMPLEMENTED,
@@ -88,7 +98,7 @@ impl ProxyError {
     }
 
     /// A stable, short name for the cause: the `X-Portcullis-Error` header value.
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::UnsupportedScheme(_) => "unsupported-scheme",
@@ -110,17 +120,36 @@ impl ProxyError {
             ProxyError::UpstreamTls(_) => "upstream-tls-error",
         }
     }
+}
 
-    pub fn side(&self) -> Side {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::UnsupportedScheme(_)
-            | ProxyError::PortNotAllowed { .. }
-            | ProxyError::Loop(_)
-            | ProxyError::Denied { .. }
-            | ProxyError::DestinationDenied { .. }
-            | ProxyError::ClientBody(_) => Side::Client,
-            _ => Side::Upstream,
+/// Maps an error from a round trip (pooled client or tunnel session) to what the user is told,
+/// looking through its whole source chain.
+pub(crate) fn classify_error(err: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut source = Some(err);
+    while let Some(s) = source {
+        if let Some(e) = s.downcast_ref::<ProxyError>() {
+            return e.clone();
         }
+        if let Some(e) = s.downcast_ref::<hyper::Error>() {
+            if e.is_incomplete_message() {
+                return ProxyError::UpstreamClosed;
+            }
+            if e.is_parse() || e.is_parse_status() {
+                return ProxyError::UpstreamProtocol(e.to_string());
+            }
+            if e.is_user() {
+                return ProxyError::ClientBody(e.to_string());
+            }
+        }
+        if let Some(e) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                return ProxyError::UpstreamReset;
+            }
+        }
+        source = s.source();
     }
+    ProxyError::Upstream(err.to_string())
 }

@@ -12,7 +12,7 @@ use crate::auth::spn::requested_spn;
 use crate::auth::{decode_basic, htpasswd};
 use crate::config::Config;
 use crate::http::headers::Target;
-use crate::intercept::read_client_hello;
+use crate::intercept::hello::read_client_hello;
 
 fn config() -> ProptestConfig {
     ProptestConfig {

@@ -6,19 +6,19 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
-pub struct ClientSlots {
+pub(crate) struct ClientSlots {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One client connection's slot; given back when dropped.
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     slots: Arc<ClientSlots>,
     ip: IpAddr,
 }
 
 impl ClientSlots {
     /// A slot for `ip`, unless it already holds `max` (0: no per-client limit).
-    pub fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
         let mut counts = self.counts.lock().ok()?;
         let count = counts.entry(ip).or_insert(0);
         if max != 0 && *count >= max {

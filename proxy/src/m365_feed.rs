@@ -35,7 +35,7 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The cached list, as loaded for a snapshot.
 #[derive(Debug, Default)]
-pub struct Cached {
+pub(crate) struct Cached {
     pub sets: Vec<EndpointSet>,
     /// `YYYYMMDDNN`, or `imported` for a file from `portcullis m365 import`.
     pub version: Option<String>,
@@ -47,7 +47,7 @@ fn dir(config: &Config) -> PathBuf {
 
 /// The cached endpoint list, or none. A damaged cache is reported and ignored: the profile's
 /// built-in hosts still apply, and the next fetch replaces it.
-pub fn load_cached(config: &Config) -> Cached {
+pub(crate) fn load_cached(config: &Config) -> Cached {
     let dir = dir(config);
     let text = match std::fs::read_to_string(dir.join(ENDPOINTS_FILE)) {
         Ok(text) => text,
@@ -72,7 +72,7 @@ pub fn load_cached(config: &Config) -> Cached {
 }
 
 /// Validates `json` as an endpoint list and stores it as the cached list with `version`.
-pub fn store(config: &Config, json: &str, version: &str) -> Result<usize, String> {
+pub(crate) fn store(config: &Config, json: &str, version: &str) -> Result<usize, String> {
     let sets = m365::parse_endpoints(json).map_err(|e| e.to_string())?;
     let dir = dir(config);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -106,7 +106,7 @@ fn client_request_id(config: &Config) -> String {
 }
 
 /// Checks the service every `check_interval` until shutdown; a new list triggers a reload.
-pub async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+pub(crate) async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     loop {
         let proxy = reloader.current();
         let settings = proxy.config.m365.clone();
@@ -154,7 +154,7 @@ impl From<String> for Failure {
     }
 }
 
-async fn check(proxy: &crate::server::Proxy) -> Result<Checked, Failure> {
+async fn check(proxy: &crate::context::Proxy) -> Result<Checked, Failure> {
     let config = &proxy.config;
     let m = &config.m365;
     let id = {
@@ -193,7 +193,7 @@ async fn check(proxy: &crate::server::Proxy) -> Result<Checked, Failure> {
 /// One GET through the proxy's own dialer (its resolver, its connect timeout); `https` is
 /// verified like any origin.
 async fn get(
-    proxy: &crate::server::Proxy,
+    proxy: &crate::context::Proxy,
     tls: &UpstreamTls,
     url: &str,
 ) -> Result<String, Failure> {

@@ -19,64 +19,12 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::access_log::Record;
-use crate::auth::Auth;
-pub use crate::error::Side;
-
-/// What the proxy did with a transaction: the `decision` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// A CONNECT tunnel whose TLS was intercepted and inspected.
-    Inspect,
-    /// A CONNECT tunnel (or upgraded connection) relayed as opaque bytes.
-    Tunnel,
-    /// Refused by policy or authentication (Squid's `TCP_DENIED`).
-    Deny,
-    /// A plain HTTP request forwarded (or answered by the proxy itself).
-    Plain,
-}
-
-impl Decision {
-    const ALL: [Decision; 4] = [
-        Decision::Inspect,
-        Decision::Tunnel,
-        Decision::Deny,
-        Decision::Plain,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Inspect => "inspect",
-            Decision::Tunnel => "tunnel",
-            Decision::Deny => "deny",
-            Decision::Plain => "plain",
-        }
-    }
-}
-
-/// The decision label of a finished transaction. The one place that maps a record to a
-/// decision, so that policy decisions (inspect vs tunnel) only need to be added here.
-pub fn decision(record: &Record) -> Decision {
-    if record.result == "TCP_DENIED" {
-        Decision::Deny
-    } else if record.method == "CONNECT" {
-        // An intercepted CONNECT is logged as `NONE/200`, a relayed one as `TCP_TUNNEL/200`.
-        if record.result == "NONE" {
-            Decision::Inspect
-        } else {
-            Decision::Tunnel
-        }
-    } else if record.url.starts_with("https://") {
-        // Only decrypted requests from an intercepted tunnel carry an https URL.
-        Decision::Inspect
-    } else {
-        Decision::Plain
-    }
-}
+pub(crate) use crate::error::Side;
+use crate::record::{Disposition, Record};
 
 /// Why a CONNECT tunnel's TLS was passed through instead of intercepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsTunnelReason {
+pub(crate) enum TlsTunnelReason {
     /// An Outlook/Exchange endpoint the Outlook profile says must not be intercepted.
     OutlookProfile,
     /// A policy rule (`action = "tunnel"` or `direct`) other than the Outlook profile.
@@ -89,7 +37,7 @@ pub enum TlsTunnelReason {
 }
 
 impl TlsTunnelReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TlsTunnelReason::OutlookProfile => "outlook_profile",
             TlsTunnelReason::BypassRule => "bypass_rule",
@@ -103,7 +51,6 @@ fn side_label(side: Side) -> &'static str {
     match side {
         Side::Client => "client",
         Side::Upstream => "upstream",
-        Side::Internal => "internal",
     }
 }
 
@@ -162,12 +109,12 @@ struct HotChildren {
     client_received: IntCounter,
     upstream_sent: IntCounter,
     upstream_received: IntCounter,
-    /// `request_duration_seconds` by [`Decision`], in [`Decision::ALL`] order.
+    /// `request_duration_seconds` by [`Disposition`], in [`Disposition::ALL`] order.
     duration: [Histogram; 4],
 }
 
 /// Every metric the proxy exports. Cheap to share (`Arc<Metrics>`); all methods take `&self`.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     request_errors: IntCounterVec,
@@ -211,12 +158,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 struct Sources {
-    auth: Accumulated<Auth, 5>,
+    auth: Accumulated<dyn AuthCounters, 5>,
     cert_cache: Accumulated<dyn CertCacheStats, 5>,
 }
 
 /// Whatever owns the certificate cache (the cache itself, or the interceptor holding it).
-pub trait CertCacheStats: Send + Sync {
+pub(crate) trait CertCacheStats: Send + Sync {
     fn cert_cache_stats(&self) -> CacheStats;
 }
 
@@ -226,16 +173,16 @@ impl CertCacheStats for CertCache {
     }
 }
 
-impl CertCacheStats for crate::intercept::Interceptor {
-    fn cert_cache_stats(&self) -> CacheStats {
-        self.cache_stats()
-    }
+/// The authenticator's own counters, read at scrape time: successes, failures, throttled
+/// failures, hash verifications, credential cache hits.
+pub(crate) trait AuthCounters: Send + Sync {
+    fn auth_counts(&self) -> [u64; 5];
 }
 
 impl Metrics {
     /// Creates the registry and every metric family, so that a scrape shows all of them (at
     /// zero) from the start, and dashboards do not have to cope with missing series.
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    pub(crate) fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("portcullis".to_owned()), None)?;
         let r = &registry;
         let requests = counter_vec(
@@ -316,7 +263,7 @@ impl Metrics {
             client_received: client_bytes.with_label_values(&["received"]),
             upstream_sent: upstream_bytes.with_label_values(&["sent"]),
             upstream_received: upstream_bytes.with_label_values(&["received"]),
-            duration: Decision::ALL.map(|d| request_duration.with_label_values(&[d.as_str()])),
+            duration: Disposition::ALL.map(|d| request_duration.with_label_values(&[d.as_str()])),
         };
         let metrics = Metrics {
             requests,
@@ -479,8 +426,8 @@ impl Metrics {
     /// Counts one finished transaction. Called by the access log for every record, so every
     /// path that logs (requests, tunnels, 407s, unparsable requests) is counted exactly once,
     /// whether or not the access log itself is enabled.
-    pub fn observe(&self, record: &Record) {
-        let kind = self::decision(record);
+    pub(crate) fn observe(&self, record: &Record) {
+        let kind = record.disposition();
         let decision = kind.as_str();
         self.requests
             .with_label_values(&[
@@ -500,59 +447,59 @@ impl Metrics {
         self.hot.client_received.inc_by(record.bytes_in);
         // Only transactions that reached an origin moved bytes upstream; an error page or a
         // 407 was produced here.
-        if record.hierarchy == "HIER_DIRECT" {
+        if record.reached_origin() {
             self.hot.upstream_received.inc_by(record.bytes);
             self.hot.upstream_sent.inc_by(record.bytes_in);
         }
     }
 
     /// A client connection was accepted; the gauge drops when the guard does.
-    pub fn connection_opened(&self) -> ActiveGuard {
+    pub(crate) fn connection_opened(&self) -> ActiveGuard {
         self.connections_accepted.inc();
         ActiveGuard::new(&self.active_connections)
     }
 
     /// A client connection was refused because `server.max_connections` was reached.
-    pub fn connection_refused(&self) {
+    pub(crate) fn connection_refused(&self) {
         self.connections_refused.inc();
     }
 
     /// A tunnel (CONNECT or upgraded connection) started; the gauge drops when the guard does.
-    pub fn tunnel_opened(&self) -> ActiveGuard {
+    pub(crate) fn tunnel_opened(&self) -> ActiveGuard {
         ActiveGuard::new(&self.active_tunnels)
     }
 
     /// A successful origin connect (resolution included) took `elapsed`.
-    pub fn upstream_connected(&self, elapsed: Duration) {
+    pub(crate) fn upstream_connected(&self, elapsed: Duration) {
         self.upstream_connect.observe(elapsed.as_secs_f64());
     }
 
     /// An origin name could not be resolved.
-    pub fn dns_failure(&self) {
+    pub(crate) fn dns_failure(&self) {
         self.dns_failures.inc();
     }
 
     /// A CONNECT tunnel's TLS is being intercepted.
-    pub fn tls_intercepted(&self) {
+    pub(crate) fn tls_intercepted(&self) {
         self.tls_intercepted.inc();
     }
 
     /// A CONNECT tunnel's TLS is passed through, and why.
-    pub fn tls_tunnelled(&self, reason: TlsTunnelReason) {
+    pub(crate) fn tls_tunnelled(&self, reason: TlsTunnelReason) {
         self.tls_tunnelled
             .with_label_values(&[reason.as_str()])
             .inc();
     }
 
     /// An interception handshake failed on `side` (the client, or the origin).
-    pub fn tls_handshake_failed(&self, side: Side) {
+    pub(crate) fn tls_handshake_failed(&self, side: Side) {
         self.tls_handshake_failures
             .with_label_values(&[side_label(side)])
             .inc();
     }
 
     /// The Microsoft 365 endpoint list now in use.
-    pub fn m365_loaded(&self, instance: &str, version: &str) {
+    pub(crate) fn m365_loaded(&self, instance: &str, version: &str) {
         self.m365_version.reset();
         self.m365_version
             .with_label_values(&[instance, version])
@@ -560,41 +507,41 @@ impl Metrics {
     }
 
     /// One check of the Microsoft 365 web service; `result` is one of a fixed set of labels.
-    pub fn m365_fetched(&self, result: &'static str) {
+    pub(crate) fn m365_fetched(&self, result: &'static str) {
         self.m365_fetches.with_label_values(&[result]).inc();
     }
 
     /// A policy rule named `rule` decided `decision`. Rule names come from the config file,
     /// so their number is bounded by it.
-    pub fn policy_decision(&self, rule: &str, decision: Decision) {
+    pub(crate) fn policy_decision(&self, rule: &str, decision: Disposition) {
         self.policy_decisions
             .with_label_values(&[rule, decision.as_str()])
             .inc();
     }
 
     /// A function for [`CertCache::with_mint_observer`] that feeds the mint duration histogram.
-    pub fn cert_mint_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
+    pub(crate) fn cert_mint_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
         let histogram = self.cert_mint_duration.clone();
         move |elapsed| histogram.observe(elapsed.as_secs_f64())
     }
 
     /// Exports a certificate cache's counters (read at scrape time); called for every
     /// snapshot. A new cache keeps the totals monotonic: the old cache's counts are kept.
-    pub fn watch_cert_cache(&self, cache: Option<Arc<dyn CertCacheStats>>) {
+    pub(crate) fn watch_cert_cache(&self, cache: Option<Arc<dyn CertCacheStats>>) {
         if let Ok(mut sources) = self.sources.lock() {
             sources.cert_cache.set(cache);
         }
     }
 
     /// Exports the authenticator's counters (read at scrape time); called for every snapshot.
-    pub fn watch_auth(&self, auth: Option<&Arc<Auth>>) {
+    pub(crate) fn watch_auth(&self, auth: Option<Arc<dyn AuthCounters>>) {
         if let Ok(mut sources) = self.sources.lock() {
-            sources.auth.set(auth.cloned());
+            sources.auth.set(auth);
         }
     }
 
     /// Records a reload attempt; a success also stamps the config's load time.
-    pub fn config_reloaded(&self, ok: bool) {
+    pub(crate) fn config_reloaded(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.config_reloads.with_label_values(&[result]).inc();
         if ok {
@@ -605,7 +552,7 @@ impl Metrics {
     }
 
     /// False after a rejected reload, until the next successful one.
-    pub fn last_reload_ok(&self) -> bool {
+    pub(crate) fn last_reload_ok(&self) -> bool {
         self.config_reload_ok.get() == 1
     }
 
@@ -618,7 +565,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Result<String, prometheus::Error> {
+    pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
         self.sync_sources();
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
@@ -673,16 +620,8 @@ fn features() -> &'static str {
     }
 }
 
-fn auth_counts(auth: &Auth) -> [u64; 5] {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &auth.stats;
-    [
-        s.successes.load(Relaxed),
-        s.failures.load(Relaxed),
-        s.throttled.load(Relaxed),
-        s.hash_verifications.load(Relaxed),
-        s.cache_hits.load(Relaxed),
-    ]
+fn auth_counts(auth: &dyn AuthCounters) -> [u64; 5] {
+    auth.auth_counts()
 }
 
 fn cert_cache_counts(cache: &dyn CertCacheStats) -> [u64; 5] {
@@ -761,7 +700,7 @@ fn add<const N: usize>(into: &mut [u64; N], values: [u64; N]) {
 
 /// Keeps a gauge raised while it lives (an open connection or tunnel).
 #[must_use = "the gauge drops again when the guard is dropped"]
-pub struct ActiveGuard(IntGauge);
+pub(crate) struct ActiveGuard(IntGauge);
 
 impl ActiveGuard {
     fn new(gauge: &IntGauge) -> Self {

@@ -84,7 +84,7 @@ pub enum ModeArg {
     Host,
 }
 
-pub fn run(cmd: NetfilterCommand) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: NetfilterCommand) -> anyhow::Result<()> {
     match cmd {
         NetfilterCommand::Render { common, format } => {
             let spec = spec(&common)?;

@@ -43,7 +43,7 @@ pub struct ExplainArgs {
     pub sni: Option<String>,
 }
 
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Explain(args) => {
             let config = crate::cli::load_config(args.config.as_deref())?;
@@ -57,7 +57,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
 }
 
 /// What `explain` prints; separate from printing so that it can be tested.
-pub fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
+pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
     let user = args
         .user

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const MAX_HEADER: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProxyHeaderError {
+pub(crate) enum ProxyHeaderError {
     #[error("{0} is not in server.proxy_protocol_trusted")]
     Untrusted(IpAddr),
     #[error("no PROXY protocol header within {0:?}")]
@@ -32,7 +32,7 @@ pub enum ProxyHeaderError {
 
 /// Reads the header from `stream` (whose peer is `peer`). Returns the client address it
 /// names and the bytes read past it, which belong to the HTTP request.
-pub async fn read_header<S>(
+pub(crate) async fn read_header<S>(
     stream: &mut S,
     peer: SocketAddr,
     trusted: &[ipnet::IpNet],

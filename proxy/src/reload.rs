@@ -31,15 +31,15 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLog;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
+use crate::context::Proxy;
 use crate::intercept::Interceptor;
-use crate::metrics::{CertCacheStats, Metrics};
-use crate::server::Proxy;
+use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
 use crate::upstream::{http_client, Dialer, Resolver};
 
 /// Where the configuration comes from, so a reload reads the same file with the same
 /// command-line overrides as the start did.
 #[derive(Debug, Clone, Default)]
-pub struct ConfigSource {
+pub(crate) struct ConfigSource {
     /// The config file; `None` means the embedded default.
     pub path: Option<PathBuf>,
     /// `--listen` addresses, replacing `server.listen` when not empty.
@@ -50,7 +50,7 @@ pub struct ConfigSource {
 
 impl ConfigSource {
     /// Reads and validates the config, then applies the command-line overrides.
-    pub fn load(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.path {
             Some(path) => Config::load(path)?,
             None => Config::embedded_default()?,
@@ -67,7 +67,7 @@ impl ConfigSource {
 
 /// Why a configuration could not be loaded (at start or on reload).
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("invalid config: key `{key}`: {reason}")]
@@ -78,7 +78,7 @@ pub enum LoadError {
 
 /// Everything a snapshot needs that is read from files: built off the async workers, and only
 /// turned into a [`Proxy`] when all of it succeeded.
-pub struct Loaded {
+pub(crate) struct Loaded {
     config: Config,
     resolver: Resolver,
     auth: Option<Auth>,
@@ -90,7 +90,7 @@ pub struct Loaded {
 /// Reads and validates every file the configuration names. Blocking (file reads, key parsing,
 /// keytab access): call it on the blocking pool. Anything else a snapshot is built from (policy
 /// files, include lists) belongs here too, so that start and reload validate it the same way.
-pub fn load(
+pub(crate) fn load(
     config: Config,
     previous: Option<&Config>,
     metrics: &Metrics,
@@ -138,7 +138,7 @@ pub fn load(
 }
 
 /// What every snapshot shares with the one before it.
-pub struct Shared {
+pub(crate) struct Shared {
     pub access_log: AccessLog,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -152,7 +152,11 @@ pub struct Shared {
 
 /// Turns loaded parts into a snapshot, reusing from `previous` (and its resolver) whatever did
 /// not change. Adding a field to [`Proxy`] means deciding here whether a reload rebuilds it.
-pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Resolver)>) -> Proxy {
+pub(crate) fn assemble(
+    loaded: Loaded,
+    shared: &Shared,
+    previous: Option<(&Proxy, &Resolver)>,
+) -> Proxy {
     let Loaded {
         config,
         resolver,
@@ -189,7 +193,10 @@ pub fn assemble(loaded: Loaded, shared: &Shared, previous: Option<(&Proxy, &Reso
         (None, None) => None,
     };
     let auth = auth.map(Arc::new);
-    shared.metrics.watch_auth(auth.as_ref());
+    shared.metrics.watch_auth(
+        auth.as_ref()
+            .map(|a| Arc::clone(a) as Arc<dyn AuthCounters>),
+    );
     shared.metrics.watch_cert_cache(
         interceptor
             .as_ref()
@@ -244,7 +251,7 @@ fn same<T: Serialize>(a: &T, b: &T) -> bool {
 
 /// The outcome of a successful reload.
 #[derive(Debug, Default)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Changed keys that only take effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -263,7 +270,7 @@ impl fmt::Display for ReloadReport {
 }
 
 /// Owns the current snapshot and replaces it on reload.
-pub struct Reloader {
+pub(crate) struct Reloader {
     source: ConfigSource,
     current: ArcSwap<Proxy>,
     shared: Shared,
@@ -274,7 +281,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Builds the first snapshot from `loaded`.
-    pub fn start(source: ConfigSource, loaded: Loaded, shared: Shared) -> Reloader {
+    pub(crate) fn start(source: ConfigSource, loaded: Loaded, shared: Shared) -> Reloader {
         let resolver = loaded.resolver.clone();
         let proxy = assemble(loaded, &shared, None);
         Reloader {
@@ -286,13 +293,13 @@ impl Reloader {
     }
 
     /// The snapshot new connections and requests use.
-    pub fn current(&self) -> Arc<Proxy> {
+    pub(crate) fn current(&self) -> Arc<Proxy> {
         self.current.load_full()
     }
 
     /// Re-reads and validates everything and swaps the snapshot; on error the old one stays.
     /// Logs the outcome (so SIGHUP and `/reload` report the same way) and counts it.
-    pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
+    pub(crate) async fn reload(&self) -> Result<ReloadReport, LoadError> {
         let mut resolver = self.resolver.lock().await;
         let running = self.current();
         let source = self.source.clone();
@@ -338,7 +345,7 @@ const HTPASSWD_POLL: Duration = Duration::from_secs(2);
 ///
 /// `hup` is created by the caller before anything slow happens at start, because SIGHUP's
 /// default action would terminate the process.
-pub fn spawn_triggers(
+pub(crate) fn spawn_triggers(
     reloader: Arc<Reloader>,
     mut hup: Option<tokio::signal::unix::Signal>,
     shutdown: CancellationToken,

@@ -16,12 +16,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> Rewind<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
         Rewind { prefix, inner }
     }
 
     /// The bytes not yet replayed, and the stream.
-    pub fn into_parts(self) -> (Bytes, T) {
+    pub(crate) fn into_parts(self) -> (Bytes, T) {
         (self.prefix, self.inner)
     }
 }

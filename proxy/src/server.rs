@@ -1,93 +1,28 @@
-//! Listeners, the accept loop, per-connection limits and deadlines, and graceful shutdown.
+//! Start-up and shutdown, the listeners' accept loops, and admission against the connection
+//! limits. What happens on an admitted connection is [`crate::conn`]'s.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access_log::{AccessLog, Record};
-use crate::activity::{now_ms, Activity, ActivityIo, Verdict};
+use crate::access_log::AccessLog;
 use crate::admin::AdminState;
-use crate::auth::{Auth, ConnAuth};
 use crate::config::Config;
-use crate::intercept::Interceptor;
-use crate::metrics::{ActiveGuard, Metrics};
+use crate::context::ConnCtx;
+use crate::metrics::Metrics;
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 use crate::rewind::Rewind;
-use crate::upstream::{Dialer, HttpClient};
-
-/// Everything a request needs: one immutable snapshot of the configuration and what was built
-/// from it. A reload builds a new one (`reload::assemble`); each request and tunnel keeps the
-/// snapshot it started with.
-pub struct Proxy {
-    pub config: Arc<Config>,
-    pub dialer: Arc<Dialer>,
-    pub client: HttpClient,
-    pub access_log: AccessLog,
-    /// Proxy authentication; `None` when no scheme is enabled.
-    pub auth: Option<Arc<Auth>>,
-    /// What to inspect, tunnel, refuse or exempt from authentication (`[policy]`).
-    pub policy: Arc<portcullis_policy::Policy>,
-    /// TLS inspection; `None` when `tls.inspect` is off.
-    pub interceptor: Option<Arc<Interceptor>>,
-    /// Cancelled on SIGTERM/SIGINT: connections finish their request in flight and close.
-    pub shutdown: CancellationToken,
-    /// Connection and tunnel tasks, awaited (up to the grace period) on shutdown.
-    pub tasks: TaskTracker,
-    pub listen_addrs: Vec<SocketAddr>,
-    /// The process's metrics, shared by every snapshot. Interception reports through it:
-    /// `tls_intercepted`, `tls_tunnelled(reason)`, `tls_handshake_failed(side)`.
-    pub metrics: Arc<Metrics>,
-    /// Our `Via` entries, rendered from `server.via_pseudonym`.
-    pub via: crate::http::headers::Via,
-}
-
-impl Proxy {
-    pub fn listen_label(&self) -> String {
-        self.listen_addrs
-            .iter()
-            .map(SocketAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// One client connection. Tunnels keep a clone, so the connection's slot under
-/// `max_connections` stays taken until the tunnel ends.
-pub struct ConnCtx {
-    pub client: SocketAddr,
-    /// `client`'s address as a header value, for `X-Forwarded-For`.
-    pub client_address: http::HeaderValue,
-    pub local: SocketAddr,
-    pub activity: Arc<Activity>,
-    /// The authenticated user of this connection (Negotiate) and handshake state.
-    pub auth: ConnAuth,
-    /// This connection's private origin connection after NTLM/Negotiate to an origin.
-    pub pinned: crate::http::pinned::PinnedOrigin,
-    _slot: OwnedSemaphorePermit,
-    _client_slot: crate::limits::ClientSlot,
-    /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
-    /// holding this context) lives.
-    _active: ActiveGuard,
-    /// Set when a CONNECT or upgrade succeeded; since the tunnel task holds this context until
-    /// the tunnel ends, `portcullis_active_tunnels` drops exactly then.
-    tunnel: OnceLock<ActiveGuard>,
-}
 
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -96,8 +31,6 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(#[from] std::io::Error),
-    #[error("invalid config: key `{0}`: {1}")]
-    Config(&'static str, String),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot set up metrics: {0}")]
@@ -117,7 +50,7 @@ pub enum StartError {
 /// Start-up order matters: the admin listener comes first, so `/healthz` answers and `/readyz`
 /// says "not ready" while files are loaded; the proxy listeners are bound only once everything
 /// they need is valid, so no client is ever accepted by a proxy that cannot serve it.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     source: ConfigSource,
     shutdown: CancellationToken,
@@ -376,20 +309,15 @@ fn admit(
             .spawn(refuse_busy(stream, "max_connections_per_client"));
         return;
     };
-    let ctx = Arc::new(ConnCtx {
+    let ctx = Arc::new(ConnCtx::new(
         client,
-        client_address: crate::http::headers::client_address_value(client.ip()),
         local,
-        activity: Activity::new(),
-        auth: ConnAuth::default(),
-        pinned: Default::default(),
-        _slot: slot,
-        _client_slot: client_slot,
-        _active: proxy.metrics.connection_opened(),
-        tunnel: OnceLock::new(),
-    });
+        slot,
+        client_slot,
+        &proxy.metrics,
+    ));
     let tasks = proxy.tasks.clone();
-    tasks.spawn(serve_connection(
+    tasks.spawn(crate::conn::serve(
         proxy,
         Arc::clone(reloader),
         stream,
@@ -413,191 +341,4 @@ where
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-async fn serve_connection(
-    proxy: Arc<Proxy>,
-    reloader: Arc<Reloader>,
-    stream: Rewind<TcpStream>,
-    ctx: Arc<ConnCtx>,
-    shutdown: CancellationToken,
-) {
-    let server = &proxy.config.server;
-    let timeouts = proxy.config.timeouts.clone();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .max_header_size(server.max_header_bytes)
-        // The read buffer must hold a maximal head; beyond it hyper answers 431 as well.
-        .max_buf_size(server.max_header_bytes + 1024)
-        .max_headers(server.max_headers)
-        .preserve_header_case(true);
-    let io = TokioIo::new(ActivityIo::new(stream, Arc::clone(&ctx.activity)));
-    let service = {
-        let ctx = Arc::clone(&ctx);
-        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            // The snapshot is taken per request, so a reload applies to a keep-alive
-            // connection's next request while this one finishes with what it started with.
-            let proxy = reloader.current();
-            let ctx = Arc::clone(&ctx);
-            async move {
-                let connect = req.method() == http::Method::CONNECT;
-                let metrics = Arc::clone(&proxy.metrics);
-                let response = crate::http::handle(proxy, Arc::clone(&ctx), req).await;
-                let status = response.status();
-                if (connect && status.is_success())
-                    || status == http::StatusCode::SWITCHING_PROTOCOLS
-                {
-                    let _ = ctx.tunnel.set(metrics.tunnel_opened());
-                }
-                Ok::<_, Infallible>(response)
-            }
-        })
-    };
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    let result = drive(
-        conn,
-        &ctx.activity,
-        timeouts.client_header,
-        timeouts.client_idle,
-        &shutdown,
-    )
-    .await;
-    match result {
-        Err(Closed::HeaderTimeout) => {
-            tracing::debug!(client = %ctx.client, "request head not received in time; closing");
-            log_connection_error(&proxy, &ctx, 408, "error:request-head-timeout");
-        }
-        Err(Closed::Idle) => {
-            tracing::trace!(client = %ctx.client, "idle keep-alive connection closed");
-        }
-        Err(Closed::Hyper(e)) if e.is_parse_too_large() => {
-            log_connection_error(&proxy, &ctx, 431, "error:request-too-large");
-        }
-        Err(Closed::Hyper(e)) if e.is_parse() => {
-            log_connection_error(&proxy, &ctx, 400, "error:invalid-request");
-        }
-        Err(Closed::Hyper(e)) => {
-            tracing::debug!(client = %ctx.client, error = %e, "client connection ended with an error");
-        }
-        Ok(()) => {}
-    }
-}
-
-/// How a served connection ended other than normally.
-#[derive(Debug, thiserror::Error)]
-pub enum Closed {
-    #[error("request head not received within the header timeout")]
-    HeaderTimeout,
-    #[error("idle")]
-    Idle,
-    #[error(transparent)]
-    Hyper(#[from] hyper::Error),
-}
-
-/// A hyper server connection that can be asked to finish its in-flight work and close.
-pub trait GracefulConnection: std::future::Future<Output = Result<(), hyper::Error>> {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<I, B, S> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-    Self: std::future::Future<Output = Result<(), hyper::Error>>,
-{
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
-        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, B, S, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-    Self: std::future::Future<Output = Result<(), hyper::Error>>,
-{
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// Drives a connection under the client deadlines kept in `activity` (head within `header` of
-/// its first byte; closed after `idle` with nothing in flight) and drains it on shutdown.
-pub async fn drive<C: GracefulConnection>(
-    conn: C,
-    activity: &Activity,
-    header: Duration,
-    idle: Duration,
-    shutdown: &CancellationToken,
-) -> Result<(), Closed> {
-    tokio::pin!(conn);
-    // The watchdog's futures live as long as the connection: this loop turns once per request
-    // (a head starting wakes it), and re-creating a timer and two waiter registrations each
-    // time showed up in profiles.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let head_started = activity.head_started();
-    tokio::pin!(head_started);
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    // When the timer is due, on the `now_ms` clock; 0 = not armed.
-    let mut timer_at = 0;
-    let mut draining = false;
-    loop {
-        let now = now_ms();
-        let at = match activity.verdict(now, header, idle) {
-            Verdict::WaitUntil(at) => at,
-            Verdict::HeaderTimeout => return Err(Closed::HeaderTimeout),
-            Verdict::Idle => return Err(Closed::Idle),
-        };
-        // A deadline that moved later needs no new timer: the old one fires early, and the
-        // verdict then re-arms it for the later time.
-        if timer_at == 0 || at < timer_at {
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(at - now));
-            timer_at = at;
-        }
-        tokio::select! {
-            result = conn.as_mut() => return result.map_err(Closed::Hyper),
-            () = cancelled.as_mut(), if !draining => {
-                // Finish the request in flight, if any, then close.
-                conn.as_mut().graceful_shutdown();
-                draining = true;
-            }
-            () = timer.as_mut(), if timer_at != 0 => timer_at = 0,
-            () = head_started.as_mut() => head_started.set(activity.head_started()),
-        }
-    }
-}
-
-/// Squid logs requests it could not parse as `NONE/400 … error:invalid-request`; so do we.
-fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
-    proxy.access_log.log(Record {
-        time: std::time::SystemTime::now(),
-        elapsed_ms: 0,
-        client: ctx.client.ip(),
-        result: "NONE",
-        status,
-        bytes: 0,
-        bytes_in: 0,
-        method: "NONE".into(),
-        url: url.into(),
-        user: None,
-        hierarchy: "HIER_NONE",
-        peer: None,
-        content_type: None,
-        error: None,
-        policy: None,
-    });
 }

@@ -38,17 +38,17 @@ impl Pipe {
 
 /// The pipes a spliced tunnel needs, created before the tunnel starts so that running out of
 /// descriptors means falling back to the copying relay rather than failing the tunnel.
-pub struct Pipes([Pipe; 2]);
+pub(crate) struct Pipes([Pipe; 2]);
 
 impl Pipes {
-    pub fn new() -> io::Result<Pipes> {
+    pub(crate) fn new() -> io::Result<Pipes> {
         Ok(Pipes([Pipe::new()?, Pipe::new()?]))
     }
 }
 
 /// Relays `client` ↔ `upstream`; `prefix` (bytes already read from the client) goes upstream
 /// first.
-pub async fn relay(
+pub(crate) async fn relay(
     client: TcpStream,
     prefix: Bytes,
     upstream: TcpStream,

@@ -1,5 +1,6 @@
 //! Relaying bytes both ways for CONNECT tunnels and upgraded (WebSocket) connections, with an
-//! idle timeout and byte counts for the access log.
+//! idle timeout and byte counts. A byte pump only: what a tunnel means (its log line, its
+//! decision) is the CONNECT handler's.
 
 use std::io;
 use std::pin::Pin;
@@ -15,22 +16,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::activity::{now_ms, ActivityIo};
-use crate::http::{Outcome, Txn};
 use crate::rewind::Rewind;
-use crate::server::{ConnCtx, Proxy};
 
 /// The I/O type the client listener hands hyper, recovered from an upgraded connection.
 type ClientIo = TokioIo<ActivityIo<Rewind<TcpStream>>>;
 
 /// The client end of a CONNECT tunnel: the upgraded connection, and the bytes already read
 /// from it (a peeked ClientHello), which go to the origin first.
-pub struct TunnelClient {
+pub(crate) struct TunnelClient {
     upgraded: Upgraded,
     prefix: Bytes,
 }
 
 impl TunnelClient {
-    pub fn new(upgraded: Upgraded, prefix: Bytes) -> TunnelClient {
+    pub(crate) fn new(upgraded: Upgraded, prefix: Bytes) -> TunnelClient {
         TunnelClient { upgraded, prefix }
     }
 }
@@ -40,16 +39,16 @@ impl TunnelClient {
 const BUF: usize = 32 * 1024;
 
 #[derive(Debug, Default)]
-pub struct RelayStats {
+pub(crate) struct RelayStats {
     /// Client → origin payload bytes.
-    pub from_client: u64,
+    pub(crate) from_client: u64,
     /// Origin → client payload bytes.
-    pub to_client: u64,
-    pub end: RelayEnd,
+    pub(crate) to_client: u64,
+    pub(crate) end: RelayEnd,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     /// Both sides closed (half-closes were passed on).
     #[default]
     Closed,
@@ -116,38 +115,13 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
     }
 }
 
-/// Copies both ways until both directions have ended, an error occurs, or nothing has moved
-/// for `idle`. An EOF from one side is passed on as a half-close (shutdown of the other side's
-/// write half) while the other direction keeps flowing.
-/// Relays a CONNECT tunnel untouched and logs it as Squid does (`TCP_TUNNEL/200`, bytes to the
-/// client and from it). `conn` is held to the end: the client connection's slot stays taken
-/// while its tunnel lives.
-pub async fn relay_and_log(
-    proxy: &Proxy,
-    conn: Arc<ConnCtx>,
-    txn: Txn,
+/// A tunnel between two TCP sockets is spliced ([`crate::splice`]); the copying relay is the
+/// fallback when the client's socket cannot be recovered or no pipes can be had.
+pub(crate) async fn relay_tunnel(
     client: TunnelClient,
     upstream: TcpStream,
     idle: Duration,
-) {
-    let peer = upstream.peer_addr().ok().map(|a| a.ip());
-    let stats = relay_tunnel(client, upstream, idle).await;
-    if let RelayEnd::Error(e) = &stats.end {
-        tracing::debug!(client = %conn.client, error = %e, "tunnel ended with an error");
-    }
-    let outcome = Outcome {
-        result: "TCP_TUNNEL",
-        ..Outcome::direct(peer)
-    };
-    let mut record = txn.record(outcome, 200, stats.to_client, None);
-    record.bytes_in = stats.from_client;
-    proxy.access_log.log(record);
-    drop(conn);
-}
-
-/// A tunnel between two TCP sockets is spliced ([`crate::splice`]); the copying relay is the
-/// fallback when the client's socket cannot be recovered or no pipes can be had.
-async fn relay_tunnel(client: TunnelClient, upstream: TcpStream, idle: Duration) -> RelayStats {
+) -> RelayStats {
     let parts = match client.upgraded.downcast::<ClientIo>() {
         Ok(parts) => parts,
         Err(upgraded) => {
@@ -202,7 +176,10 @@ pub(crate) async fn until_idle<T>(
     }
 }
 
-pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
+/// Copies both ways until both directions have ended, an error occurs, or nothing has moved
+/// for `idle`. An EOF from one side is passed on as a half-close (shutdown of the other side's
+/// write half) while the other direction keeps flowing.
+pub(crate) async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,

@@ -23,13 +23,13 @@ use crate::error::ProxyError;
 /// Resolves origin names: `[resolve]` entries first, then `upstream.hosts_file`, then the system
 /// resolver (getaddrinfo, so /etc/hosts and /etc/resolv.conf apply as for any program).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     overrides: HashMap<String, Vec<IpAddr>>,
     no_system: bool,
 }
 
 impl Resolver {
-    pub fn new(config: &Config) -> io::Result<Resolver> {
+    pub(crate) fn new(config: &Config) -> io::Result<Resolver> {
         let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
         if let Some(path) = &config.upstream.hosts_file {
             for (name, ip) in read_hosts_file(path)? {
@@ -47,7 +47,11 @@ impl Resolver {
     }
 
     /// Socket addresses for `host:port`, in the order they should be tried.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
+    pub(crate) async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ProxyError> {
         let host = normalise_host(host);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
@@ -77,7 +81,7 @@ impl Resolver {
 }
 
 /// Lower-case, without brackets around IPv6 literals and without a trailing dot.
-pub fn normalise_host(host: &str) -> String {
+pub(crate) fn normalise_host(host: &str) -> String {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = host.strip_suffix('.').unwrap_or(host);
     host.to_ascii_lowercase()
@@ -104,7 +108,7 @@ fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
 
 /// Opens TCP connections to origins under one deadline and refuses to connect to ourselves.
 #[derive(Debug)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     resolver: Resolver,
     connect_timeout: Duration,
     own_addrs: Vec<SocketAddr>,
@@ -113,7 +117,11 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(resolver: Resolver, connect_timeout: Duration, own_addrs: Vec<SocketAddr>) -> Self {
+    pub(crate) fn new(
+        resolver: Resolver,
+        connect_timeout: Duration,
+        own_addrs: Vec<SocketAddr>,
+    ) -> Self {
         Dialer {
             resolver,
             connect_timeout,
@@ -124,19 +132,19 @@ impl Dialer {
     }
 
     /// Refuses destinations that resolve into `deny` (`upstream.deny_networks`).
-    pub fn with_deny(mut self, deny: Vec<ipnet::IpNet>) -> Self {
+    pub(crate) fn with_deny(mut self, deny: Vec<ipnet::IpNet>) -> Self {
         self.deny = deny;
         self
     }
 
     /// Reports connect times and DNS failures to `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
     /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
-    pub async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
         let started = std::time::Instant::now();
         let result =
             match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
@@ -211,7 +219,7 @@ impl Dialer {
 
 /// The connector the pooled client uses: a `tower::Service<Uri>` over [`Dialer`].
 #[derive(Clone, Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     dialer: Arc<Dialer>,
 }
 
@@ -237,9 +245,9 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// The pooled HTTP/1.1 client used for forwarding: one pool of keep-alive connections per origin.
-pub type HttpClient = Client<Connector, Incoming>;
+pub(crate) type HttpClient = Client<Connector, Incoming>;
 
-pub fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
+pub(crate) fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.upstream.pool_idle_timeout)
         .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)

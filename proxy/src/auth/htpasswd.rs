@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 /// One stored password hash.
 #[derive(Debug, Clone)]
-pub enum Hash {
+pub(crate) enum Hash {
     /// bcrypt, MD5/SHA-256/SHA-512 crypt: verified by `pwhash`.
     Crypt(String),
     /// Apache's MD5 variant: salt and the full `$apr1$salt$hash` string.
@@ -25,7 +25,7 @@ pub enum Hash {
 }
 
 impl Hash {
-    pub fn parse(stored: &str) -> Result<Hash, String> {
+    pub(crate) fn parse(stored: &str) -> Result<Hash, String> {
         if let Some(rest) = stored.strip_prefix("$apr1$") {
             let salt = rest
                 .split('$')
@@ -60,7 +60,7 @@ impl Hash {
     }
 
     /// Checks `password`; comparisons of derived values are constant-time.
-    pub fn verify(&self, password: &[u8]) -> bool {
+    pub(crate) fn verify(&self, password: &[u8]) -> bool {
         match self {
             Hash::Crypt(stored) => pwhash::unix::verify(password, stored),
             Hash::Apr1 { salt, full } => {
@@ -77,17 +77,17 @@ impl Hash {
 
 /// Parsed users of one htpasswd file.
 #[derive(Debug, Default)]
-pub struct Users {
+pub(crate) struct Users {
     users: HashMap<String, Hash>,
 }
 
 impl Users {
-    pub fn load(path: &Path) -> Result<Users, String> {
+    pub(crate) fn load(path: &Path) -> Result<Users, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Users::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    pub fn parse(text: &str) -> Result<Users, String> {
+    pub(crate) fn parse(text: &str) -> Result<Users, String> {
         let mut users = HashMap::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -108,16 +108,12 @@ impl Users {
         Ok(Users { users })
     }
 
-    pub fn get(&self, user: &str) -> Option<&Hash> {
+    pub(crate) fn get(&self, user: &str) -> Option<&Hash> {
         self.users.get(user)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
     }
 }
 
@@ -125,7 +121,7 @@ const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 
 /// Apache's APR1 MD5 crypt: the FreeBSD MD5 crypt algorithm with the magic `$apr1$`.
 /// (`pwhash` implements the same algorithm but only with the `$1$` magic.)
-pub fn apr1(password: &[u8], salt: &[u8]) -> String {
+pub(crate) fn apr1(password: &[u8], salt: &[u8]) -> String {
     const MAGIC: &[u8] = b"$apr1$";
     let salt = &salt[..salt.len().min(8)];
     let alt = {

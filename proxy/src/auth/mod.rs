@@ -7,7 +7,7 @@
 //! cache, so bcrypt does not run per request.
 
 mod basic;
-pub mod htpasswd;
+pub(crate) mod htpasswd;
 #[cfg(feature = "negotiate")]
 mod negotiate;
 pub(crate) mod spn;
@@ -23,9 +23,9 @@ use ipnet::IpNet;
 
 use crate::config::{AuthConfig, AuthScheme};
 
-/// Counters, exported as metrics once the metrics module lands.
+/// Counters, read by the metrics at scrape time ([`crate::metrics::AuthCounters`]).
 #[derive(Debug, Default)]
-pub struct AuthStats {
+pub(crate) struct AuthStats {
     pub hash_verifications: AtomicU64,
     pub cache_hits: AtomicU64,
     pub successes: AtomicU64,
@@ -35,14 +35,14 @@ pub struct AuthStats {
 
 /// What one client connection knows about its user.
 #[derive(Default)]
-pub struct ConnAuth {
+pub(crate) struct ConnAuth {
     user: Mutex<Option<Arc<str>>>,
     #[cfg(feature = "negotiate")]
     negotiate: negotiate::NegotiateSlot,
 }
 
 /// The outcome of authenticating one request.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Exempt by destination or client address; no user.
     Exempt,
     Authenticated {
@@ -58,7 +58,7 @@ pub enum Outcome {
     },
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     schemes: Vec<AuthScheme>,
     realm: String,
     basic: Option<Arc<basic::Basic>>,
@@ -69,12 +69,26 @@ pub struct Auth {
     pub stats: AuthStats,
 }
 
+impl crate::metrics::AuthCounters for Auth {
+    fn auth_counts(&self) -> [u64; 5] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        [
+            s.successes.load(Relaxed),
+            s.failures.load(Relaxed),
+            s.throttled.load(Relaxed),
+            s.hash_verifications.load(Relaxed),
+            s.cache_hits.load(Relaxed),
+        ]
+    }
+}
+
 /// Longest `Proxy-Authorization` value looked at; Kerberos tokens with a large PAC reach ~12 KB.
 const MAX_CREDENTIALS: usize = 48 * 1024;
 
 impl Auth {
     /// Builds the authenticator, or `None` when no scheme is enabled. Errors name the key.
-    pub fn new(config: &AuthConfig) -> Result<Option<Auth>, (&'static str, String)> {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Option<Auth>, (&'static str, String)> {
         if config.schemes.is_empty() {
             return Ok(None);
         }
@@ -132,18 +146,18 @@ impl Auth {
     }
 
     /// Re-reads the htpasswd file if it changed (`force`: even if it did not).
-    pub fn reload(&self, force: bool) {
+    pub(crate) fn reload(&self, force: bool) {
         if let Some(basic) = &self.basic {
             basic.reload(force);
         }
     }
 
-    pub fn is_exempt_client(&self, client: IpAddr) -> bool {
+    pub(crate) fn is_exempt_client(&self, client: IpAddr) -> bool {
         self.exempt_clients.iter().any(|net| net.contains(&client))
     }
 
     /// The `Proxy-Authenticate` values of a 407, one per enabled scheme, Negotiate first.
-    pub fn challenges(&self, negotiate_token: Option<&str>) -> Vec<HeaderValue> {
+    pub(crate) fn challenges(&self, negotiate_token: Option<&str>) -> Vec<HeaderValue> {
         self.schemes
             .iter()
             .filter_map(|scheme| match scheme {
@@ -163,7 +177,7 @@ impl Auth {
 
     /// Authenticates one request from `client`. `exempt_destination`: the policy exempts where
     /// it goes; the connection's user (Negotiate) is still attributed if already known.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         conn: &ConnAuth,
         client: IpAddr,

@@ -1,31 +1,35 @@
 //! CONNECT tunnels. The target is checked and dialled *before* answering, so that a refused
 //! port, a DNS failure or an unreachable origin becomes a 403/502/504 page instead of a
-//! "200 Connection established" followed by a dead socket.
+//! "200 Connection established" followed by a dead socket. After the `200` the tunnel is either
+//! relayed untouched here ([`relay_and_log`]) or inspected (`inspect.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use portcullis_policy::{Action, Decision, RuleSource};
+use tokio::net::TcpStream;
 
 use super::headers::{via_names_us, Target};
-use super::Txn;
+use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
+use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
 use crate::metrics::TlsTunnelReason;
-use crate::server::{ConnCtx, Proxy};
-use crate::tunnel::{relay_and_log, TunnelClient};
+use crate::record::ResultCode;
+use crate::tunnel::{relay_tunnel, RelayEnd, TunnelClient};
 
 /// What an inspected tunnel needs from its CONNECT to decide again on the SNI.
-pub struct TunnelPlan {
-    pub user_agent: Option<String>,
+pub(super) struct TunnelPlan {
+    pub(super) user_agent: Option<String>,
     /// `timeouts.tunnel_idle`, or `long_poll_idle` under the long_poll profile.
-    pub idle: std::time::Duration,
+    pub(super) idle: Duration,
 }
 
 /// Why a tunnel's TLS is relayed rather than inspected, for the metrics.
-pub fn tunnel_reason(decision: &Decision) -> TlsTunnelReason {
+pub(super) fn tunnel_reason(decision: &Decision) -> TlsTunnelReason {
     match decision.rule.source {
         RuleSource::Outlook
         | RuleSource::Exchange
@@ -43,73 +47,18 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     decision: Option<Decision>,
 ) -> Response<ProxyBody> {
-    let config = &proxy.config;
-    let target = match req.uri().authority() {
-        Some(authority) if req.uri().scheme().is_none() && req.uri().path_and_query().is_none() => {
-            Target::parse(authority.as_str(), None)
-        }
-        _ => Err(ProxyError::BadRequest(
-            "CONNECT needs an authority-form target (host:port)".into(),
-        )),
-    };
-    let target = match target {
+    let target = match checked_target(proxy, &req) {
         Ok(t) => t,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-    if !config.server.connect_ports.contains(&target.port) {
-        let allowed = config
-            .server
-            .connect_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let err = ProxyError::PortNotAllowed {
-            port: target.port,
-            allowed,
-        };
-        return txn.fail(proxy, in_flight, err);
-    }
-    if via_names_us(req.headers(), &config.server.via_pseudonym) {
-        let err = ProxyError::Loop("the request already passed through this proxy".into());
-        return txn.fail(proxy, in_flight, err);
-    }
     let upstream = match proxy.dialer.dial(&target.host, target.port).await {
         Ok(stream) => stream,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-
-    let user_agent = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let user_agent = super::headers::user_agent(req.headers()).map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(req);
-    // The policy decided on the CONNECT target; with `inspect`, the SNI may still turn the
-    // tunnel into a relay once the ClientHello is in.
-    let mut inspect = proxy.interceptor.is_some()
-        && decision
-            .as_ref()
-            .is_none_or(|d| d.action == Action::Inspect);
-    if inspect
-        && proxy
-            .interceptor
-            .as_ref()
-            .is_some_and(|i| i.refusals.contains(conn.client.ip(), &target.host))
-    {
-        tracing::debug!(host = %target.host, "this client refused interception of this host; tunnelling untouched");
-        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
-        inspect = false;
-    } else if !inspect && proxy.interceptor.is_some() {
-        if let Some(decision) = &decision {
-            proxy.metrics.tls_tunnelled(tunnel_reason(decision));
-        }
-    }
-    let idle = if txn.long_poll() {
-        config.timeouts.long_poll_idle
-    } else {
-        config.timeouts.tunnel_idle
-    };
+    let inspect = should_inspect(proxy, conn, &target, decision.as_ref());
+    let idle = proxy.tunnel_idle(txn.long_poll());
     let proxy_task = Arc::clone(proxy);
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {
@@ -122,8 +71,7 @@ pub(super) async fn handle(
         };
         if inspect {
             let plan = TunnelPlan { user_agent, idle };
-            crate::intercept::run_tunnel(proxy_task, conn, txn, client, upstream, target, plan)
-                .await;
+            super::inspect::run(proxy_task, conn, txn, client, upstream, target, plan).await;
             return;
         }
         let client = TunnelClient::new(client, bytes::Bytes::new());
@@ -138,4 +86,92 @@ pub(super) async fn handle(
             b"Connection established",
         ));
     Txn::respond_unlogged(in_flight, response)
+}
+
+/// The authority-form target, on an allowed port, not looping back through us.
+fn checked_target(proxy: &Proxy, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+    let server = &proxy.config.server;
+    let target = match req.uri().authority() {
+        Some(authority) if req.uri().scheme().is_none() && req.uri().path_and_query().is_none() => {
+            Target::parse(authority.as_str(), None)?
+        }
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "CONNECT needs an authority-form target (host:port)".into(),
+            ))
+        }
+    };
+    if !server.connect_ports.contains(&target.port) {
+        let allowed = server
+            .connect_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ProxyError::PortNotAllowed {
+            port: target.port,
+            allowed,
+        });
+    }
+    if via_names_us(req.headers(), &server.via_pseudonym) {
+        return Err(ProxyError::Loop(
+            "the request already passed through this proxy".into(),
+        ));
+    }
+    Ok(target)
+}
+
+/// Whether the tunnel's TLS is intercepted. The policy decided on the CONNECT target; with
+/// `inspect`, the SNI may still turn the tunnel into a relay once the ClientHello is in.
+fn should_inspect(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    target: &Target,
+    decision: Option<&Decision>,
+) -> bool {
+    let Some(interceptor) = &proxy.interceptor else {
+        return false;
+    };
+    let inspect = decision.is_none_or(|d| d.action == Action::Inspect);
+    if !inspect {
+        if let Some(decision) = decision {
+            proxy.metrics.tls_tunnelled(tunnel_reason(decision));
+        }
+        return false;
+    }
+    if interceptor
+        .refusals
+        .contains(conn.client.ip(), &target.host)
+    {
+        tracing::debug!(host = %target.host, "this client refused interception of this host; tunnelling untouched");
+        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
+        return false;
+    }
+    true
+}
+
+/// Relays a CONNECT tunnel untouched and logs it as Squid does (`TCP_TUNNEL/200`, bytes to the
+/// client and from it). `conn` is held to the end: the client connection's slot stays taken
+/// while its tunnel lives.
+pub(super) async fn relay_and_log(
+    proxy: &Proxy,
+    conn: Arc<ConnCtx>,
+    txn: Txn,
+    client: TunnelClient,
+    upstream: TcpStream,
+    idle: Duration,
+) {
+    let peer = upstream.peer_addr().ok().map(|a| a.ip());
+    let stats = relay_tunnel(client, upstream, idle).await;
+    if let RelayEnd::Error(e) = &stats.end {
+        tracing::debug!(error = %e, "tunnel ended with an error");
+    }
+    let outcome = Outcome {
+        result: ResultCode::TcpTunnel,
+        ..Outcome::direct(peer)
+    };
+    let mut record = txn.record(outcome, 200, stats.to_client, None);
+    record.bytes_in = stats.from_client;
+    proxy.access_log.log(record);
+    drop(conn);
 }

@@ -15,12 +15,13 @@ use hyper_util::rt::TokioIo;
 
 use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target};
 use super::pinned::starts_connection_auth;
-use super::{classify_error, Outcome, Txn};
+use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
+use crate::context::{ConnCtx, Proxy};
+use crate::error::classify_error;
 use crate::error::ProxyError;
 use crate::intercept::session::Session;
-use crate::server::{ConnCtx, Proxy};
 use crate::tunnel::relay;
 
 /// Where a prepared request goes.
@@ -46,7 +47,7 @@ pub(super) async fn handle(
 }
 
 /// A request decrypted from an intercepted tunnel to `session`'s origin.
-pub async fn handle_intercepted(
+pub(super) async fn handle_intercepted(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
     txn: Txn,
@@ -171,13 +172,7 @@ async fn send(
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    // Outlook's long polls (ActiveSync Ping, MAPI NotificationWait) hold the response back
-    // for minutes by design.
-    let timeout = if txn.long_poll() {
-        proxy.config.timeouts.long_poll_idle
-    } else {
-        proxy.config.timeouts.upstream_response
-    };
+    let timeout = proxy.response_timeout(txn.long_poll());
     let pin = match route {
         Route::Pooled => {
             starts_connection_auth(req.headers())
@@ -256,11 +251,7 @@ fn spawn_upgraded_relay(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
 ) {
-    let idle = if txn.long_poll() {
-        proxy.config.timeouts.long_poll_idle
-    } else {
-        proxy.config.timeouts.tunnel_idle
-    };
+    let idle = proxy.tunnel_idle(txn.long_poll());
     let log = proxy.access_log.clone();
     let conn = Arc::clone(conn);
     proxy.tasks.spawn(async move {

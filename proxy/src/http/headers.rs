@@ -32,8 +32,15 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// The `User-Agent` header, when it is text (policy rules match on it).
+pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// True when the message asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
@@ -54,7 +61,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers. With `upgrade`, the `Upgrade` header survives and
 /// `Connection: upgrade` is set again, as the next hop needs both to switch protocols.
 /// A `TE: trailers` request keeps saying so, so that the origin still sends trailers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Messages carry few of these (typically `Connection: keep-alive`): one pass over the names
     // finds them, instead of eight removals that each hash a name (this runs twice per request).
     let fixed = fixed_hop_by_hop();
@@ -109,13 +116,13 @@ fn version_label(version: Version) -> &'static str {
 /// Our `Via` entries ("1.1 portcullis"), one per HTTP version, rendered once per configuration
 /// rather than per message.
 #[derive(Debug, Clone)]
-pub struct Via {
+pub(crate) struct Via {
     /// Indexed by [`Via::slot`].
     entries: [Option<HeaderValue>; 5],
 }
 
 impl Via {
-    pub fn new(pseudonym: &str) -> Via {
+    pub(crate) fn new(pseudonym: &str) -> Via {
         let entry =
             |v: Version| HeaderValue::from_str(&format!("{} {}", version_label(v), pseudonym)).ok();
         Via {
@@ -140,7 +147,7 @@ impl Via {
     }
 
     /// Appends our entry for a message received with `version`.
-    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+    pub(crate) fn append(&self, headers: &mut HeaderMap, version: Version) {
         if let Some(value) = &self.entries[Self::slot(version)] {
             headers.append(header::VIA, value.clone());
         }
@@ -148,7 +155,7 @@ impl Via {
 }
 
 /// True when some `Via` entry names us: the message has already passed through this proxy.
-pub fn via_names_us(headers: &HeaderMap, pseudonym: &str) -> bool {
+pub(crate) fn via_names_us(headers: &HeaderMap, pseudonym: &str) -> bool {
     headers
         .get_all(header::VIA)
         .iter()
@@ -159,14 +166,18 @@ pub fn via_names_us(headers: &HeaderMap, pseudonym: &str) -> bool {
 }
 
 /// A client address as a header value, rendered once per connection for `X-Forwarded-For`.
-pub fn client_address_value(client: IpAddr) -> HeaderValue {
+pub(crate) fn client_address_value(client: IpAddr) -> HeaderValue {
     // An address's text is always a valid header value.
     HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Applies the `x_forwarded_for` setting for a request from `client` (see
 /// [`client_address_value`]).
-pub fn apply_forwarded_for(headers: &mut HeaderMap, mode: ForwardedFor, client: &HeaderValue) {
+pub(crate) fn apply_forwarded_for(
+    headers: &mut HeaderMap,
+    mode: ForwardedFor,
+    client: &HeaderValue,
+) {
     let addition = match mode {
         ForwardedFor::Transparent => return,
         ForwardedFor::Delete => {
@@ -190,7 +201,7 @@ pub fn apply_forwarded_for(headers: &mut HeaderMap, mode: ForwardedFor, client: 
 
 /// The one host and port the proxy will connect to for a target authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// Host as written, without IPv6 brackets.
     pub host: String,
     pub port: u16,
@@ -200,7 +211,7 @@ impl Target {
     /// Parses `host[:port]` / `[v6][:port]`. Userinfo, empty hosts, empty, non-numeric,
     /// zero or out-of-range ports are refused rather than guessed at: a lenient parse here is
     /// how a proxy ends up connecting somewhere its checks never looked at.
-    pub fn parse(authority: &str, default_port: Option<u16>) -> Result<Target, ProxyError> {
+    pub(crate) fn parse(authority: &str, default_port: Option<u16>) -> Result<Target, ProxyError> {
         let bad =
             |why: &str| ProxyError::BadRequest(format!("invalid authority {authority:?}: {why}"));
         if authority.contains('@') {
@@ -272,9 +283,15 @@ impl Target {
         Ok(Target { host, port })
     }
 
+    /// The address, when the host is an IP literal (already canonical: IPv4-mapped IPv6 was
+    /// turned into IPv4 by [`Target::parse`]).
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
     /// `host:port` with brackets around IPv6 literals, as used in a Host header or CONNECT line.
     /// (IPv6 hosts are kept without brackets in [`Target::host`].)
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -283,7 +300,7 @@ impl Target {
     }
 
     /// The Host header value: the port is left out when it is the scheme's default.
-    pub fn host_header(&self, default_port: u16) -> String {
+    pub(crate) fn host_header(&self, default_port: u16) -> String {
         if self.port == default_port {
             if self.host.contains(':') {
                 format!("[{}]", self.host)

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::{pages, Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
-use crate::server::{ConnCtx, Proxy};
+use crate::context::{ConnCtx, Proxy};
 
 pub(super) fn handle(
     proxy: &Proxy,

@@ -7,12 +7,13 @@ use http::{Response, StatusCode};
 use crate::body::{self, ProxyBody};
 use crate::error::ProxyError;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(super) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The `X-Portcullis-Error` header: a stable cause name for scripts and log searches.
-pub static ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-portcullis-error");
+pub(super) static ERROR_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-portcullis-error");
 
-pub fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -44,7 +45,7 @@ fn html(status: StatusCode, title: &str, body_html: &str) -> Response<ProxyBody>
 }
 
 /// The page for a request the proxy could not or would not complete.
-pub fn error_page(err: &ProxyError, target: &str) -> Response<ProxyBody> {
+pub(super) fn error_page(err: &ProxyError, target: &str) -> Response<ProxyBody> {
     let status = err.status();
     let title = format!(
         "{} {}",
@@ -66,7 +67,7 @@ pub fn error_page(err: &ProxyError, target: &str) -> Response<ProxyBody> {
 
 /// What a browser sees when it asks the proxy itself for a page (origin-form request): what
 /// this is and, with inspection on, how to install the CA on each platform.
-pub fn info_page(listen: &str, ca: Option<(&str, String)>) -> Response<ProxyBody> {
+pub(super) fn info_page(listen: &str, ca: Option<(&str, String)>) -> Response<ProxyBody> {
     let mut body = format!(
         "<p>This is <b>Portcullis</b>, a forward proxy. It serves pages only to clients configured \
          to use it as their HTTP and HTTPS proxy ({}).</p>\n\
@@ -102,7 +103,7 @@ pub fn info_page(listen: &str, ca: Option<(&str, String)>) -> Response<ProxyBody
     html(StatusCode::OK, "Portcullis forward proxy", &body)
 }
 
-pub fn not_found(path: &str) -> Response<ProxyBody> {
+pub(super) fn not_found(path: &str) -> Response<ProxyBody> {
     let body = format!(
         "<p>The proxy itself has no page at <code>{}</code>. To fetch a web page, configure this \
          host as your proxy and request the full URL.</p>",
@@ -112,7 +113,7 @@ pub fn not_found(path: &str) -> Response<ProxyBody> {
 }
 
 /// The 407 page; the caller adds one `Proxy-Authenticate` header per enabled scheme.
-pub fn auth_required(cause: &'static str) -> Response<ProxyBody> {
+pub(super) fn auth_required(cause: &'static str) -> Response<ProxyBody> {
     let body = "<p>This proxy requires you to sign in. Your browser or operating system should \
                 ask for your credentials (or use your Kerberos ticket) automatically.</p>";
     let mut response = html(

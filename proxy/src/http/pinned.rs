@@ -19,13 +19,13 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
-use super::classify_error;
+use crate::error::classify_error;
 use crate::error::ProxyError;
 use crate::upstream::Dialer;
 
 /// The private origin connection of one client connection, if it has one.
 #[derive(Default)]
-pub struct PinnedOrigin {
+pub(crate) struct PinnedOrigin {
     slot: Mutex<Option<Pin>>,
     /// Set once the slot is first filled, so that the connections that never pin (nearly all)
     /// skip the lock and the key on every request.
@@ -40,7 +40,7 @@ struct Pin {
 }
 
 /// Whether the request carries connection-oriented origin credentials.
-pub fn starts_connection_auth(headers: &HeaderMap) -> bool {
+pub(crate) fn starts_connection_auth(headers: &HeaderMap) -> bool {
     headers.get_all(AUTHORIZATION).iter().any(|v| {
         let v = v.as_bytes();
         let scheme = v.split(|&b| b == b' ').next().unwrap_or_default();
@@ -50,7 +50,7 @@ pub fn starts_connection_auth(headers: &HeaderMap) -> bool {
 
 impl PinnedOrigin {
     /// Whether requests to `authority` go through this connection's pinned origin connection.
-    pub async fn is_pinned_to(&self, authority: &http::uri::Authority) -> bool {
+    pub(crate) async fn is_pinned_to(&self, authority: &http::uri::Authority) -> bool {
         if !self.used.load(Ordering::Acquire) {
             return false;
         }
@@ -65,7 +65,7 @@ impl PinnedOrigin {
     /// Sends `req` (absolute-form, `Host` set) over the pinned connection to its origin,
     /// opening it first if there is none for this origin (or the old one closed: the client's
     /// next NTLM handshake then starts on the new one, as it would with a direct connection).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         dialer: &Dialer,
         mut req: Request<Incoming>,

@@ -13,21 +13,21 @@ use std::time::{Duration, Instant};
 /// Remembered refusals; beyond this many, the oldest half is forgotten.
 const MAX_ENTRIES: usize = 10_000;
 
-pub struct Refusals {
+pub(crate) struct Refusals {
     ttl: Duration,
     seen: Mutex<HashMap<(IpAddr, Box<str>), Instant>>,
 }
 
 impl Refusals {
     /// `ttl` zero disables the mechanism.
-    pub fn new(ttl: Duration) -> Refusals {
+    pub(crate) fn new(ttl: Duration) -> Refusals {
         Refusals {
             ttl,
             seen: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn remember(&self, client: IpAddr, host: &str) {
+    pub(crate) fn remember(&self, client: IpAddr, host: &str) {
         if self.ttl.is_zero() {
             return;
         }
@@ -44,7 +44,7 @@ impl Refusals {
     }
 
     /// Whether `client` refused an intercepted connection to `host` within the last `ttl`.
-    pub fn contains(&self, client: IpAddr, host: &str) -> bool {
+    pub(crate) fn contains(&self, client: IpAddr, host: &str) -> bool {
         if self.ttl.is_zero() {
             return false;
         }

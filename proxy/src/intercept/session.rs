@@ -20,7 +20,7 @@ use super::upstream_tls::classify_handshake_error;
 use crate::error::ProxyError;
 use crate::upstream::Dialer;
 
-pub struct Session {
+pub(crate) struct Session {
     /// The origin's address, for the access log.
     pub peer: Option<std::net::IpAddr>,
     pub host: String,
@@ -41,7 +41,7 @@ enum Sender {
 }
 
 impl Session {
-    pub fn new(
+    pub(crate) fn new(
         host: String,
         port: u16,
         server_name: ServerName<'static>,
@@ -62,7 +62,7 @@ impl Session {
         }
     }
 
-    pub fn is_h2(&self) -> bool {
+    pub(crate) fn is_h2(&self) -> bool {
         self.h2
     }
 
@@ -107,10 +107,13 @@ impl Session {
 
     /// Sends one request, reconnecting when the origin has closed the connection. A request is
     /// retried on a new connection only if hyper hands it back unsent.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         self.send_inner(req).await.map_err(|e| match e {
             SendError::Proxy(e) => e,
-            SendError::Hyper(e) => crate::http::classify_error(&e),
+            SendError::Hyper(e) => crate::error::classify_error(&e),
         })
     }
 

@@ -13,12 +13,12 @@ use rustls::{
 use crate::config::TlsConfig;
 use crate::error::ProxyError;
 
-pub const H2: &[u8] = b"h2";
-pub const HTTP11: &[u8] = b"http/1.1";
+pub(crate) const H2: &[u8] = b"h2";
+pub(crate) const HTTP11: &[u8] = b"http/1.1";
 
 /// Client configs for each ALPN offer we mirror, verifying and (for `insecure_upstream` hosts)
 /// not verifying.
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     verified: [Arc<ClientConfig>; 3],
     insecure: [Arc<ClientConfig>; 3],
     pub roots: usize,
@@ -34,7 +34,7 @@ fn alpn_sets() -> [Vec<Vec<u8>>; 3] {
 }
 
 impl UpstreamTls {
-    pub fn new(config: &TlsConfig) -> Result<UpstreamTls, String> {
+    pub(crate) fn new(config: &TlsConfig) -> Result<UpstreamTls, String> {
         let mut roots = RootCertStore::empty();
         // The OS store, honouring SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL-based tools do.
         let native = rustls_native_certs::load_native_certs();
@@ -95,7 +95,7 @@ impl UpstreamTls {
     }
 
     /// The config that offers the origin what the client offered (as far as we can serve it).
-    pub fn config(&self, client_alpn: &[Vec<u8>], insecure: bool) -> Arc<ClientConfig> {
+    pub(crate) fn config(&self, client_alpn: &[Vec<u8>], insecure: bool) -> Arc<ClientConfig> {
         let index = if client_alpn.iter().any(|p| p == H2) {
             0
         } else if client_alpn.iter().any(|p| p == HTTP11) {
@@ -113,7 +113,7 @@ impl UpstreamTls {
 }
 
 /// Names what is wrong with an origin's certificate, for the page the user sees.
-pub fn classify_handshake_error(err: &std::io::Error, host: &str) -> ProxyError {
+pub(crate) fn classify_handshake_error(err: &std::io::Error, host: &str) -> ProxyError {
     let rustls_error = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -148,7 +148,10 @@ pub fn classify_handshake_error(err: &std::io::Error, host: &str) -> ProxyError 
     }
 }
 
-pub fn server_name(sni: Option<&str>, host: &str) -> Result<ServerName<'static>, ProxyError> {
+pub(crate) fn server_name(
+    sni: Option<&str>,
+    host: &str,
+) -> Result<ServerName<'static>, ProxyError> {
     let name = sni.unwrap_or(host);
     let name = name.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(name.to_owned())

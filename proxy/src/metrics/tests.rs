@@ -4,14 +4,22 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::auth::Auth;
 use crate::config::{AuthConfig, AuthScheme};
 
 fn record(method: &str, result: &'static str, status: u16) -> Record {
+    use crate::record::{Channel, Hierarchy, ResultCode};
+    let code = match result {
+        "TCP_DENIED" => ResultCode::TcpDenied,
+        "TCP_TUNNEL" => ResultCode::TcpTunnel,
+        "NONE" => ResultCode::None,
+        _ => ResultCode::TcpMiss,
+    };
     Record {
         time: SystemTime::now(),
         elapsed_ms: 250,
         client: IpAddr::from([127, 0, 0, 1]),
-        result,
+        result: code,
         status,
         bytes: 1000,
         bytes_in: 10,
@@ -19,13 +27,18 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
         url: "http://example.test/".into(),
         user: Some("alice".into()),
         hierarchy: if result == "TCP_DENIED" {
-            "HIER_NONE"
+            Hierarchy::None
         } else {
-            "HIER_DIRECT"
+            Hierarchy::Direct
         },
         peer: None,
         content_type: None,
         error: (result == "TCP_DENIED").then_some("auth-required"),
+        channel: if method == "CONNECT" {
+            Channel::Tunnel
+        } else {
+            Channel::Plain
+        },
         policy: None,
     }
 }
@@ -151,7 +164,7 @@ fn interception_api_counts_with_fixed_labels() {
     m.tls_tunnelled(TlsTunnelReason::PinningFailure);
     m.tls_tunnelled(TlsTunnelReason::PinningFailure);
     m.tls_handshake_failed(Side::Upstream);
-    m.policy_decision("outlook", Decision::Tunnel);
+    m.policy_decision("outlook", crate::record::Disposition::Tunnel);
     m.upstream_connected(Duration::from_millis(3));
     m.dns_failure();
     (m.cert_mint_observer())(Duration::from_millis(2));
@@ -243,7 +256,7 @@ fn auth() -> Arc<Auth> {
 fn auth_totals_survive_replacement() {
     let m = Metrics::new().unwrap();
     let first = auth();
-    m.watch_auth(Some(&first));
+    m.watch_auth(Some(Arc::clone(&first) as Arc<dyn AuthCounters>));
     first.stats.successes.fetch_add(3, Ordering::Relaxed);
     first.stats.failures.fetch_add(1, Ordering::Relaxed);
     let attempts = "portcullis_auth_attempts_total";
@@ -251,7 +264,7 @@ fn auth_totals_survive_replacement() {
     assert_eq!(sample(&m.render().unwrap(), attempts, &ok), 3.0);
 
     let second = auth();
-    m.watch_auth(Some(&second));
+    m.watch_auth(Some(Arc::clone(&second) as Arc<dyn AuthCounters>));
     // An in-flight request on the old snapshot still counts.
     first.stats.successes.fetch_add(1, Ordering::Relaxed);
     second.stats.successes.fetch_add(2, Ordering::Relaxed);
