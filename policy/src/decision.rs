@@ -277,12 +277,7 @@ impl<'a> RequestFacts<'a> {
 
 /// `10.0.0.1`, `::1` or `[::1]` → an address; a name → `None`. No allocation.
 fn parse_ip(host: &str) -> Option<IpAddr> {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    // `::ffff:10.0.0.1` is 10.0.0.1: one spelling per address for `dest_ip` rules.
-    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    crate::host::Host::ip_of(host)
 }
 
 /// The facts as the matcher sees them: one shape for both decision points.

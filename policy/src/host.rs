@@ -18,6 +18,7 @@
 //! without allocating; [`normalise`] is still provided for callers that store names.
 
 use std::fmt;
+use std::net::IpAddr;
 
 /// A parsed host pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,13 +165,107 @@ pub(crate) fn trim(host: &str) -> &str {
 
 /// Lower-case, without IPv6 brackets and without a trailing dot.
 pub fn normalise(host: &str) -> String {
-    trim(host).to_ascii_lowercase()
+    Host::new(host).text
+}
+
+/// A destination host in its one spelling, whoever looks at it — the policy's facts, the
+/// resolver, the dialer, interception, connection pinning and the certificate cache key:
+/// ASCII lower case, no IPv6 brackets, no trailing dot, and an IP literal in its canonical
+/// form (`::FFFF:10.0.0.1` is `10.0.0.1`, `2001:DB8::0:1` is `2001:db8::1`). Two places that
+/// hold the same `Host` can never disagree about which name or address it is.
+///
+/// It does not judge whether the name is acceptable (the proxy's authority parser refuses
+/// userinfo, bad characters and inet_aton spellings before a `Host` is made).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Host {
+    text: String,
+    ip: Option<IpAddr>,
+}
+
+impl Host {
+    /// `host` as received (`Example.COM.`, `[::1]`, `::ffff:10.0.0.1`) in its one spelling.
+    pub fn new(host: &str) -> Host {
+        match Host::ip_of(host) {
+            Some(ip) => Host {
+                text: ip.to_string(),
+                ip: Some(ip),
+            },
+            None => Host {
+                text: trim(host).to_ascii_lowercase(),
+                ip: None,
+            },
+        }
+    }
+
+    /// The address `host` names when it is an IP literal (brackets allowed), canonical:
+    /// an IPv4-mapped IPv6 address is the IPv4 address. No allocation, so the per-request
+    /// decision can call it on the name as received.
+    pub fn ip_of(host: &str) -> Option<IpAddr> {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    }
+
+    /// The name, or the address's text (without brackets).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
+    /// As it goes into a Host header or an authority: IPv6 literals in brackets.
+    pub fn to_uri_host(&self) -> String {
+        match self.ip {
+            Some(IpAddr::V6(_)) => format!("[{}]", self.text),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl AsRef<str> for Host {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn host_has_one_spelling() {
+        let same = [
+            ("Outlook.Office365.COM.", "outlook.office365.com", None),
+            ("outlook.office365.com", "outlook.office365.com", None),
+            ("[::ffff:203.0.113.9]", "203.0.113.9", Some("203.0.113.9")),
+            ("::FFFF:203.0.113.9", "203.0.113.9", Some("203.0.113.9")),
+            ("203.0.113.9", "203.0.113.9", Some("203.0.113.9")),
+            ("[2001:DB8:0::1]", "2001:db8::1", Some("2001:db8::1")),
+            ("2001:db8::1", "2001:db8::1", Some("2001:db8::1")),
+        ];
+        for (input, text, ip) in same {
+            let host = Host::new(input);
+            assert_eq!(host.as_str(), text, "{input}");
+            assert_eq!(host.ip(), ip.map(|i| i.parse().unwrap()), "{input}");
+            assert_eq!(Host::ip_of(input), host.ip(), "{input}");
+            assert_eq!(normalise(input), text, "{input}");
+        }
+        assert_eq!(Host::new("[::ffff:10.0.0.1]"), Host::new("10.0.0.1"));
+        assert_eq!(Host::new("2001:db8::1").to_uri_host(), "[2001:db8::1]");
+        assert_eq!(Host::new("10.0.0.1").to_uri_host(), "10.0.0.1");
+        assert_eq!(Host::new("Mail.Example.").to_uri_host(), "mail.example");
+    }
 
     #[test]
     fn matching_table() {

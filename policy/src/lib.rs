@@ -26,3 +26,4 @@ pub use engine::Policy;
 pub use error::CompileError;
 pub use exchange::ExchangeClass;
 pub use explain::{ConditionMatch, Explanation};
+pub use host::Host;

@@ -82,7 +82,7 @@ proptest! {
             prop_assert_eq!(&again.host, &t.host);
             prop_assert_eq!(again.port, t.port);
             prop_assert!(t.port != 0);
-            prop_assert!(!t.host.contains('@'));
+            prop_assert!(!t.host.as_str().contains('@'));
         }
     }
 

@@ -199,10 +199,7 @@ async fn get(
 ) -> Result<String, Failure> {
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url}: no host"))?
-        .to_owned();
+    let host = portcullis_policy::Host::new(uri.host().ok_or_else(|| format!("{url}: no host"))?);
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = proxy
         .dialer
@@ -211,7 +208,7 @@ async fn get(
         .map_err(|e| e.to_string())?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let request = Request::get(path)
-        .header(http::header::HOST, &host)
+        .header(http::header::HOST, host.to_uri_host())
         .header(
             http::header::USER_AGENT,
             concat!("portcullis/", env!("CARGO_PKG_VERSION")),
@@ -221,7 +218,7 @@ async fn get(
     let timeout = proxy.config.timeouts.upstream_response;
     let exchange = async {
         if https {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
+            let name = rustls::pki_types::ServerName::try_from(host.as_str().to_owned())
                 .map_err(|e| format!("{host}: {e}"))?;
             let stream = tokio_rustls::TlsConnector::from(tls.config(&[], false))
                 .connect(name, tcp)

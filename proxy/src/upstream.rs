@@ -17,6 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use portcullis_policy::Host;
+
 use crate::config::Config;
 use crate::error::ProxyError;
 
@@ -38,7 +40,7 @@ impl Resolver {
         }
         // The static map wins over the hosts file: it is the more specific statement.
         for (name, addrs) in &config.resolve {
-            overrides.insert(normalise_host(name), addrs.clone());
+            overrides.insert(Host::new(name).as_str().to_owned(), addrs.clone());
         }
         Ok(Resolver {
             overrides,
@@ -49,18 +51,17 @@ impl Resolver {
     /// Socket addresses for `host:port`, in the order they should be tried.
     pub(crate) async fn resolve(
         &self,
-        host: &str,
+        host: &Host,
         port: u16,
     ) -> Result<Vec<SocketAddr>, ProxyError> {
-        let host = normalise_host(host);
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        if let Some(ip) = host.ip() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        if let Some(ips) = self.overrides.get(&host) {
+        if let Some(ips) = self.overrides.get(host.as_str()) {
             return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
         }
         let dns_error = |reason: String| ProxyError::Dns {
-            host: host.clone(),
+            host: host.to_string(),
             reason,
         };
         if self.no_system {
@@ -80,13 +81,6 @@ impl Resolver {
     }
 }
 
-/// Lower-case, without brackets around IPv6 literals and without a trailing dot.
-pub(crate) fn normalise_host(host: &str) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = host.strip_suffix('.').unwrap_or(host);
-    host.to_ascii_lowercase()
-}
-
 fn read_hosts_file(path: &Path) -> io::Result<Vec<(String, IpAddr)>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| io::Error::new(e.kind(), format!("hosts file {}: {e}", path.display())))?;
@@ -101,7 +95,7 @@ fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
         let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
             continue;
         };
-        entries.extend(fields.map(|name| (normalise_host(name), ip)));
+        entries.extend(fields.map(|name| (Host::new(name).as_str().to_owned(), ip)));
     }
     entries
 }
@@ -144,7 +138,7 @@ impl Dialer {
     }
 
     /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
-    pub(crate) async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn dial(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
         let started = std::time::Instant::now();
         let result =
             match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
@@ -163,7 +157,7 @@ impl Dialer {
         result
     }
 
-    async fn dial_inner(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+    async fn dial_inner(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
         let addrs = self.resolver.resolve(host, port).await?;
         if let Some(addr) = addrs.iter().find(|a| self.is_own(a)) {
             return Err(ProxyError::Loop(format!(
@@ -178,7 +172,7 @@ impl Dialer {
             .find(|ip| self.deny.iter().any(|n| n.contains(ip)))
         {
             return Err(ProxyError::DestinationDenied {
-                host: host.to_owned(),
+                host: host.to_string(),
                 addr,
             });
         }
@@ -202,7 +196,7 @@ impl Dialer {
             }
         }
         Err(last_err.unwrap_or_else(|| ProxyError::Dns {
-            host: host.to_owned(),
+            host: host.to_string(),
             reason: "no addresses".into(),
         }))
     }
@@ -239,7 +233,7 @@ impl tower_service::Service<Uri> for Connector {
                 .host()
                 .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
             let port = uri.port_u16().unwrap_or(80);
-            dialer.dial(host, port).await.map(TokioIo::new)
+            dialer.dial(&Host::new(host), port).await.map(TokioIo::new)
         })
     }
 }
@@ -286,9 +280,12 @@ mod tests {
         )
         .unwrap();
         let r = Resolver::new(&config).unwrap();
-        let addrs = r.resolve("outlook.office365.com.", 443).await.unwrap();
+        let addrs = r
+            .resolve(&Host::new("outlook.office365.com."), 443)
+            .await
+            .unwrap();
         assert_eq!(addrs, vec!["127.0.0.9:443".parse().unwrap()]);
-        let v6 = r.resolve("[::1]", 8080).await.unwrap();
+        let v6 = r.resolve(&Host::new("[::1]"), 8080).await.unwrap();
         assert_eq!(v6, vec!["[::1]:8080".parse().unwrap()]);
     }
 
@@ -299,7 +296,7 @@ mod tests {
             Duration::from_secs(1),
             vec!["0.0.0.0:3128".parse().unwrap()],
         );
-        let err = d.dial("127.0.0.1", 3128).await.unwrap_err();
+        let err = d.dial(&Host::new("127.0.0.1"), 3128).await.unwrap_err();
         assert!(matches!(err, ProxyError::Loop(_)), "{err}");
     }
 }

@@ -141,7 +141,7 @@ fn should_inspect(
     }
     if interceptor
         .refusals
-        .contains(conn.client.ip(), &target.host)
+        .contains(conn.client.ip(), target.host.as_str())
     {
         tracing::debug!(host = %target.host, "this client refused interception of this host; tunnelling untouched");
         proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);

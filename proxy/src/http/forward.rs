@@ -82,7 +82,7 @@ fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
     let invalid = |e: http::Error| ProxyError::BadRequest(format!("invalid request target: {e}"));
     // The authority as received when it is already the one we connect to (the usual case):
     // no re-rendering and re-parsing per request.
-    let as_received = authority.host() == target.host
+    let as_received = authority.host() == target.host.as_str()
         && authority
             .port()
             .is_none_or(|p| p.as_str() == itoa::Buffer::new().format(target.port));

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
+use portcullis_policy::Host;
+
 use crate::config::ForwardedFor;
 use crate::error::ProxyError;
 
@@ -202,9 +204,10 @@ pub(crate) fn apply_forwarded_for(
 /// The one host and port the proxy will connect to for a target authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// Host as written, without IPv6 brackets.
-    pub host: String,
-    pub port: u16,
+    /// In its one spelling ([`Host`]): what the policy decides on, the dialer resolves, the
+    /// upstream TLS names and the certificate cache keys on.
+    pub(crate) host: Host,
+    pub(crate) port: u16,
 }
 
 impl Target {
@@ -248,26 +251,16 @@ impl Target {
         {
             return Err(bad("invalid character in host"));
         }
-        // One spelling per address, the one we connect to: `[::ffff:10.0.0.1]` is 10.0.0.1, and
-        // the inet_aton forms (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`), which resolvers
-        // accept as IPv4 but policies and people read differently, are refused.
-        let v6 = if host.contains(':') {
-            host.parse::<std::net::Ipv6Addr>().ok()
-        } else {
-            None
-        };
-        let host = match v6 {
-            Some(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => v6.to_string(),
-            },
-            None => {
-                if looks_numeric(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
-                    return Err(bad("not a dotted-quad IPv4 address nor a host name"));
-                }
-                host.to_owned()
-            }
-        };
+        // The inet_aton forms (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`), which resolvers
+        // accept as IPv4 but policies and people read differently, are refused; everything
+        // else gets its one spelling from `Host` (`[::ffff:10.0.0.1]` is 10.0.0.1).
+        if !host.contains(':') && looks_numeric(host) && host.parse::<std::net::Ipv4Addr>().is_err()
+        {
+            return Err(bad("not a dotted-quad IPv4 address nor a host name"));
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("invalid IPv6 literal"));
+        }
         let port = match port {
             None => default_port.ok_or_else(|| bad("a port is required"))?,
             Some(p) => {
@@ -280,33 +273,34 @@ impl Target {
                 }
             }
         };
+        let host = Host::new(host);
+        // One trailing dot is the root (`example.com.`); any other empty label is no name.
+        let name = host.as_str();
+        if host.ip().is_none()
+            && (name.is_empty()
+                || name.starts_with('.')
+                || name.ends_with('.')
+                || name.contains(".."))
+        {
+            return Err(bad("empty label in host name"));
+        }
         Ok(Target { host, port })
     }
 
-    /// The address, when the host is an IP literal (already canonical: IPv4-mapped IPv6 was
-    /// turned into IPv4 by [`Target::parse`]).
+    /// The address, when the host is an IP literal.
     pub(crate) fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.host.ip()
     }
 
     /// `host:port` with brackets around IPv6 literals, as used in a Host header or CONNECT line.
-    /// (IPv6 hosts are kept without brackets in [`Target::host`].)
     pub(crate) fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        format!("{}:{}", self.host.to_uri_host(), self.port)
     }
 
     /// The Host header value: the port is left out when it is the scheme's default.
     pub(crate) fn host_header(&self, default_port: u16) -> String {
         if self.port == default_port {
-            if self.host.contains(':') {
-                format!("[{}]", self.host)
-            } else {
-                self.host.clone()
-            }
+            self.host.to_uri_host()
         } else {
             self.authority()
         }
@@ -418,13 +412,13 @@ mod tests {
     fn authority_parsing() {
         let ok = [
             ("example.com:443", None, "example.com", 443),
-            ("Example.com", Some(80), "Example.com", 80),
+            ("Example.com", Some(80), "example.com", 80),
             ("[::1]:8443", None, "::1", 8443),
             ("[2001:db8::1]", Some(80), "2001:db8::1", 80),
             ("10.0.0.1:65535", None, "10.0.0.1", 65535),
             // IPv4-mapped IPv6 is the IPv4 address it maps.
             ("[::ffff:10.0.0.1]:443", None, "10.0.0.1", 443),
-            ("www.example.com.:443", None, "www.example.com.", 443),
+            ("www.example.com.:443", None, "www.example.com", 443),
             ("1password.com:443", None, "1password.com", 443),
             ("x.0x7g:443", None, "x.0x7g", 443),
         ];
@@ -451,6 +445,10 @@ mod tests {
             "127.1:443",
             "127.0.0.1.:443",
             "example.123:443",
+            ".:443",
+            "a..b:443",
+            ".example.com:443",
+            "example.com..:443",
         ];
         for input in bad {
             assert!(

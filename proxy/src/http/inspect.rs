@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_certs::{origin_sans, LeafName, LeafRequest};
-use portcullis_policy::{Action, ConnectFacts, Decision, Identity, RequestFacts};
+use portcullis_policy::{Action, Decision, Identity, RequestFacts};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::StartHandshake;
@@ -109,7 +109,7 @@ pub(super) async fn run(
         }
     }
     let start = StartHandshake::from_parts(accepted, client);
-    let origin_name = sni.as_deref().unwrap_or(&target.host).to_owned();
+    let origin_name = sni.as_deref().unwrap_or(target.host.as_str()).to_owned();
     let origin = connect_origin(
         &proxy,
         &interceptor,
@@ -184,8 +184,8 @@ async fn connect_origin(
     upstream: TcpStream,
     denied: Option<ProxyError>,
 ) -> Origin {
-    let origin_name = sni.unwrap_or(&target.host);
-    let tls_config = interceptor.origin_config(alpn, [origin_name, &target.host]);
+    let origin_name = sni.unwrap_or(target.host.as_str());
+    let tls_config = interceptor.origin_config(alpn, [origin_name, target.host.as_str()]);
     let connected = match denied.map_or_else(|| server_name(sni, &target.host), Err) {
         Ok(name) => tokio_rustls::TlsConnector::from(Arc::clone(&tls_config))
             .connect(name.clone(), upstream)
@@ -251,7 +251,7 @@ async fn handshake_client(
     origin: &Origin,
     wait: Duration,
 ) -> Option<TlsStream<TokioIo<Upgraded>>> {
-    let leaf_name = match LeafName::for_connection(sni, &target.host) {
+    let leaf_name = match LeafName::for_connection(sni, target.host.as_str()) {
         Ok(name) => name,
         Err(e) => {
             tracing::info!(sni = ?sni, host = %target.host, error = %e, "cannot name a certificate for this tunnel");
@@ -289,12 +289,12 @@ async fn handshake_client(
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
-    let origin_name = sni.unwrap_or(&target.host);
+    let origin_name = sni.unwrap_or(target.host.as_str());
     if refused {
         interceptor.refusals.remember(conn.client.ip(), origin_name);
         interceptor
             .refusals
-            .remember(conn.client.ip(), &target.host);
+            .remember(conn.client.ip(), target.host.as_str());
         tracing::warn!(
             host = %origin_name, error = %e,
             "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
@@ -319,22 +319,12 @@ fn decide_on_sni(
     plan: &TunnelPlan,
 ) -> Option<Decision> {
     let sni = sni?;
-    let ip = target.ip();
-    if ip.is_none() && !proxy.policy.uses_sni() {
+    if target.ip().is_none() && !proxy.policy.uses_sni() {
         return None;
     }
-    let host = if ip.is_some() {
-        sni
-    } else {
-        target.host.as_str()
-    };
-    let mut facts = ConnectFacts::new(host, target.port, conn.client.ip())
-        .with_sni(Some(sni))
+    let facts = super::connect_facts(target, Some(sni), conn.client.ip())
         .with_user_agent(plan.user_agent.as_deref())
         .with_user(txn.user().map(Identity::named));
-    if ip.is_some() {
-        facts.dest_ip = ip;
-    }
     Some(proxy.policy.decide_connect(&facts))
 }
 

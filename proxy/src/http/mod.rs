@@ -26,7 +26,7 @@ use std::sync::Arc;
 use http::header::PROXY_AUTHENTICATE;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use portcullis_policy::{Action, AuthRequirement, Decision, Identity};
+use portcullis_policy::{Action, AuthRequirement, ConnectFacts, Decision, Identity};
 
 use crate::auth::{Auth, Outcome as AuthOutcome};
 use crate::body::ProxyBody;
@@ -138,6 +138,24 @@ async fn authenticate(
     }
 }
 
+/// The facts of a CONNECT to `target`: at the CONNECT itself (`sni` unknown), and again once
+/// the ClientHello named `sni`. One function for both decision points, so they cannot disagree
+/// about the destination: `host` conditions see the CONNECT target — or, for a bare-IP target,
+/// the SNI name — and `dest_ip` is always the target's own address, in `Host`'s one spelling.
+pub(crate) fn connect_facts<'a>(
+    target: &'a headers::Target,
+    sni: Option<&'a str>,
+    client: std::net::IpAddr,
+) -> ConnectFacts<'a> {
+    let host = match (target.ip(), sni) {
+        (Some(_), Some(sni)) => sni,
+        _ => target.host.as_str(),
+    };
+    let mut facts = ConnectFacts::new(host, target.port, client).with_sni(sni);
+    facts.dest_ip = target.ip();
+    facts
+}
+
 /// The policy's decision for a CONNECT or an absolute-form request; `None` when the target
 /// has no host (the handler refuses it with 400).
 fn decide(
@@ -152,7 +170,9 @@ fn decide(
     let identity = user.map(Identity::named);
     let client = conn.client.ip();
     let decision = if req.method() == http::Method::CONNECT {
-        let facts = portcullis_policy::ConnectFacts::new(host, uri.port_u16()?, client)
+        // The target exactly as the tunnel will see it (a malformed one is refused later).
+        let target = headers::Target::parse(uri.authority()?.as_str(), None).ok()?;
+        let facts = connect_facts(&target, None, client)
             .with_user_agent(user_agent)
             .with_user(identity);
         proxy.policy.decide_connect(&facts)
@@ -167,4 +187,45 @@ fn decide(
     };
     tracing::debug!(decision = %decision, "policy decision");
     Some(decision)
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::headers::Target;
+    use super::*;
+
+    /// A `dest_ip` rule sees the same address at the CONNECT and at the SNI re-decision,
+    /// whatever spelling the client used for the target.
+    #[test]
+    fn connect_and_sni_decisions_agree_on_dest_ip() {
+        let raw: portcullis_policy::RawPolicy = toml::from_str(
+            "[[rules]]\nname = \"lab-net\"\ndest_ip = [\"203.0.113.0/24\"]\naction = \"deny\"\nreason = \"no\"\n",
+        )
+        .unwrap();
+        let policy = portcullis_policy::Policy::compile(&raw).unwrap();
+        let client = "10.0.0.1".parse().unwrap();
+        let want: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        for spelling in [
+            "[::ffff:203.0.113.9]:443",
+            "[::FFFF:cb00:7109]:443",
+            "203.0.113.9:443",
+        ] {
+            let target = Target::parse(spelling, None).unwrap();
+            let at_connect = connect_facts(&target, None, client);
+            let at_sni = connect_facts(&target, Some("www.example.com"), client);
+            assert_eq!(at_connect.dest_ip, Some(want), "{spelling}");
+            assert_eq!(at_sni.dest_ip, Some(want), "{spelling}");
+            // The bare-IP target is judged by its SNI name at the second decision.
+            assert_eq!(at_sni.host, "www.example.com");
+            let first = policy.decide_connect(&at_connect);
+            let second = policy.decide_connect(&at_sni);
+            assert!(
+                matches!(first.action, Action::Deny { .. }),
+                "{spelling}: {first}"
+            );
+            assert_eq!(first.action, second.action, "{spelling}");
+            assert_eq!(&*first.rule.name, "lab-net");
+        }
+    }
 }

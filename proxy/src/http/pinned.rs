@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
 use crate::error::classify_error;
+use portcullis_policy::Host;
+
 use crate::error::ProxyError;
 use crate::upstream::Dialer;
 
@@ -73,7 +75,7 @@ impl PinnedOrigin {
         let uri = req.uri().clone();
         let host = uri
             .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .map(Host::new)
             .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
         let port = uri.port_u16().unwrap_or(80);
         let authority = format!("{host}:{port}");
@@ -120,8 +122,7 @@ impl PinnedOrigin {
 
 /// `host:port` as origins are keyed here.
 fn authority_key(a: &http::uri::Authority) -> String {
-    let host = a.host().trim_start_matches('[').trim_end_matches(']');
-    format!("{host}:{}", a.port_u16().unwrap_or(80))
+    format!("{}:{}", Host::new(a.host()), a.port_u16().unwrap_or(80))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::upstream::Dialer;
 pub(crate) struct Session {
     /// The origin's address, for the access log.
     pub peer: Option<std::net::IpAddr>,
-    pub host: String,
+    pub(crate) host: portcullis_policy::Host,
     pub port: u16,
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
@@ -42,7 +42,7 @@ enum Sender {
 
 impl Session {
     pub(crate) fn new(
-        host: String,
+        host: portcullis_policy::Host,
         port: u16,
         server_name: ServerName<'static>,
         tls: Arc<rustls::ClientConfig>,
@@ -72,7 +72,7 @@ impl Session {
         tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| classify_handshake_error(&e, &self.host))
+            .map_err(|e| classify_handshake_error(&e, self.host.as_str()))
     }
 
     async fn handshake(&self, tls: TlsStream<TcpStream>) -> Result<Sender, ProxyError> {

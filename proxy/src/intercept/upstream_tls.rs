@@ -150,10 +150,9 @@ pub(crate) fn classify_handshake_error(err: &std::io::Error, host: &str) -> Prox
 
 pub(crate) fn server_name(
     sni: Option<&str>,
-    host: &str,
+    host: &portcullis_policy::Host,
 ) -> Result<ServerName<'static>, ProxyError> {
-    let name = sni.unwrap_or(host);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = sni.unwrap_or(host.as_str());
     ServerName::try_from(name.to_owned())
         .map_err(|_| ProxyError::BadRequest(format!("{name:?} is not a valid TLS server name")))
 }
