@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use crate::auth::spn::requested_spn;
 use crate::auth::{decode_basic, htpasswd};
 use crate::config::Config;
-use crate::http::headers::Target;
+use crate::http::target::Target;
 use crate::intercept::hello::read_client_hello;
 
 fn config() -> ProptestConfig {

@@ -64,20 +64,8 @@ pub(crate) async fn run(
     let admin = Arc::new(AdminState::new(Arc::clone(&metrics)));
     let mut own_addrs = Vec::new();
     if config.admin.enabled {
-        let addr = config.admin.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen { addr, source })?;
-        let bound = listener.local_addr()?;
-        own_addrs.push(bound);
-        crate::admin::log_bound(bound);
-        tokio::spawn(crate::admin::serve(
-            listener,
-            Arc::clone(&admin),
-            shutdown.clone(),
-        ));
+        own_addrs.push(start_admin(&config, &admin, &shutdown).await?);
     }
-
     // Files (htpasswd, hosts file, CA, keytab) are read off the async workers.
     let loaded = {
         let config = config.clone();
@@ -86,28 +74,8 @@ pub(crate) async fn run(
             .await
             .map_err(|e| LoadError::Task(e.to_string()))??
     };
-
-    // PROXY protocol listeners come after the plain ones.
-    let plain = config.server.listen.len();
-    let mut listeners = Vec::new();
-    for addr in config
-        .server
-        .listen
-        .iter()
-        .chain(&config.server.proxy_protocol_listen)
-    {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(listener);
-    }
-    let listen_addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<Result<_, _>>()?;
+    let listeners = bind_listeners(&config).await?;
+    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     own_addrs.extend(&listen_addrs);
 
     let (access_log, log_writer) = AccessLog::start(&config.access_log)?;
@@ -118,7 +86,7 @@ pub(crate) async fn run(
         access_log,
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
-        listen_addrs: listen_addrs.clone(),
+        listen_addrs,
         own_addrs,
         metrics,
     };
@@ -129,37 +97,16 @@ pub(crate) async fn run(
         shutdown.clone(),
     ));
     admin.set_reloader(Arc::clone(&reloader));
-    let slots = Arc::new(Semaphore::new(config.server.max_connections));
-    let client_slots = Arc::new(crate::limits::ClientSlots::default());
     let pid_file = config.admin.pid_file.as_deref();
     if let Some(path) = pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-            StartError::PidFile {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        write_pid_file(path)?;
     }
-
-    let mut accept_loops = Vec::new();
-    for (i, (listener, addr)) in listeners.into_iter().zip(&listen_addrs).enumerate() {
-        let proxy_protocol = i >= plain;
-        if proxy_protocol {
-            tracing::info!("PROXY protocol listener on {addr}");
-        } else {
-            tracing::info!("listening on {addr}");
-        }
-        accept_loops.push(tokio::spawn(accept_loop(
-            Arc::clone(&reloader),
-            listener,
-            proxy_protocol,
-            Admission {
-                slots: Arc::clone(&slots),
-                client_slots: Arc::clone(&client_slots),
-                shutdown: shutdown.clone(),
-            },
-        )));
-    }
+    let admission = Admission {
+        slots: Arc::new(Semaphore::new(config.server.max_connections)),
+        client_slots: Arc::new(crate::limits::ClientSlots::default()),
+        shutdown: shutdown.clone(),
+    };
+    let accept_loops = start_accepting(listeners, &reloader, &admission);
     admin.set_listeners_bound();
     // systemd Type=notify: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
@@ -171,7 +118,97 @@ pub(crate) async fn run(
     for accept in accept_loops {
         let _ = accept.await;
     }
-    let grace = config.timeouts.shutdown_grace;
+    drain(&tasks, config.timeouts.shutdown_grace).await;
+    // The snapshots hold the access log's handles; the reload task ends with `shutdown`.
+    drop(admin);
+    drop(reloader);
+    // The writer ends when the last handle is gone; give it a moment to flush.
+    let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
+    remove_pid_file(pid_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One accept loop per listener.
+fn start_accepting(
+    listeners: Vec<Bound>,
+    reloader: &Arc<Reloader>,
+    admission: &Admission,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .map(|bound| {
+            if bound.proxy_protocol {
+                tracing::info!("PROXY protocol listener on {}", bound.addr);
+            } else {
+                tracing::info!("listening on {}", bound.addr);
+            }
+            tokio::spawn(accept_loop(Arc::clone(reloader), bound, admission.clone()))
+        })
+        .collect()
+}
+
+fn write_pid_file(path: &Path) -> Result<(), StartError> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+        StartError::PidFile {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Binds the admin listener and serves it; returns its bound address.
+async fn start_admin(
+    config: &Config,
+    admin: &Arc<AdminState>,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr, StartError> {
+    let addr = config.admin.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener.local_addr()?;
+    crate::admin::log_bound(bound);
+    tokio::spawn(crate::admin::serve(
+        listener,
+        Arc::clone(admin),
+        shutdown.clone(),
+    ));
+    Ok(bound)
+}
+
+/// One bound proxy listener.
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+    /// Every connection starts with a PROXY protocol header naming the client.
+    proxy_protocol: bool,
+}
+
+/// Binds `server.listen`, then `server.proxy_protocol_listen`.
+async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
+    let server = &config.server;
+    let plain = server.listen.iter().map(|a| (a, false));
+    let proxied = server.proxy_protocol_listen.iter().map(|a| (a, true));
+    let mut bound = Vec::new();
+    for (addr, proxy_protocol) in plain.chain(proxied) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        bound.push(Bound {
+            addr: listener.local_addr()?,
+            listener,
+            proxy_protocol,
+        });
+    }
+    Ok(bound)
+}
+
+/// Waits up to `grace` for connections and tunnels to finish their work in flight.
+async fn drain(tasks: &TaskTracker, grace: Duration) {
     tracing::info!(
         open = tasks.len(),
         "shutting down: no new connections, draining for up to {}",
@@ -184,14 +221,6 @@ pub(crate) async fn run(
             "grace period over; closing remaining connections"
         );
     }
-    // The snapshots hold the access log's handles; the reload task ends with `shutdown`.
-    drop(admin);
-    drop(reloader);
-    // The writer ends when the last handle is gone; give it a moment to flush.
-    let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
-    remove_pid_file(pid_file);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 fn remove_pid_file(path: Option<&Path>) {
@@ -233,13 +262,12 @@ struct Admission {
 /// connection-level limits), and each request on it takes the snapshot current at its start.
 /// On a PROXY protocol listener the header is read first (in the connection's own task, so a
 /// slow load balancer delays nobody else) and names the client.
-async fn accept_loop(
-    reloader: Arc<Reloader>,
-    listener: TcpListener,
-    proxy_protocol: bool,
-    admission: Admission,
-) {
-    let local = listener.local_addr().ok();
+async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission) {
+    let Bound {
+        listener,
+        addr: local,
+        proxy_protocol,
+    } = bound;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -255,7 +283,6 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let local = local.unwrap_or(peer);
         if !proxy_protocol {
             admit(
                 &reloader,

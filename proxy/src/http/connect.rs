@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use portcullis_policy::{Action, Decision, RuleSource};
 use tokio::net::TcpStream;
 
-use super::headers::{via_names_us, Target};
+use super::headers::via_names_us;
+use super::target::Target;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};

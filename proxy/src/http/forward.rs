@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
-use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target};
+use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade};
 use super::pinned::starts_connection_auth;
+use super::target::Target;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};

@@ -26,7 +26,7 @@ use tokio_rustls::StartHandshake;
 use tracing::Instrument;
 
 use super::connect::{relay_and_log, tunnel_reason, TunnelPlan};
-use super::headers::Target;
+use super::target::Target;
 use super::{forward, Outcome, Txn};
 use crate::activity::{Activity, ActivityIo};
 use crate::body::ProxyBody;

@@ -17,6 +17,7 @@ mod inspect;
 mod local;
 mod pages;
 pub(crate) mod pinned;
+pub(crate) mod target;
 mod txn;
 
 pub(crate) use txn::{Outcome, Txn};
@@ -143,7 +144,7 @@ async fn authenticate(
 /// about the destination: `host` conditions see the CONNECT target — or, for a bare-IP target,
 /// the SNI name — and `dest_ip` is always the target's own address, in `Host`'s one spelling.
 pub(crate) fn connect_facts<'a>(
-    target: &'a headers::Target,
+    target: &'a target::Target,
     sni: Option<&'a str>,
     client: std::net::IpAddr,
 ) -> ConnectFacts<'a> {
@@ -171,7 +172,7 @@ fn decide(
     let client = conn.client.ip();
     let decision = if req.method() == http::Method::CONNECT {
         // The target exactly as the tunnel will see it (a malformed one is refused later).
-        let target = headers::Target::parse(uri.authority()?.as_str(), None).ok()?;
+        let target = target::Target::parse(uri.authority()?.as_str(), None).ok()?;
         let facts = connect_facts(&target, None, client)
             .with_user_agent(user_agent)
             .with_user(identity);
@@ -192,7 +193,7 @@ fn decide(
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
-    use super::headers::Target;
+    use super::target::Target;
     use super::*;
 
     /// A `dest_ip` rule sees the same address at the CONNECT and at the SNI re-decision,

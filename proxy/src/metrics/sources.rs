@@ -1,0 +1,116 @@
+//! Components that keep their own counters (the authenticator, the certificate cache) are read
+//! at scrape time through these traits rather than counted twice; metrics imports neither.
+
+use std::sync::Arc;
+
+use portcullis_certs::{CacheStats, CertCache};
+use prometheus::IntCounter;
+
+/// Whatever owns the certificate cache (the cache itself, or the interceptor holding it).
+pub(crate) trait CertCacheStats: Send + Sync {
+    fn cert_cache_stats(&self) -> CacheStats;
+}
+
+impl CertCacheStats for CertCache {
+    fn cert_cache_stats(&self) -> CacheStats {
+        self.stats()
+    }
+}
+
+/// The authenticator's own counters: successes, failures, throttled failures, hash
+/// verifications, credential cache hits.
+pub(crate) trait AuthCounters: Send + Sync {
+    fn auth_counts(&self) -> [u64; 5];
+}
+
+pub(super) struct Sources {
+    pub(super) auth: Accumulated<dyn AuthCounters, 5>,
+    pub(super) cert_cache: Accumulated<dyn CertCacheStats, 5>,
+}
+
+impl Sources {
+    pub(super) fn new() -> Sources {
+        Sources {
+            auth: Accumulated::new(auth_counts),
+            cert_cache: Accumulated::new(cert_cache_counts),
+        }
+    }
+}
+
+fn auth_counts(auth: &dyn AuthCounters) -> [u64; 5] {
+    auth.auth_counts()
+}
+
+fn cert_cache_counts(cache: &dyn CertCacheStats) -> [u64; 5] {
+    let s = cache.cert_cache_stats();
+    [s.hits, s.coalesced, s.misses, s.mints, s.mint_failures]
+}
+
+/// Raises a counter to `total` (counters only go up; a source that went backwards is ignored).
+pub(super) fn raise(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+/// Totals over every instance of a component that keeps its own counters, across reloads.
+///
+/// A reload replaces the authenticator, but connections that started before keep using the old
+/// one for a while. Old instances are summed live until only this struct holds them, then their
+/// final counts are folded into `base` and they are dropped, so totals never go backwards and
+/// nothing is kept alive for long.
+pub(super) struct Accumulated<T: ?Sized, const N: usize> {
+    read: fn(&T) -> [u64; N],
+    pub(super) current: Option<Arc<T>>,
+    pub(super) retired: Vec<Arc<T>>,
+    base: [u64; N],
+}
+
+impl<T: ?Sized, const N: usize> Accumulated<T, N> {
+    pub(super) fn new(read: fn(&T) -> [u64; N]) -> Self {
+        Accumulated {
+            read,
+            current: None,
+            retired: Vec::new(),
+            base: [0; N],
+        }
+    }
+
+    pub(super) fn set(&mut self, next: Option<Arc<T>>) {
+        let same = match (&self.current, &next) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = std::mem::replace(&mut self.current, next) {
+            self.retired.push(old);
+        }
+    }
+
+    pub(super) fn totals(&mut self) -> [u64; N] {
+        let read = self.read;
+        let base = &mut self.base;
+        self.retired.retain(|old| {
+            if Arc::strong_count(old) > 1 {
+                return true;
+            }
+            add(base, read(old));
+            false
+        });
+        let mut total = *base;
+        for live in self.retired.iter().chain(&self.current) {
+            add(&mut total, read(live));
+        }
+        total
+    }
+}
+
+fn add<const N: usize>(into: &mut [u64; N], values: [u64; N]) {
+    for (sum, v) in into.iter_mut().zip(values) {
+        *sum = sum.saturating_add(v);
+    }
+}
