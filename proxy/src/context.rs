@@ -43,7 +43,7 @@ pub(crate) struct Proxy {
     /// `tls_intercepted`, `tls_tunnelled(reason)`, `tls_handshake_failed(side)`.
     pub(crate) metrics: Arc<Metrics>,
     /// Our `Via` entries, rendered from `server.via_pseudonym`.
-    pub(crate) via: crate::http::headers::Via,
+    pub(crate) via: crate::headers::Via,
 }
 
 impl Proxy {
@@ -89,7 +89,7 @@ pub(crate) struct ConnCtx {
     /// The authenticated user of this connection (Negotiate) and handshake state.
     pub(crate) auth: ConnAuth,
     /// This connection's private origin connection after NTLM/Negotiate to an origin.
-    pub(crate) pinned: crate::http::pinned::PinnedOrigin,
+    pub(crate) pinned: crate::pinned::PinnedOrigin,
     _slot: OwnedSemaphorePermit,
     _client_slot: ClientSlot,
     /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
@@ -111,7 +111,7 @@ impl ConnCtx {
     ) -> ConnCtx {
         ConnCtx {
             client,
-            client_address: crate::http::headers::client_address_value(client.ip()),
+            client_address: crate::headers::client_address_value(client.ip()),
             local,
             activity: Activity::new(),
             auth: ConnAuth::default(),

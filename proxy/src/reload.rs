@@ -203,7 +203,7 @@ pub(crate) fn assemble(
             .map(|i| Arc::clone(i) as Arc<dyn CertCacheStats>),
     );
     Proxy {
-        via: crate::http::headers::Via::new(&config.server.via_pseudonym),
+        via: crate::headers::Via::new(&config.server.via_pseudonym),
         config: Arc::new(config),
         dialer,
         client,

@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use portcullis_policy::{Action, Decision, RuleSource};
 use tokio::net::TcpStream;
 
-use super::headers::via_names_us;
 use super::target::Target;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
 use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
+use crate::headers::via_names_us;
 use crate::metrics::TlsTunnelReason;
 use crate::record::ResultCode;
 use crate::tunnel::{relay_tunnel, RelayEnd, TunnelClient};
@@ -56,7 +56,7 @@ pub(super) async fn handle(
         Ok(stream) => stream,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-    let user_agent = super::headers::user_agent(req.headers()).map(str::to_owned);
+    let user_agent = crate::headers::user_agent(req.headers()).map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(req);
     let inspect = should_inspect(proxy, conn, &target, decision.as_ref());
     let idle = proxy.tunnel_idle(txn.long_poll());

@@ -13,8 +13,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
-use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade};
-use super::pinned::starts_connection_auth;
 use super::target::Target;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
@@ -22,7 +20,9 @@ use crate::body::{self, ProxyBody};
 use crate::context::{ConnCtx, Proxy};
 use crate::error::classify_error;
 use crate::error::ProxyError;
+use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade};
 use crate::intercept::session::Session;
+use crate::pinned::starts_connection_auth;
 use crate::tunnel::relay;
 
 /// Where a prepared request goes.

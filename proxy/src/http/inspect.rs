@@ -30,8 +30,8 @@ use super::target::Target;
 use super::{forward, Outcome, Txn};
 use crate::activity::{Activity, ActivityIo};
 use crate::body::ProxyBody;
-use crate::conn::{drive, http1_builder, GracefulConnection};
 use crate::context::{ConnCtx, Proxy};
+use crate::driver::{drive, http1_builder, request_span, GracefulConnection};
 use crate::error::{ProxyError, Side};
 use crate::intercept::hello::{peek, read_client_hello, FirstBytes};
 use crate::intercept::session::Session;
@@ -367,7 +367,7 @@ async fn serve_decrypted(
                 Arc::clone(&tunnel),
                 Arc::clone(&activity),
             );
-            let span = crate::conn::request_span(&req);
+            let span = request_span(&req);
             async move {
                 Ok::<_, std::convert::Infallible>(
                     decrypted_request(proxy, conn, tunnel, activity, req).await,
@@ -416,7 +416,7 @@ async fn decrypted_request(
         conn.client.ip(),
     )
     .with_sni(tunnel.sni.as_deref())
-    .with_user_agent(super::headers::user_agent(req.headers()))
+    .with_user_agent(crate::headers::user_agent(req.headers()))
     .with_user(tunnel.user.as_deref().map(Identity::named));
     let decision = proxy.policy.decide_request(&facts);
     txn.decided(&decision);

@@ -12,11 +12,9 @@
 
 mod connect;
 mod forward;
-pub(crate) mod headers;
 mod inspect;
 mod local;
 mod pages;
-pub(crate) mod pinned;
 pub(crate) mod target;
 mod txn;
 
@@ -167,7 +165,7 @@ fn decide(
 ) -> Option<Decision> {
     let uri = req.uri();
     let host = uri.host().filter(|h| !h.is_empty())?;
-    let user_agent = headers::user_agent(req.headers());
+    let user_agent = crate::headers::user_agent(req.headers());
     let identity = user.map(Identity::named);
     let client = conn.client.ip();
     let decision = if req.method() == http::Method::CONNECT {

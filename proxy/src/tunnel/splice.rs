@@ -17,8 +17,8 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::{until_idle, RelayStats};
 use crate::activity::now_ms;
-use crate::tunnel::{until_idle, RelayStats};
 
 /// Bytes moved per splice: the default pipe capacity (16 pages), so a read never finds the
 /// pipe full.

@@ -2,6 +2,8 @@
 //! idle timeout and byte counts. A byte pump only: what a tunnel means (its log line, its
 //! decision) is the CONNECT handler's.
 
+mod splice;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,7 +117,7 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
     }
 }
 
-/// A tunnel between two TCP sockets is spliced ([`crate::splice`]); the copying relay is the
+/// A tunnel between two TCP sockets is spliced ([`splice`]); the copying relay is the
 /// fallback when the client's socket cannot be recovered or no pipes can be had.
 pub(crate) async fn relay_tunnel(
     client: TunnelClient,
@@ -140,8 +142,8 @@ pub(crate) async fn relay_tunnel(
             all
         })
         .freeze();
-    match crate::splice::Pipes::new() {
-        Ok(pipes) => crate::splice::relay(tcp, prefix, upstream, idle, pipes).await,
+    match splice::Pipes::new() {
+        Ok(pipes) => splice::relay(tcp, prefix, upstream, idle, pipes).await,
         Err(e) => {
             tracing::debug!(error = %e, "no pipes for splice(2); copying the tunnel instead");
             relay(Rewind::new(prefix, tcp), upstream, idle).await
