@@ -1,0 +1,158 @@
+//! The configuration file model: one serde struct per TOML section.
+//!
+//! Every struct rejects unknown keys and has defaults, so an empty file (or no file at all) is a
+//! valid configuration: a proxy listening on 127.0.0.1:3128. Errors name the file, the key path
+//! (`server.listen[0]`) and the reason.
+
+mod auth;
+mod redact;
+mod sections;
+mod tls;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use auth::{AuthConfig, AuthScheme, NegotiateConfig};
+pub(crate) use sections::{
+    AccessLogConfig, AccessLogFormat, AdminConfig, ForwardedFor, LogConfig, LogFormat, M365Config,
+    ServerConfig, Timeouts, UpstreamConfig,
+};
+pub(crate) use tls::TlsConfig;
+
+/// The embedded default configuration, used when `portcullis run` gets no `--config`.
+pub(crate) const DEFAULT_CONFIG_TOML: &str =
+    include_str!("../../../deploy/portcullis.default.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamConfig,
+    /// Static name → addresses map, consulted before `upstream.hosts_file` and the system
+    /// resolver. Test labs use it to point real names (outlook.office365.com) at lab servers.
+    pub resolve: BTreeMap<String, Vec<IpAddr>>,
+    pub access_log: AccessLogConfig,
+    pub log: LogConfig,
+    /// Firewall rules rendered by `portcullis netfilter`: mail, LDAP, DNS and Kerberos pass
+    /// directly, web only through the proxy. Lives in the proxy config so that the rules and
+    /// the proxy agree on its listening ports.
+    pub netfilter: portcullis_policy::netfilter::NetfilterConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    /// Which destinations are inspected, tunnelled untouched or refused, which need proxy
+    /// authentication, and which get Outlook's long timeouts; includes the built-in Outlook /
+    /// Exchange profile (`[policy.outlook]`) and the PAC file settings (`[policy.pac]`).
+    pub policy: portcullis_policy::RawPolicy,
+    /// The Microsoft 365 endpoints web service, whose Exchange/Common Optimize and Allow sets
+    /// become tunnel/auth-exempt rules of the Outlook profile.
+    pub m365: M365Config,
+    pub admin: AdminConfig,
+}
+
+/// A configuration that could not be loaded; `Display` names the file, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {file}: key `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG_TOML, "<embedded default>")
+    }
+
+    /// Parses and validates TOML text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let mut reason = one_line(inner.message());
+            if let Some(line) = line {
+                reason.push_str(&format!(" (line {line})"));
+            }
+            ConfigError::Invalid {
+                file: origin.to_owned(),
+                key: if key == "." {
+                    "(top level)".to_owned()
+                } else {
+                    key
+                },
+                reason,
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: origin.to_owned(),
+                key: key.to_owned(),
+                reason,
+            })?;
+        config.compile_policy().map_err(|e| {
+            let key = e.key().to_owned();
+            let text = e.to_string();
+            let reason = text
+                .strip_prefix(&format!("{key}: "))
+                .unwrap_or(&text)
+                .to_owned();
+            ConfigError::Invalid {
+                file: origin.to_owned(),
+                key,
+                reason,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// The compiled `[policy]` section. Errors name the key (`policy.rules[3].host`).
+    pub fn compile_policy(
+        &self,
+    ) -> Result<portcullis_policy::Policy, portcullis_policy::CompileError> {
+        portcullis_policy::Policy::compile(&self.policy)
+    }
+
+    /// The effective configuration as TOML (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests;
