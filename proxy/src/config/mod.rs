@@ -5,6 +5,7 @@
 //! (`server.listen[0]`) and the reason.
 
 mod auth;
+mod error;
 mod redact;
 mod sections;
 mod tls;
@@ -17,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use auth::{AuthConfig, AuthScheme, NegotiateConfig};
+pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, ForwardedFor, LogConfig, LogFormat, M365Config,
     ServerConfig, Timeouts, UpstreamConfig,
@@ -55,23 +57,6 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
-/// A configuration that could not be loaded; `Display` names the file, the key and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {file}: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config {file}: key `{key}`: {reason}")]
-    Invalid {
-        file: String,
-        key: String,
-        reason: String,
-    },
-}
-
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -100,36 +85,19 @@ impl Config {
             if let Some(line) = line {
                 reason.push_str(&format!(" (line {line})"));
             }
-            ConfigError::Invalid {
-                file: origin.to_owned(),
-                key: if key == "." {
-                    "(top level)".to_owned()
-                } else {
-                    key
-                },
-                reason,
-            }
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
+            ConfigError::invalid(origin, KeyError::new(key, reason))
         })?;
         config
             .validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file: origin.to_owned(),
-                key: key.to_owned(),
-                reason,
-            })?;
-        config.compile_policy().map_err(|e| {
-            let key = e.key().to_owned();
-            let text = e.to_string();
-            let reason = text
-                .strip_prefix(&format!("{key}: "))
-                .unwrap_or(&text)
-                .to_owned();
-            ConfigError::Invalid {
-                file: origin.to_owned(),
-                key,
-                reason,
-            }
-        })?;
+            .map_err(|e| ConfigError::invalid(origin, e))?;
+        config
+            .compile_policy()
+            .map_err(|e| ConfigError::invalid(origin, e))?;
         Ok(config)
     }
 
