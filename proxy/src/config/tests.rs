@@ -95,3 +95,48 @@ fn effective_config_round_trips() {
     let again = Config::parse(&c.to_toml(), "t2").unwrap();
     assert_eq!(again.server.connect_ports, vec![443, 8443]);
 }
+
+#[test]
+fn tls_values_are_parsed_once_into_their_types() {
+    let c = Config::parse(
+        "[tls]\nleaf_key = \"rsa-3072\"\ninsecure_upstream = [\"*.Lab.Test\", \"~mail[0-9]+\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.tls.leaf_key, portcullis_certs::KeyAlgorithm::Rsa3072);
+    assert!(c.tls.insecure_upstream[0].matches("a.lab.test"));
+    assert!(c.tls.insecure_upstream[1].matches("mail7"));
+    assert_eq!(
+        Config::parse("", "t").unwrap().tls.leaf_key,
+        portcullis_certs::KeyAlgorithm::EcdsaP256
+    );
+    // They render back as text that parses to the same values.
+    let text = c.to_toml();
+    assert!(text.contains("leaf_key = \"rsa-3072\""), "{text}");
+    assert!(text.contains("\"*.lab.test\""), "{text}");
+    let again = Config::parse(&text, "t2").unwrap();
+    assert_eq!(again.tls.leaf_key, c.tls.leaf_key);
+    assert_eq!(again.tls.insecure_upstream, c.tls.insecure_upstream);
+}
+
+#[test]
+fn bad_tls_values_name_file_and_key() {
+    for (text, key, reason) in [
+        (
+            "[tls]\nleaf_key = \"rsa-1024\"\n",
+            "tls.leaf_key",
+            "\"rsa-1024\" is not one of ecdsa-p256, rsa-2048, rsa-3072",
+        ),
+        (
+            "[tls]\ninsecure_upstream = [\"lab.test\", \"a.*.test\"]\n",
+            "tls.insecure_upstream",
+            "invalid host pattern \"a.*.test\": '*' is only allowed",
+        ),
+    ] {
+        let err = Config::parse(text, "lab.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("invalid config lab.toml: key `{key}`: {reason}")),
+            "{err}"
+        );
+    }
+}

@@ -111,24 +111,6 @@ fn validate_auth(auth: &AuthConfig) -> Result<(), KeyError> {
 }
 
 fn validate_tls(tls: &TlsConfig) -> Result<(), KeyError> {
-    for pattern in &tls.insecure_upstream {
-        if let Err(e) = portcullis_policy::host::HostPattern::parse(pattern) {
-            return Err(KeyError::new("tls.insecure_upstream", e.to_string()));
-        }
-    }
-    if tls
-        .leaf_key
-        .parse::<portcullis_certs::KeyAlgorithm>()
-        .is_err()
-    {
-        return Err(KeyError::new(
-            "tls.leaf_key",
-            format!(
-                "{:?} is not one of ecdsa-p256, rsa-2048, rsa-3072",
-                tls.leaf_key
-            ),
-        ));
-    }
     if tls.cert_cache_size == 0 {
         return Err(KeyError::new("tls.cert_cache_size", "must be at least 1"));
     }

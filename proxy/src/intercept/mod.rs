@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_certs::{
-    CaParams, CertCache, CertificateAuthority, Issuer, IssuerConfig, KeyAlgorithm, KeyFileCheck,
-    LeafRequest, ServerConfigs,
+    CaParams, CertCache, CertificateAuthority, Issuer, IssuerConfig, KeyFileCheck, LeafRequest,
+    ServerConfigs,
 };
 use portcullis_policy::host::{normalise, HostPattern};
 use rustls::sign::CertifiedKey;
@@ -50,24 +50,15 @@ impl Interceptor {
         }
         let dir = &config.server.data_dir;
         let ca = load_or_create_ca(dir, tls.auto_init_ca, tls.allow_insecure_key_permissions)?;
-        let key_algorithm: KeyAlgorithm = tls
-            .leaf_key
-            .parse()
-            .map_err(|e| ("tls.leaf_key", format!("{e}")))?;
         let ca = Arc::new(ca);
         let issuer = Issuer::new(
             Arc::clone(&ca),
             IssuerConfig {
-                key_algorithm,
+                key_algorithm: tls.leaf_key,
                 ..IssuerConfig::default()
             },
         )
         .map_err(|e| ("tls.leaf_key", e.to_string()))?;
-        let patterns = |key: &'static str, list: &[String]| {
-            list.iter()
-                .map(|p| HostPattern::parse(p).map_err(|e| (key, e.to_string())))
-                .collect::<Result<Vec<_>, _>>()
-        };
         let upstream = UpstreamTls::new(tls).map_err(|e| ("tls.upstream_ca_file", e))?;
         tracing::info!(
             ca = %ca.subject(),
@@ -80,7 +71,7 @@ impl Interceptor {
                 .with_mint_observer(mint_observer),
             server_configs: ServerConfigs::new(4096),
             upstream,
-            insecure: patterns("tls.insecure_upstream", &tls.insecure_upstream)?,
+            insecure: tls.insecure_upstream.clone(),
             refusals: refusals::Refusals::new(tls.tunnel_after_refusal),
             ca,
         }))
