@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -121,7 +120,7 @@ pub(crate) fn load(
     // The CA and the certificate cache are kept unless something they are built from changed;
     // rebuilding would throw away every minted leaf.
     let tls_unchanged = previous.is_some_and(|prev| {
-        same(&prev.tls, &config.tls) && prev.server.data_dir == config.server.data_dir
+        prev.tls == config.tls && prev.server.data_dir == config.server.data_dir
     });
     let interceptor = if tls_unchanged {
         None
@@ -166,7 +165,7 @@ pub(crate) fn assemble(
     } = loaded;
     let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
         *prev_resolver == resolver
-            && same(&prev.config.upstream, &config.upstream)
+            && prev.config.upstream == config.upstream
             && prev.config.timeouts.upstream_connect == config.timeouts.upstream_connect
     };
     let (dialer, client) = match previous {
@@ -224,7 +223,7 @@ fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! keep {
         ($key:literal, $($field:ident).+) => {
-            if !same(&new.$($field).+, &running.$($field).+) {
+            if new.$($field).+ != running.$($field).+ {
                 changed.push($key);
                 new.$($field).+ = running.$($field).+.clone();
             }
@@ -239,14 +238,6 @@ fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
     // MIT krb5 reads the keytab path from the environment, set once before threads start.
     keep!("auth.negotiate.keytab", auth.negotiate.keytab);
     changed
-}
-
-/// Compares config sections by their serialised form (they are plain data without `PartialEq`).
-fn same<T: Serialize>(a: &T, b: &T) -> bool {
-    match (serde_json::to_value(a), serde_json::to_value(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// The outcome of a successful reload.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Proxy authentication. Off unless `schemes` names at least one scheme.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Enabled schemes, e.g. `["negotiate", "basic"]`. The 407 offers Negotiate first.
@@ -47,7 +47,7 @@ pub enum AuthScheme {
 }
 
 /// Kerberos acceptor settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NegotiateConfig {
     /// Keytab with the proxy's `HTTP/<fqdn>` key; without it, `KRB5_KTNAME` or the system
@@ -61,7 +61,7 @@ pub struct NegotiateConfig {
 }
 
 /// Slowing down clients that keep failing authentication.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
     /// Failures allowed per client address within `window` before answers are delayed.

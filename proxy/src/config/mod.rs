@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_CONFIG_TOML: &str =
     include_str!("../../../deploy/portcullis.default.toml");
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where the Microsoft 365 endpoint list comes from. The last good list is cached in
 /// `<data_dir>/m365/` and used at start, so an unreachable service changes nothing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct M365Config {
     /// Check the web service for a new list. Off: only an imported or cached list is used
@@ -39,7 +39,7 @@ impl Default for M365Config {
 }
 
 /// Listeners and per-connection limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to accept proxy clients on. Loopback by default so that a fresh install is not
@@ -105,7 +105,7 @@ pub enum ForwardedFor {
 }
 
 /// Timeouts. Values are human-readable durations: "30s", "5m", "1h 30m".
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// A client must send a complete request head within this time (slowloris guard).
@@ -149,7 +149,7 @@ impl Default for Timeouts {
 }
 
 /// Connections from the proxy to origins.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// An /etc/hosts-format file consulted before the system resolver.
@@ -199,7 +199,7 @@ impl Default for UpstreamConfig {
 }
 
 /// The access log: one line per request or tunnel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     pub enabled: bool,
@@ -228,7 +228,7 @@ pub enum AccessLogFormat {
 }
 
 /// Diagnostic logging (to standard error).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter such as "info" or "portcullis=debug"; `RUST_LOG` overrides it.
@@ -257,7 +257,7 @@ pub enum LogFormat {
 /// It is a separate listener so that monitoring never competes with, or is reachable through,
 /// the proxy port; keep it on loopback (or a management network) because `/config` shows the
 /// configuration and `/reload` re-reads it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Serve the admin endpoints at all. Off means no metrics and no `/reload` (SIGHUP still

@@ -140,3 +140,25 @@ fn bad_tls_values_name_file_and_key() {
         );
     }
 }
+
+#[test]
+fn configs_compare_by_value() {
+    let text =
+        "[server]\nconnect_ports = [443, 8443]\n[tls]\ninsecure_upstream = [\"*.lab.test\"]\n\
+                [[policy.rules]]\nhost = \"a.test\"\naction = \"deny\"\nreason = \"no\"\n";
+    let a = Config::parse(text, "a").unwrap();
+    assert_eq!(a, Config::parse(text, "b").unwrap());
+    // What check-config prints is the same configuration, and so is the embedded default's.
+    assert_eq!(a, Config::parse(&a.to_toml(), "c").unwrap());
+    let default = Config::embedded_default().unwrap();
+    assert_eq!(default, Config::parse(&default.to_toml(), "d").unwrap());
+    // A change anywhere makes the configs, and only that section, differ.
+    let mut b = a.clone();
+    b.tls.insecure_upstream.clear();
+    assert_ne!(a, b);
+    assert_ne!(a.tls, b.tls);
+    assert_eq!(a.server, b.server);
+    let mut c = a.clone();
+    c.policy.rules[0].reason = Some("other".to_owned());
+    assert_ne!(a, c);
+}

@@ -12,7 +12,7 @@ use portcullis_policy::host::HostPattern;
 use serde::{Deserialize, Serialize};
 
 /// TLS inspection of CONNECT tunnels.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Intercept TLS in CONNECT tunnels (decrypt, inspect, re-encrypt) where the policy says
