@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::auth::Auth;
-use crate::config::{Config, ConfigError};
+use crate::auth::{Auth, AuthSetupError};
+use crate::config::{Config, ConfigError, KeyError};
 use crate::context::Proxy;
-use crate::intercept::Interceptor;
+use crate::intercept::{InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
 use crate::upstream::{http_client, Dialer, Resolver};
 
@@ -64,13 +64,19 @@ impl ConfigSource {
     }
 }
 
-/// Why a configuration could not be loaded (at start or on reload).
+/// Why a configuration could not be loaded (at start or on reload). Each names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("invalid config: key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    #[error("invalid config: key `upstream.hosts_file`: {0}")]
+    HostsFile(std::io::Error),
+    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
+    Auth(AuthSetupError),
+    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
+    Intercept(InterceptError),
+    #[error("invalid config: {0}")]
+    Policy(KeyError),
     #[error("the reload task failed: {0}")]
     Task(String),
 }
@@ -94,20 +100,11 @@ pub(crate) fn load(
     previous: Option<&Config>,
     metrics: &Metrics,
 ) -> Result<Loaded, LoadError> {
-    let invalid = |(key, reason): (&'static str, String)| LoadError::Invalid { key, reason };
-    let resolver = Resolver::new(&config).map_err(|e| LoadError::Invalid {
-        key: "upstream.hosts_file",
-        reason: e.to_string(),
-    })?;
-    let auth = Auth::new(&config.auth).map_err(invalid)?;
+    let resolver = Resolver::new(&config).map_err(LoadError::HostsFile)?;
+    let auth = Auth::new(&config.auth).map_err(LoadError::Auth)?;
     let m365 = crate::m365_feed::load_cached(&config);
-    let policy =
-        portcullis_policy::Policy::compile_with_m365(&config.policy, &m365.sets).map_err(|e| {
-            LoadError::Invalid {
-                key: "policy",
-                reason: e.to_string(),
-            }
-        })?;
+    let policy = portcullis_policy::Policy::compile_with_m365(&config.policy, &m365.sets)
+        .map_err(|e| LoadError::Policy(e.into()))?;
     if let Some(version) = &m365.version {
         metrics.m365_loaded(&config.m365.instance, version);
         tracing::info!(
@@ -125,7 +122,10 @@ pub(crate) fn load(
     let interceptor = if tls_unchanged {
         None
     } else {
-        Some(Interceptor::new(&config, metrics.cert_mint_observer()).map_err(invalid)?)
+        Some(
+            Interceptor::new(&config, metrics.cert_mint_observer())
+                .map_err(LoadError::Intercept)?,
+        )
     };
     Ok(Loaded {
         config,
@@ -418,6 +418,39 @@ mod tests {
         .unwrap();
         let metrics = Metrics::new().unwrap();
         let err = load(config, None, &metrics).err().unwrap().to_string();
-        assert!(err.contains("key `auth.htpasswd`"), "{err}");
+        assert_eq!(
+            err,
+            format!(
+                "invalid config: key `auth.htpasswd`: {}: line 1 (user alice): unsupported hash \
+                 format \"plaint\" (use htpasswd -B, -m, -2, -5 or -s)",
+                htpasswd.display()
+            )
+        );
+    }
+
+    #[test]
+    fn interception_setup_errors_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let config = Config::parse(
+            &format!(
+                "[server]\ndata_dir = \"{}\"\n[tls]\nupstream_ca_file = \"{}\"\n",
+                dir.path().display(),
+                missing.display()
+            ),
+            "t",
+        )
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let err = load(config, None, &metrics).err().unwrap();
+        assert!(matches!(err, LoadError::Intercept(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.starts_with(&format!(
+                "invalid config: key `tls.upstream_ca_file`: {}: ",
+                missing.display()
+            )),
+            "{err}"
+        );
     }
 }

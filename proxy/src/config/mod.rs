@@ -17,7 +17,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use auth::{AuthConfig, AuthScheme, NegotiateConfig};
+#[cfg(feature = "negotiate")]
+pub(crate) use auth::NegotiateConfig;
+pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, ForwardedFor, LogConfig, LogFormat, M365Config,
