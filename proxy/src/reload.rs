@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::auth::{Auth, AuthSetupError};
-use crate::config::{Config, ConfigError, KeyError};
+use crate::config::{Config, ConfigError};
 use crate::context::Proxy;
 use crate::intercept::{InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
@@ -75,8 +75,6 @@ pub(crate) enum LoadError {
     Auth(AuthSetupError),
     #[error("invalid config: key `{key}`: {0}", key = .0.key())]
     Intercept(InterceptError),
-    #[error("invalid config: {0}")]
-    Policy(KeyError),
     #[error("the reload task failed: {0}")]
     Task(String),
 }
@@ -87,7 +85,7 @@ pub(crate) struct Loaded {
     config: Config,
     resolver: Resolver,
     auth: Option<Auth>,
-    policy: portcullis_policy::Policy,
+    policy: Arc<portcullis_policy::Policy>,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
 }
@@ -103,8 +101,7 @@ pub(crate) fn load(
     let resolver = Resolver::new(&config).map_err(LoadError::HostsFile)?;
     let auth = Auth::new(&config.auth).map_err(LoadError::Auth)?;
     let m365 = crate::m365_feed::load_cached(&config);
-    let policy = portcullis_policy::Policy::compile_with_m365(&config.policy, &m365.sets)
-        .map_err(|e| LoadError::Policy(e.into()))?;
+    let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
         metrics.m365_loaded(&config.m365.instance, version);
         tracing::info!(
@@ -208,7 +205,7 @@ pub(crate) fn assemble(
         client,
         access_log: shared.access_log.clone(),
         auth,
-        policy: Arc::new(policy),
+        policy,
         interceptor,
         shutdown: shared.shutdown.clone(),
         tasks: shared.tasks.clone(),
@@ -425,6 +422,47 @@ mod tests {
                  format \"plaint\" (use htpasswd -B, -m, -2, -5 or -s)",
                 htpasswd.display()
             )
+        );
+    }
+
+    #[test]
+    fn a_policy_error_found_at_load_names_the_file_and_the_full_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lab.toml");
+        std::fs::write(
+            &file,
+            "[tls]\ninspect = false\n[[policy.rules]]\nhost = \"a.test\"\naction = \"tunnel\"\n",
+        )
+        .unwrap();
+        let mut config = Config::load(&file).unwrap();
+        // Only code can change a config after validation; the load still catches it.
+        config.policy.rules[0].host = vec!["*".to_owned()];
+        let metrics = Metrics::new().unwrap();
+        let err = load(config, None, &metrics).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "invalid config {}: key `policy.rules[0].host`: invalid pattern \"*\"",
+                file.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_interceptor_is_kept_while_its_settings_are_equal() {
+        let config = Config::parse("[tls]\ninspect = false\n", "t").unwrap();
+        let metrics = Metrics::new().unwrap();
+        let same = load(config.clone(), Some(&config), &metrics).unwrap();
+        assert!(
+            same.interceptor.is_none(),
+            "unchanged [tls]: keep the interceptor"
+        );
+        let mut changed = config.clone();
+        changed.tls.cert_cache_size += 1;
+        let rebuilt = load(changed, Some(&config), &metrics).unwrap();
+        assert!(
+            rebuilt.interceptor.is_some(),
+            "changed [tls]: build it again"
         );
     }
 

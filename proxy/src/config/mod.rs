@@ -14,7 +14,10 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
+use portcullis_policy::m365::EndpointSet;
+use portcullis_policy::{Policy, RawPolicy};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "negotiate")]
@@ -52,11 +55,43 @@ pub struct Config {
     /// Which destinations are inspected, tunnelled untouched or refused, which need proxy
     /// authentication, and which get Outlook's long timeouts; includes the built-in Outlook /
     /// Exchange profile (`[policy.outlook]`) and the PAC file settings (`[policy.pac]`).
-    pub policy: portcullis_policy::RawPolicy,
+    pub policy: RawPolicy,
     /// The Microsoft 365 endpoints web service, whose Exchange/Common Optimize and Allow sets
     /// become tunnel/auth-exempt rules of the Outlook profile.
     pub m365: M365Config,
     pub admin: AdminConfig,
+    /// What [`Config::parse`] derived while validating, so that nothing derives it again.
+    #[serde(skip)]
+    validated: Validated,
+}
+
+/// What validation derived from a [`Config`]: where it was read from, and its `[policy]`
+/// compiled.
+///
+/// Derived data, so it takes no part in serialisation or comparison: two configs with the same
+/// values are equal wherever they were read from.
+#[derive(Debug, Clone)]
+struct Validated {
+    /// The file the config was read from, to name it in errors found later.
+    origin: String,
+    /// `policy` as compiled by validation, with the section it was compiled from: a config
+    /// whose `policy` was changed since is compiled afresh.
+    policy: Option<(RawPolicy, Arc<Policy>)>,
+}
+
+impl Default for Validated {
+    fn default() -> Self {
+        Validated {
+            origin: "<built-in defaults>".to_owned(),
+            policy: None,
+        }
+    }
+}
+
+impl PartialEq for Validated {
+    fn eq(&self, _: &Validated) -> bool {
+        true
+    }
 }
 
 impl Config {
@@ -74,46 +109,64 @@ impl Config {
         Config::parse(DEFAULT_CONFIG_TOML, "<embedded default>")
     }
 
-    /// Parses and validates TOML text; `origin` names the source in errors.
+    /// Parses and validates TOML text; `origin` names the source in errors. Values are parsed
+    /// into their types and the policy is compiled here, once.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
-            let key = err.path().to_string();
-            let inner = err.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let mut reason = one_line(inner.message());
-            if let Some(line) = line {
-                reason.push_str(&format!(" (line {line})"));
-            }
-            let key = if key == "." {
-                "(top level)".to_owned()
-            } else {
-                key
-            };
-            ConfigError::invalid(origin, KeyError::new(key, reason))
-        })?;
+        let mut config = deserialize(text).map_err(|e| ConfigError::invalid(origin, e))?;
         config
             .validate()
             .map_err(|e| ConfigError::invalid(origin, e))?;
-        config
-            .compile_policy()
-            .map_err(|e| ConfigError::invalid(origin, e))?;
+        let policy =
+            Policy::compile(&config.policy).map_err(|e| ConfigError::invalid(origin, e))?;
+        config.validated = Validated {
+            origin: origin.to_owned(),
+            policy: Some((config.policy.clone(), Arc::new(policy))),
+        };
         Ok(config)
     }
 
-    /// The compiled `[policy]` section. Errors name the key (`policy.rules[3].host`).
-    pub fn compile_policy(
-        &self,
-    ) -> Result<portcullis_policy::Policy, portcullis_policy::CompileError> {
-        portcullis_policy::Policy::compile(&self.policy)
+    /// The compiled `[policy]` with the Microsoft 365 endpoint `sets` merged in.
+    ///
+    /// Without sets this is the policy [`Config::parse`] compiled. Sets come from the data
+    /// directory rather than the file, so with them the policy is compiled again. Errors name
+    /// the file and the key (`policy.rules[3].host`).
+    pub fn compiled_policy(&self, m365: &[EndpointSet]) -> Result<Arc<Policy>, ConfigError> {
+        if let (true, Some((raw, policy))) = (m365.is_empty(), &self.validated.policy) {
+            if *raw == self.policy {
+                return Ok(Arc::clone(policy));
+            }
+        }
+        Policy::compile_with_m365(&self.policy, m365)
+            .map(Arc::new)
+            .map_err(|e| ConfigError::invalid(&self.validated.origin, e))
     }
 
     /// The effective configuration as TOML (for `check-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// The TOML text as a [`Config`], not yet validated. Errors name the key path and the line.
+fn deserialize(text: &str) -> Result<Config, KeyError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let mut reason = one_line(inner.message());
+        if let Some(line) = line {
+            reason.push_str(&format!(" (line {line})"));
+        }
+        let key = if key == "." {
+            "(top level)".to_owned()
+        } else {
+            key
+        };
+        KeyError::new(key, reason)
+    })
 }
 
 fn one_line(s: &str) -> String {

@@ -162,3 +162,55 @@ fn configs_compare_by_value() {
     c.policy.rules[0].reason = Some("other".to_owned());
     assert_ne!(a, c);
 }
+
+#[test]
+fn the_policy_is_compiled_once_and_again_only_when_it_must_be() {
+    use std::sync::Arc;
+
+    let c = Config::parse(
+        "[[policy.rules]]\nhost = \"a.test\"\naction = \"tunnel\"\n",
+        "t",
+    )
+    .unwrap();
+    let policy = c.compiled_policy(&[]).unwrap();
+    // Validation compiled it; asking again, or asking a clone, compiles nothing.
+    assert!(Arc::ptr_eq(&policy, &c.compiled_policy(&[]).unwrap()));
+    assert!(Arc::ptr_eq(
+        &policy,
+        &c.clone().compiled_policy(&[]).unwrap()
+    ));
+    // Microsoft 365 sets come from elsewhere, so they need a compile of their own.
+    let sets = portcullis_policy::m365::parse_endpoints(
+        r#"[{"id": 1, "serviceArea": "Exchange", "urls": ["outlook.example.test"],
+             "tcpPorts": "443", "category": "Optimize"}]"#,
+    )
+    .unwrap();
+    let with_sets = c.compiled_policy(&sets).unwrap();
+    assert!(!Arc::ptr_eq(&policy, &with_sets));
+    assert!(with_sets.len() > policy.len());
+    // A policy changed after validation is compiled afresh, never served stale.
+    let mut changed = c.clone();
+    changed.policy.rules[0].action = portcullis_policy::config::ActionKind::Deny;
+    changed.policy.rules[0].reason = Some("no".to_owned());
+    assert!(!Arc::ptr_eq(
+        &policy,
+        &changed.compiled_policy(&[]).unwrap()
+    ));
+}
+
+#[test]
+fn a_policy_error_found_after_parsing_names_the_file_and_the_key_path() {
+    let mut c = Config::parse(
+        "[[policy.rules]]\nhost = \"a.test\"\naction = \"tunnel\"\n",
+        "lab.toml",
+    )
+    .unwrap();
+    c.policy.rules[0].host = vec!["a b".to_owned()];
+    let err = c.compiled_policy(&[]).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "invalid config lab.toml: key `policy.rules[0].host`: invalid pattern \"a b\": "
+        ),
+        "{err}"
+    );
+}
