@@ -3,6 +3,10 @@
 //! Every struct rejects unknown keys and has defaults, so an empty file (or no file at all) is a
 //! valid configuration: a proxy listening on 127.0.0.1:3128. Errors name the file, the key path
 //! (`server.listen[0]`) and the reason.
+//!
+//! Everything is parsed once, by [`Config::parse`]: durations, addresses, the leaf key algorithm
+//! and host patterns into their types while the file is read, the `[policy]` section compiled
+//! by validation and kept. Nothing downstream parses a config value again.
 
 mod auth;
 mod error;
@@ -12,6 +16,7 @@ mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -70,7 +75,7 @@ pub struct Config {
 ///
 /// Derived data, so it takes no part in serialisation or comparison: two configs with the same
 /// values are equal wherever they were read from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Validated {
     /// The file the config was read from, to name it in errors found later.
     origin: String,
@@ -91,6 +96,16 @@ impl Default for Validated {
 impl PartialEq for Validated {
     fn eq(&self, _: &Validated) -> bool {
         true
+    }
+}
+
+/// Without the compiled policy, which would swamp any printed config.
+impl fmt::Debug for Validated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validated")
+            .field("origin", &self.origin)
+            .field("policy_compiled", &self.policy.is_some())
+            .finish()
     }
 }
 
@@ -130,13 +145,14 @@ impl Config {
     /// Without sets this is the policy [`Config::parse`] compiled. Sets come from the data
     /// directory rather than the file, so with them the policy is compiled again. Errors name
     /// the file and the key (`policy.rules[3].host`).
-    pub fn compiled_policy(&self, m365: &[EndpointSet]) -> Result<Arc<Policy>, ConfigError> {
-        if let (true, Some((raw, policy))) = (m365.is_empty(), &self.validated.policy) {
-            if *raw == self.policy {
-                return Ok(Arc::clone(policy));
-            }
+    pub fn compiled_policy(&self, sets: &[EndpointSet]) -> Result<Arc<Policy>, ConfigError> {
+        let validated = self.validated.policy.as_ref();
+        if let Some((_, policy)) =
+            validated.filter(|(raw, _)| sets.is_empty() && *raw == self.policy)
+        {
+            return Ok(Arc::clone(policy));
         }
-        Policy::compile_with_m365(&self.policy, m365)
+        Policy::compile_with_m365(&self.policy, sets)
             .map(Arc::new)
             .map_err(|e| ConfigError::invalid(&self.validated.origin, e))
     }
