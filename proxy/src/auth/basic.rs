@@ -15,7 +15,7 @@ use super::{AuthSetupError, AuthStats};
 /// Bound on remembered credentials; when full, expired entries go, then everything.
 const CACHE_MAX: usize = 10_000;
 
-/// A bcrypt hash (cost 5) of a random password, verified against for unknown users.
+/// The bcrypt hash (cost 5) an unknown user's password is checked against (see `Basic::dummy`).
 const DUMMY_HASH: &str = "$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy";
 
 pub(super) struct Basic {
