@@ -171,8 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let sets = portcullis_policy::m365::parse_endpoints(&json).with_context(|| {
                 format!("{} is not a Microsoft 365 endpoint list", file.display())
             })?;
-            let policy = portcullis_policy::Policy::compile_with_m365(&config.policy, &sets)
-                .context("policy")?;
+            let policy = config.compiled_policy(&sets)?;
             crate::m365_feed::store(&config, &json, "imported").map_err(anyhow::Error::msg)?;
             println!(
                 "imported {} endpoint sets into {}; {} values skipped; reload the proxy to use them",

@@ -164,7 +164,7 @@ async fn check(proxy: &crate::context::Proxy) -> Result<Checked, Failure> {
             .map_err(|e| e.to_string())?
     };
     let base = m.url.trim_end_matches('/');
-    let tls = UpstreamTls::new(&config.tls)?;
+    let tls = UpstreamTls::new(&config.tls).map_err(|e| e.to_string())?;
     let version_url = format!("{base}/version/{}?ClientRequestId={id}", m.instance);
     let text = get(proxy, &tls, &version_url).await?;
     let versions = m365::parse_versions(&text).map_err(|e| e.to_string())?;

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use portcullis_policy::{Action, ConnectFacts, Identity, Policy, RequestFacts};
 
@@ -49,7 +48,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             let config = crate::cli::load_config(args.config.as_deref())?;
             // The same list the running proxy uses: the cached Microsoft 365 endpoints.
             let m365 = crate::m365_feed::load_cached(&config);
-            let policy = Policy::compile_with_m365(&config.policy, &m365.sets).context("policy")?;
+            let policy = config.compiled_policy(&m365.sets)?;
             print!("{}", explain(&policy, &args)?);
             Ok(())
         }
@@ -182,10 +181,10 @@ mod tests {
         }
     }
 
-    fn default_policy() -> Policy {
+    fn default_policy() -> std::sync::Arc<Policy> {
         crate::config::Config::embedded_default()
             .unwrap()
-            .compile_policy()
+            .compiled_policy(&[])
             .unwrap()
     }
 

@@ -24,15 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthSetupError};
 use crate::config::{Config, ConfigError};
 use crate::context::Proxy;
-use crate::intercept::Interceptor;
+use crate::intercept::{InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
 use crate::upstream::{http_client, Dialer, Resolver};
 
@@ -65,13 +64,17 @@ impl ConfigSource {
     }
 }
 
-/// Why a configuration could not be loaded (at start or on reload).
+/// Why a configuration could not be loaded (at start or on reload). Each names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("invalid config: key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    #[error("invalid config: key `upstream.hosts_file`: {0}")]
+    HostsFile(std::io::Error),
+    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
+    Auth(AuthSetupError),
+    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
+    Intercept(InterceptError),
     #[error("the reload task failed: {0}")]
     Task(String),
 }
@@ -82,7 +85,7 @@ pub(crate) struct Loaded {
     config: Config,
     resolver: Resolver,
     auth: Option<Auth>,
-    policy: portcullis_policy::Policy,
+    policy: Arc<portcullis_policy::Policy>,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
 }
@@ -95,20 +98,10 @@ pub(crate) fn load(
     previous: Option<&Config>,
     metrics: &Metrics,
 ) -> Result<Loaded, LoadError> {
-    let invalid = |(key, reason): (&'static str, String)| LoadError::Invalid { key, reason };
-    let resolver = Resolver::new(&config).map_err(|e| LoadError::Invalid {
-        key: "upstream.hosts_file",
-        reason: e.to_string(),
-    })?;
-    let auth = Auth::new(&config.auth).map_err(invalid)?;
+    let resolver = Resolver::new(&config).map_err(LoadError::HostsFile)?;
+    let auth = Auth::new(&config.auth).map_err(LoadError::Auth)?;
     let m365 = crate::m365_feed::load_cached(&config);
-    let policy =
-        portcullis_policy::Policy::compile_with_m365(&config.policy, &m365.sets).map_err(|e| {
-            LoadError::Invalid {
-                key: "policy",
-                reason: e.to_string(),
-            }
-        })?;
+    let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
         metrics.m365_loaded(&config.m365.instance, version);
         tracing::info!(
@@ -121,12 +114,15 @@ pub(crate) fn load(
     // The CA and the certificate cache are kept unless something they are built from changed;
     // rebuilding would throw away every minted leaf.
     let tls_unchanged = previous.is_some_and(|prev| {
-        same(&prev.tls, &config.tls) && prev.server.data_dir == config.server.data_dir
+        prev.tls == config.tls && prev.server.data_dir == config.server.data_dir
     });
     let interceptor = if tls_unchanged {
         None
     } else {
-        Some(Interceptor::new(&config, metrics.cert_mint_observer()).map_err(invalid)?)
+        Some(
+            Interceptor::new(&config, metrics.cert_mint_observer())
+                .map_err(LoadError::Intercept)?,
+        )
     };
     Ok(Loaded {
         config,
@@ -166,7 +162,7 @@ pub(crate) fn assemble(
     } = loaded;
     let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
         *prev_resolver == resolver
-            && same(&prev.config.upstream, &config.upstream)
+            && prev.config.upstream == config.upstream
             && prev.config.timeouts.upstream_connect == config.timeouts.upstream_connect
     };
     let (dialer, client) = match previous {
@@ -209,7 +205,7 @@ pub(crate) fn assemble(
         client,
         access_log: shared.access_log.clone(),
         auth,
-        policy: Arc::new(policy),
+        policy,
         interceptor,
         shutdown: shared.shutdown.clone(),
         tasks: shared.tasks.clone(),
@@ -224,7 +220,7 @@ fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! keep {
         ($key:literal, $($field:ident).+) => {
-            if !same(&new.$($field).+, &running.$($field).+) {
+            if new.$($field).+ != running.$($field).+ {
                 changed.push($key);
                 new.$($field).+ = running.$($field).+.clone();
             }
@@ -239,14 +235,6 @@ fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<&'static str> {
     // MIT krb5 reads the keytab path from the environment, set once before threads start.
     keep!("auth.negotiate.keytab", auth.negotiate.keytab);
     changed
-}
-
-/// Compares config sections by their serialised form (they are plain data without `PartialEq`).
-fn same<T: Serialize>(a: &T, b: &T) -> bool {
-    match (serde_json::to_value(a), serde_json::to_value(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// The outcome of a successful reload.
@@ -377,56 +365,4 @@ pub(crate) fn spawn_triggers(
 }
 
 #[cfg(test)]
-mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
-
-    use super::*;
-
-    #[test]
-    fn restart_only_keys_keep_the_running_value() {
-        let running = Config::parse("[server]\nlisten = [\"127.0.0.1:3128\"]\n", "a").unwrap();
-        let mut new = Config::parse(
-            "[server]\nlisten = [\"127.0.0.1:3129\"]\nconnect_ports = [443, 8443]\n[log]\nlevel = \"debug\"\n",
-            "b",
-        )
-        .unwrap();
-        let changed = keep_restart_only(&mut new, &running);
-        assert_eq!(changed, vec!["server.listen", "log"]);
-        assert_eq!(new.server.listen, running.server.listen);
-        assert_eq!(new.log.level, "info");
-        // Everything else is the new file's.
-        assert_eq!(new.server.connect_ports, vec![443, 8443]);
-        let mut same_again = running.clone();
-        assert!(keep_restart_only(&mut same_again, &running).is_empty());
-    }
-
-    #[test]
-    fn overrides_apply_to_every_load() {
-        let source = ConfigSource {
-            path: None,
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            data_dir: Some("/tmp/x".into()),
-        };
-        let config = source.load().unwrap();
-        assert_eq!(config.server.listen, source.listen);
-        assert_eq!(config.server.data_dir, PathBuf::from("/tmp/x"));
-    }
-
-    #[test]
-    fn a_broken_file_named_by_the_config_is_a_keyed_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let htpasswd = dir.path().join("users");
-        std::fs::write(&htpasswd, "alice:plaintext\n").unwrap();
-        let config = Config::parse(
-            &format!(
-                "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[tls]\ninspect = false\n",
-                htpasswd.display()
-            ),
-            "t",
-        )
-        .unwrap();
-        let metrics = Metrics::new().unwrap();
-        let err = load(config, None, &metrics).err().unwrap().to_string();
-        assert!(err.contains("key `auth.htpasswd`"), "{err}");
-    }
-}
+mod tests;

@@ -10,10 +10,13 @@ use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 
 use super::htpasswd::{Hash, Users};
-use super::AuthStats;
+use super::{AuthSetupError, AuthStats};
 
 /// Bound on remembered credentials; when full, expired entries go, then everything.
 const CACHE_MAX: usize = 10_000;
+
+/// The bcrypt hash (cost 5) an unknown user's password is checked against (see `Basic::dummy`).
+const DUMMY_HASH: &str = "$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy";
 
 pub(super) struct Basic {
     path: PathBuf,
@@ -37,12 +40,12 @@ struct CacheEntry {
 }
 
 impl Basic {
-    pub(super) fn load(path: PathBuf, ttl: Duration) -> Result<Basic, String> {
-        let users = Users::load(&path)?;
+    pub(super) fn load(path: PathBuf, ttl: Duration) -> Result<Basic, AuthSetupError> {
+        let users = Users::load(&path).map_err(AuthSetupError::Htpasswd)?;
         let stamp = file_stamp(&path);
         let mut cache_key = [0u8; 32];
-        getrandom::fill(&mut cache_key).map_err(|e| format!("no randomness: {e}"))?;
-        let dummy = Hash::parse("$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy")?;
+        getrandom::fill(&mut cache_key).map_err(AuthSetupError::Random)?;
+        let dummy = Hash::Crypt(DUMMY_HASH.to_owned());
         Ok(Basic {
             path,
             users: ArcSwap::from_pointee(users),

@@ -6,12 +6,52 @@
 //! "works" with entries we silently cannot verify is worse than a clear error.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
+
+/// Why a stored hash was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HashError {
+    #[error("malformed $apr1$ hash")]
+    Apr1,
+    #[error("malformed {{SHA}} hash (not base64)")]
+    ShaNotBase64,
+    #[error("malformed {{SHA}} hash (not 20 bytes)")]
+    ShaLength,
+    #[error("unsupported hash format {prefix:?} (use htpasswd -B, -m, -2, -5 or -s)")]
+    Unsupported { prefix: String },
+}
+
+/// Why a line of an htpasswd file was refused; the line number counts from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EntryError {
+    #[error("line {line}: expected user:hash")]
+    NoColon { line: usize },
+    #[error("line {line}: empty user name")]
+    EmptyUser { line: usize },
+    #[error("line {line} (user {user}): {error}")]
+    Hash {
+        line: usize,
+        user: String,
+        error: HashError,
+    },
+}
+
+/// Why an htpasswd file could not be loaded; names the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HtpasswdError {
+    #[error("{}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Entry { path: PathBuf, error: EntryError },
+}
 
 /// One stored password hash.
 #[derive(Debug, Clone)]
@@ -25,13 +65,13 @@ pub(crate) enum Hash {
 }
 
 impl Hash {
-    pub(crate) fn parse(stored: &str) -> Result<Hash, String> {
+    pub(crate) fn parse(stored: &str) -> Result<Hash, HashError> {
         if let Some(rest) = stored.strip_prefix("$apr1$") {
             let salt = rest
                 .split('$')
                 .next()
                 .filter(|s| !s.is_empty() && s.len() <= 8)
-                .ok_or("malformed $apr1$ hash")?;
+                .ok_or(HashError::Apr1)?;
             return Ok(Hash::Apr1 {
                 salt: salt.to_owned(),
                 full: stored.to_owned(),
@@ -40,10 +80,8 @@ impl Hash {
         if let Some(b64) = stored.strip_prefix("{SHA}") {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|_| "malformed {SHA} hash (not base64)")?;
-            let digest: [u8; 20] = bytes
-                .try_into()
-                .map_err(|_| "malformed {SHA} hash (not 20 bytes)")?;
+                .map_err(|_| HashError::ShaNotBase64)?;
+            let digest: [u8; 20] = bytes.try_into().map_err(|_| HashError::ShaLength)?;
             return Ok(Hash::Sha1(digest));
         }
         for prefix in ["$2y$", "$2b$", "$2a$", "$5$", "$6$", "$1$"] {
@@ -53,10 +91,9 @@ impl Hash {
                 return Ok(Hash::Crypt(stored.to_owned()));
             }
         }
-        Err(format!(
-            "unsupported hash format {:?} (use htpasswd -B, -m, -2, -5 or -s)",
-            stored.chars().take(6).collect::<String>()
-        ))
+        Err(HashError::Unsupported {
+            prefix: stored.chars().take(6).collect(),
+        })
     }
 
     /// Checks `password`; comparisons of derived values are constant-time.
@@ -82,27 +119,36 @@ pub(crate) struct Users {
 }
 
 impl Users {
-    pub(crate) fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Users::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub(crate) fn load(path: &Path) -> Result<Users, HtpasswdError> {
+        let text = std::fs::read_to_string(path).map_err(|error| HtpasswdError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Users::parse(&text).map_err(|error| HtpasswdError::Entry {
+            path: path.to_owned(),
+            error,
+        })
     }
 
-    pub(crate) fn parse(text: &str) -> Result<Users, String> {
+    pub(crate) fn parse(text: &str) -> Result<Users, EntryError> {
         let mut users = HashMap::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let lineno = index + 1;
+            let line_no = index + 1;
             let (user, stored) = line
                 .split_once(':')
-                .ok_or_else(|| format!("line {lineno}: expected user:hash"))?;
+                .ok_or(EntryError::NoColon { line: line_no })?;
             if user.is_empty() {
-                return Err(format!("line {lineno}: empty user name"));
+                return Err(EntryError::EmptyUser { line: line_no });
             }
-            let hash =
-                Hash::parse(stored).map_err(|e| format!("line {lineno} (user {user}): {e}"))?;
+            let hash = Hash::parse(stored).map_err(|error| EntryError::Hash {
+                line: line_no,
+                user: user.to_owned(),
+                error,
+            })?;
             users.insert(user.to_owned(), hash);
         }
         Ok(Users { users })
@@ -222,9 +268,13 @@ mod tests {
         let err =
             Users::parse("# users\nalice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:plaintext\n")
                 .unwrap_err();
-        assert!(err.contains("line 3") && err.contains("bob"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "line 3 (user bob): unsupported hash format \"plaint\" (use htpasswd -B, -m, -2, -5 or -s)"
+        );
         let err = Users::parse("nocolon\n").unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(err, EntryError::NoColon { line: 1 });
+        assert_eq!(err.to_string(), "line 1: expected user:hash");
         assert!(
             Users::parse("carol:rnFl3R2gXJ7Yc\n").is_err(),
             "DES crypt must be refused"

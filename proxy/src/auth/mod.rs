@@ -7,6 +7,7 @@
 //! cache, so bcrypt does not run per request.
 
 mod basic;
+mod error;
 pub(crate) mod htpasswd;
 #[cfg(feature = "negotiate")]
 mod negotiate;
@@ -22,6 +23,8 @@ use http::header::{HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
 use ipnet::IpNet;
 
 use crate::config::{AuthConfig, AuthScheme};
+
+pub(crate) use error::AuthSetupError;
 
 /// Counters, read by the metrics at scrape time ([`crate::metrics::AuthCounters`]).
 #[derive(Debug, Default)]
@@ -88,17 +91,13 @@ const MAX_CREDENTIALS: usize = 48 * 1024;
 
 impl Auth {
     /// Builds the authenticator, or `None` when no scheme is enabled. Errors name the key.
-    pub(crate) fn new(config: &AuthConfig) -> Result<Option<Auth>, (&'static str, String)> {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Option<Auth>, AuthSetupError> {
         if config.schemes.is_empty() {
             return Ok(None);
         }
         let basic = if config.schemes.contains(&AuthScheme::Basic) {
-            let path = config.htpasswd.clone().ok_or((
-                "auth.htpasswd",
-                "Basic authentication needs an htpasswd file".to_owned(),
-            ))?;
-            let basic = basic::Basic::load(path, config.credentials_ttl)
-                .map_err(|e| ("auth.htpasswd", e))?;
+            let path = config.htpasswd.clone().ok_or(AuthSetupError::NoHtpasswd)?;
+            let basic = basic::Basic::load(path, config.credentials_ttl)?;
             if basic.user_count() == 0 {
                 tracing::warn!("the htpasswd file has no users; every Basic login will fail");
             }
@@ -108,18 +107,13 @@ impl Auth {
         };
         #[cfg(feature = "negotiate")]
         let negotiate = if config.schemes.contains(&AuthScheme::Negotiate) {
-            Some(negotiate::Negotiate::new(&config.negotiate).map_err(|e| ("auth.negotiate", e))?)
+            Some(negotiate::Negotiate::new(&config.negotiate).map_err(AuthSetupError::Negotiate)?)
         } else {
             None
         };
         #[cfg(not(feature = "negotiate"))]
         if config.schemes.contains(&AuthScheme::Negotiate) {
-            return Err((
-                "auth.schemes",
-                "this portcullis was built without Negotiate (Kerberos) support; rebuild with \
-                 the default `negotiate` feature (needs libkrb5-dev, libclang-dev, pkg-config)"
-                    .to_owned(),
-            ));
+            return Err(AuthSetupError::NegotiateNotBuilt);
         }
         // Negotiate first: clients pick the first scheme they support, and Kerberos is the
         // stronger one.

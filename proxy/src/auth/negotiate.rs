@@ -12,6 +12,23 @@ use libgssapi::oid::GSS_NT_KRB5_PRINCIPAL;
 
 use crate::config::NegotiateConfig;
 
+/// Why acceptor credentials cannot be acquired (`auth.negotiate`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NegotiateError {
+    #[error("no acceptor credentials in the keytab: {0}")]
+    NoCredentials(libgssapi::error::Error),
+    #[error("invalid service principal {principal:?}: {error}")]
+    Principal {
+        principal: String,
+        error: libgssapi::error::Error,
+    },
+    #[error("no key for {principal} in the keytab: {error}")]
+    NoKey {
+        principal: String,
+        error: libgssapi::error::Error,
+    },
+}
+
 pub(super) struct Negotiate {
     principal: Option<String>,
     strip_realm: bool,
@@ -33,7 +50,7 @@ pub(super) enum Step {
 impl Negotiate {
     /// Checks that acceptor credentials can be acquired now, so a missing keytab or a principal
     /// not in it is a start-up error rather than a 407 for everyone.
-    pub(super) fn new(config: &NegotiateConfig) -> Result<Negotiate, String> {
+    pub(super) fn new(config: &NegotiateConfig) -> Result<Negotiate, NegotiateError> {
         let negotiate = Negotiate {
             principal: config.service_principal.clone(),
             strip_realm: config.strip_realm,
@@ -42,18 +59,26 @@ impl Negotiate {
         Ok(negotiate)
     }
 
-    fn acceptor_cred(&self) -> Result<Option<Cred>, String> {
+    fn acceptor_cred(&self) -> Result<Option<Cred>, NegotiateError> {
         let Some(principal) = &self.principal else {
             // No principal: accept tickets for any service principal in the keytab.
             Cred::acquire(None, None, CredUsage::Accept, None)
-                .map_err(|e| format!("no acceptor credentials in the keytab: {e}"))?;
+                .map_err(NegotiateError::NoCredentials)?;
             return Ok(None);
         };
-        let name = Name::new(principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
-            .map_err(|e| format!("invalid service principal {principal:?}: {e}"))?;
+        let name =
+            Name::new(principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL)).map_err(|error| {
+                NegotiateError::Principal {
+                    principal: principal.clone(),
+                    error,
+                }
+            })?;
         Cred::acquire(Some(&name), None, CredUsage::Accept, None)
             .map(Some)
-            .map_err(|e| format!("no key for {principal} in the keytab: {e}"))
+            .map_err(|error| NegotiateError::NoKey {
+                principal: principal.clone(),
+                error,
+            })
     }
 
     /// Feeds one client token to the connection's context (GSS-API calls block on the keytab
@@ -64,7 +89,7 @@ impl Negotiate {
             Some(ctx) => ctx,
             None => match self.acceptor_cred() {
                 Ok(cred) => ServerCtx::new(cred),
-                Err(e) => return Step::Failed(e),
+                Err(e) => return Step::Failed(e.to_string()),
             },
         };
         let strip_realm = self.strip_realm;

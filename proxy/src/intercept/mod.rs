@@ -16,14 +16,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_certs::{
-    CaParams, CertCache, CertificateAuthority, Issuer, IssuerConfig, KeyAlgorithm, KeyFileCheck,
-    LeafRequest, ServerConfigs,
+    CaParams, CertCache, CertificateAuthority, Issuer, IssuerConfig, KeyFileCheck, LeafRequest,
+    ServerConfigs,
 };
 use portcullis_policy::host::{normalise, HostPattern};
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
-use upstream_tls::UpstreamTls;
+use upstream_tls::{UpstreamTls, UpstreamTlsError};
+
+/// Why interception could not be set up; [`InterceptError::key`] names the key to fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InterceptError {
+    #[error("{0}")]
+    CaGenerate(portcullis_certs::Error),
+    #[error("cannot create the interception CA: {0}")]
+    CaWrite(portcullis_certs::Error),
+    #[error("{0}")]
+    CaLoad(portcullis_certs::Error),
+    /// The leaf issuer refused its settings.
+    #[error("{0}")]
+    Issuer(portcullis_certs::Error),
+    #[error("{0}")]
+    UpstreamTls(UpstreamTlsError),
+}
+
+impl InterceptError {
+    /// The config key the error is about.
+    pub(crate) fn key(&self) -> &'static str {
+        match self {
+            InterceptError::CaGenerate(_) => "tls",
+            InterceptError::CaWrite(_) | InterceptError::CaLoad(_) => "server.data_dir",
+            InterceptError::Issuer(_) => "tls.leaf_key",
+            InterceptError::UpstreamTls(_) => "tls.upstream_ca_file",
+        }
+    }
+}
 
 /// Everything interception needs, built once at start-up.
 pub(crate) struct Interceptor {
@@ -43,32 +71,23 @@ impl Interceptor {
     pub(crate) fn new(
         config: &Config,
         mint_observer: impl Fn(Duration) + Send + Sync + 'static,
-    ) -> Result<Option<Interceptor>, (&'static str, String)> {
+    ) -> Result<Option<Interceptor>, InterceptError> {
         let tls = &config.tls;
         if !tls.inspect {
             return Ok(None);
         }
         let dir = &config.server.data_dir;
         let ca = load_or_create_ca(dir, tls.auto_init_ca, tls.allow_insecure_key_permissions)?;
-        let key_algorithm: KeyAlgorithm = tls
-            .leaf_key
-            .parse()
-            .map_err(|e| ("tls.leaf_key", format!("{e}")))?;
         let ca = Arc::new(ca);
         let issuer = Issuer::new(
             Arc::clone(&ca),
             IssuerConfig {
-                key_algorithm,
+                key_algorithm: tls.leaf_key,
                 ..IssuerConfig::default()
             },
         )
-        .map_err(|e| ("tls.leaf_key", e.to_string()))?;
-        let patterns = |key: &'static str, list: &[String]| {
-            list.iter()
-                .map(|p| HostPattern::parse(p).map_err(|e| (key, e.to_string())))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let upstream = UpstreamTls::new(tls).map_err(|e| ("tls.upstream_ca_file", e))?;
+        .map_err(InterceptError::Issuer)?;
+        let upstream = UpstreamTls::new(tls).map_err(InterceptError::UpstreamTls)?;
         tracing::info!(
             ca = %ca.subject(),
             fingerprint = %ca.fingerprint(),
@@ -80,7 +99,7 @@ impl Interceptor {
                 .with_mint_observer(mint_observer),
             server_configs: ServerConfigs::new(4096),
             upstream,
-            insecure: patterns("tls.insecure_upstream", &tls.insecure_upstream)?,
+            insecure: tls.insecure_upstream.clone(),
             refusals: refusals::Refusals::new(tls.tunnel_after_refusal),
             ca,
         }))
@@ -135,7 +154,7 @@ fn load_or_create_ca(
     dir: &Path,
     auto_init: bool,
     allow_insecure: bool,
-) -> Result<CertificateAuthority, (&'static str, String)> {
+) -> Result<CertificateAuthority, InterceptError> {
     let check = if allow_insecure {
         KeyFileCheck::AllowInsecure
     } else {
@@ -144,18 +163,14 @@ fn load_or_create_ca(
     let cert = dir.join(portcullis_certs::CA_CERT_FILE);
     if !cert.exists() && auto_init {
         let ca = CertificateAuthority::generate(&CaParams::default())
-            .map_err(|e| ("tls", e.to_string()))?;
-        ca.write_to_dir(dir, false).map_err(|e| {
-            (
-                "server.data_dir",
-                format!("cannot create the interception CA: {e}"),
-            )
-        })?;
+            .map_err(InterceptError::CaGenerate)?;
+        ca.write_to_dir(dir, false)
+            .map_err(InterceptError::CaWrite)?;
         tracing::warn!(
             path = %cert.display(),
             "created a new interception CA; clients must trust it (download it from http://<proxy>/ca.pem or run `portcullis ca export`)"
         );
         return Ok(ca);
     }
-    CertificateAuthority::load_from_dir(dir, check).map_err(|e| ("server.data_dir", e.to_string()))
+    CertificateAuthority::load_from_dir(dir, check).map_err(InterceptError::CaLoad)
 }

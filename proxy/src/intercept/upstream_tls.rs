@@ -1,6 +1,7 @@
 //! The TLS client side of interception: which roots are trusted, ALPN mirroring, and turning a
 //! failed origin handshake into an error the user can read.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use portcullis_certs::crypto_provider;
@@ -15,6 +16,29 @@ use crate::error::ProxyError;
 
 pub(crate) const H2: &[u8] = b"h2";
 pub(crate) const HTTP11: &[u8] = b"http/1.1";
+
+/// Why the origin-side TLS configs could not be built; all but the last are about
+/// `tls.upstream_ca_file`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamTlsError {
+    #[error("{}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Pem {
+        path: PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Certificate { path: PathBuf, error: rustls::Error },
+    #[error("{}: no certificates", path.display())]
+    NoCertificates { path: PathBuf },
+    /// The crypto provider offers no protocol version rustls accepts.
+    #[error("{0}")]
+    Protocols(rustls::Error),
+}
 
 /// Client configs for each ALPN offer we mirror, verifying and (for `insecure_upstream` hosts)
 /// not verifying.
@@ -34,7 +58,7 @@ fn alpn_sets() -> [Vec<Vec<u8>>; 3] {
 }
 
 impl UpstreamTls {
-    pub(crate) fn new(config: &TlsConfig) -> Result<UpstreamTls, String> {
+    pub(crate) fn new(config: &TlsConfig) -> Result<UpstreamTls, UpstreamTlsError> {
         let mut roots = RootCertStore::empty();
         // The OS store, honouring SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL-based tools do.
         let native = rustls_native_certs::load_native_certs();
@@ -46,28 +70,37 @@ impl UpstreamTls {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         if let Some(path) = &config.upstream_ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|error| UpstreamTlsError::Read {
+                path: path.clone(),
+                error,
+            })?;
             let mut added = 0;
             for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
                 let cert: CertificateDer<'static> =
-                    cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                    cert.map_err(|error| UpstreamTlsError::Pem {
+                        path: path.clone(),
+                        error,
+                    })?;
                 roots
                     .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|error| UpstreamTlsError::Certificate {
+                        path: path.clone(),
+                        error,
+                    })?;
                 added += 1;
             }
             if added == 0 {
-                return Err(format!("{}: no certificates", path.display()));
+                return Err(UpstreamTlsError::NoCertificates { path: path.clone() });
             }
         }
         let count = roots.len();
         let roots = Arc::new(roots);
         let build = |verifier: Option<Arc<dyn ServerCertVerifier>>,
                      alpn: Vec<Vec<u8>>|
-         -> Result<Arc<ClientConfig>, String> {
+         -> Result<Arc<ClientConfig>, UpstreamTlsError> {
             let builder = ClientConfig::builder_with_provider(crypto_provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?;
+                .map_err(UpstreamTlsError::Protocols)?;
             let mut config = match verifier {
                 None => builder
                     .with_root_certificates(Arc::clone(&roots))
