@@ -172,7 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("{} is not a Microsoft 365 endpoint list", file.display())
             })?;
             let policy = config.compiled_policy(&sets)?;
-            crate::m365_feed::store(&config, &json, "imported").map_err(anyhow::Error::msg)?;
+            crate::m365_cache::store(&config, &json, "imported").map_err(anyhow::Error::msg)?;
             println!(
                 "imported {} endpoint sets into {}; {} values skipped; reload the proxy to use them",
                 sets.len(),

@@ -25,6 +25,7 @@ mod headers;
 mod http;
 mod intercept;
 mod limits;
+mod m365_cache;
 mod m365_feed;
 mod metrics;
 mod netfilter_cmd;

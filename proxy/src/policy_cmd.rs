@@ -47,7 +47,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Explain(args) => {
             let config = crate::cli::load_config(args.config.as_deref())?;
             // The same list the running proxy uses: the cached Microsoft 365 endpoints.
-            let m365 = crate::m365_feed::load_cached(&config);
+            let m365 = crate::m365_cache::load_cached(&config);
             let policy = config.compiled_policy(&m365.sets)?;
             print!("{}", explain(&policy, &args)?);
             Ok(())

@@ -100,7 +100,7 @@ pub(crate) fn load(
 ) -> Result<Loaded, LoadError> {
     let resolver = Resolver::new(&config).map_err(LoadError::HostsFile)?;
     let auth = Auth::new(&config.auth).map_err(LoadError::Auth)?;
-    let m365 = crate::m365_feed::load_cached(&config);
+    let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
         metrics.m365_loaded(&config.m365.instance, version);
