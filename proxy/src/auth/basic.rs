@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 
-use super::htpasswd::{Hash, Users};
+use super::htpasswd::Users;
 use super::AuthStats;
 
 /// Bound on remembered credentials; when full, expired entries go, then everything.
@@ -25,9 +25,6 @@ pub(super) struct Basic {
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
     cache_key: [u8; 32],
     ttl: Duration,
-    /// Verified against when the user does not exist, so that an unknown user costs as much
-    /// time as a wrong password (no user enumeration by timing).
-    dummy: Hash,
 }
 
 struct CacheEntry {
@@ -42,7 +39,6 @@ impl Basic {
         let stamp = file_stamp(&path);
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).map_err(|e| format!("no randomness: {e}"))?;
-        let dummy = Hash::parse("$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy")?;
         Ok(Basic {
             path,
             users: ArcSwap::from_pointee(users),
@@ -51,7 +47,6 @@ impl Basic {
             cache: Mutex::new(HashMap::new()),
             cache_key,
             ttl,
-            dummy,
         })
     }
 
@@ -84,8 +79,9 @@ impl Basic {
             let users = this.users.load();
             match users.get(&user_owned) {
                 Some(hash) => hash.verify(&password),
+                // An unknown name costs what a wrong password costs (see `Users::dummy`).
                 None => {
-                    let _ = this.dummy.verify(&password);
+                    let _ = users.dummy().verify(&password);
                     false
                 }
             }
