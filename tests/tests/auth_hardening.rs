@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{curl, TestOrigin, TestProxy};
+use portcullis_e2e::{curl, htpasswd, TestOrigin, TestProxy};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 fn basic_config(file: &Path, extra: &str) -> String {
     format!(
@@ -63,4 +65,95 @@ async fn an_unknown_user_costs_as_much_as_a_wrong_password() {
         unknown * 2 >= known,
         "an unknown user is answered in {unknown:?}, a wrong password in {known:?}"
     );
+}
+
+/// How many failures the proxy held back (its own log line per delayed answer).
+fn delayed(proxy: &TestProxy) -> usize {
+    proxy.stderr().matches("slowing this client down").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_interleaved_with_a_valid_login_are_still_delayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    // apr1: cheap hashes, so the test measures the throttle and not the hashing.
+    htpasswd(&file, "-m", "alice", "alice-secret");
+    htpasswd(&file, "-m", "mallory", "mallory-pw");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(
+        &file,
+        "[auth.throttle]\nfailures = 5\nwindow = \"10m\"\nmax_delay = \"200ms\"\n",
+    ));
+    let url = origin.url("/");
+    // The attacker guesses alice's password from one address and logs in with its own valid
+    // account after every fourth guess, hoping that each success wipes the slate clean.
+    for round in 0..10 {
+        for guess in 0..4 {
+            let r = curl(&[
+                "-x",
+                &proxy.url(),
+                "-U",
+                &format!("alice:guess-{round}-{guess}"),
+                &url,
+            ])
+            .await;
+            assert_eq!(r.status, 407, "{r:?}");
+        }
+        let ok = curl(&["-x", &proxy.url(), "-U", "mallory:mallory-pw", &url]).await;
+        assert_eq!(ok.status, 200, "{ok:?}");
+    }
+    // 40 wrong guesses: the first five are free, every later one is held back.
+    assert_eq!(delayed(&proxy), 35, "{}", proxy.stderr());
+
+    // alice's own success clears alice's failures only: mallory's next mistakes from a fresh
+    // address start from zero, and alice typing her password right is never held back.
+    let ok = curl(&["-x", &proxy.url(), "-U", "alice:alice-secret", &url]).await;
+    assert_eq!(ok.status, 200);
+    let before = delayed(&proxy);
+    let typo = curl(&[
+        "--interface",
+        "127.0.0.5",
+        "-x",
+        &proxy.url(),
+        "-U",
+        "mallory:typo",
+        &url,
+    ])
+    .await;
+    assert_eq!(typo.status, 407);
+    assert_eq!(delayed(&proxy), before, "{}", proxy.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_the_throttle_delay_is_still_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    htpasswd(&file, "-m", "alice", "alice-secret");
+    let origin = TestOrigin::http().await;
+    // After one free failure the answers wait 100, 200, 400, 800 ms and 1.6 s.
+    let proxy = TestProxy::start(&basic_config(
+        &file,
+        "[auth.throttle]\nfailures = 1\nwindow = \"10m\"\nmax_delay = \"5s\"\n",
+    ));
+    let first = curl(&["-x", &proxy.url(), "-U", "alice:wrong", &origin.url("/")]).await;
+    assert_eq!(first.status, 407);
+    // "Authorization: Basic alice:wrong"
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n\r\n",
+        origin.url("/"),
+        origin.addr
+    );
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        // Gone long before the proxy answers.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(tcp);
+    }
+    // Every attempt is one line, whether or not its client stayed for the answer.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let log = proxy.access_log(6);
+    let denied = log.iter().filter(|l| l.contains("TCP_DENIED/407")).count();
+    assert_eq!(denied, 6, "{log:#?}\n{}", proxy.stderr());
+    assert_eq!(delayed(&proxy), 5, "{}", proxy.stderr());
 }

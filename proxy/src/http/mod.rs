@@ -65,13 +65,20 @@ pub(crate) async fn handle(
                 txn.set_user(name);
                 auth_reply = reply;
             }
-            Authenticated::Challenge(page) => {
+            Authenticated::Challenge { page, cause, delay } => {
                 let outcome = Outcome {
                     result: ResultCode::TcpDenied,
-                    error: Some(page.1),
+                    error: Some(cause),
                     ..Outcome::LOCAL
                 };
-                return txn.respond(&proxy, in_flight, page.0, outcome);
+                // The answer is committed (its log line is written when it is sent, or when
+                // it is dropped) before a throttled client is held back: one that leaves
+                // during the delay is still logged.
+                let response = txn.respond(&proxy, in_flight, page, outcome);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return response;
             }
         }
         if txn.user().is_some() && proxy.policy.uses_identity() {
@@ -106,8 +113,12 @@ enum Authenticated {
         /// Negotiate's mutual-authentication token for the response.
         reply: Option<HeaderValue>,
     },
-    /// The 407 page (with every scheme's challenge) and its cause.
-    Challenge((Response<ProxyBody>, &'static str)),
+    /// The 407 page (with every scheme's challenge), its cause, and how long to hold it.
+    Challenge {
+        page: Response<ProxyBody>,
+        cause: &'static str,
+        delay: std::time::Duration,
+    },
 }
 
 async fn authenticate(
@@ -128,12 +139,13 @@ async fn authenticate(
         AuthOutcome::Challenge {
             cause,
             negotiate_token,
+            delay,
         } => {
             let mut page = pages::auth_required(cause);
             for challenge in auth.challenges(negotiate_token.as_deref()) {
                 page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
             }
-            Authenticated::Challenge((page, cause))
+            Authenticated::Challenge { page, cause, delay }
         }
     }
 }
