@@ -157,3 +157,88 @@ async fn a_client_that_leaves_during_the_throttle_delay_is_still_logged() {
     assert_eq!(denied, 6, "{log:#?}\n{}", proxy.stderr());
     assert_eq!(delayed(&proxy), 5, "{}", proxy.stderr());
 }
+
+/// A client uploading a body too large to wait for: sends the head and `send_mib` MiB of body
+/// in 64 KiB pieces, then reads the answer. Prints what happened, one fact per line.
+const UPLOADER: &str = r#"
+import socket, sys, time
+proxy_port, target, declared, send_mib = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.create_connection(("127.0.0.1", proxy_port))
+s.sendall(("POST %s HTTP/1.1\r\nHost: upload.test\r\nContent-Length: %d\r\n\r\n" % (target, declared)).encode())
+chunk = b"u" * 65536
+sent, send_error = 0, None
+try:
+    while sent < send_mib << 20:
+        s.sendall(chunk)
+        sent += len(chunk)
+        time.sleep(0.001)
+except OSError as e:
+    send_error = type(e).__name__
+s.settimeout(10)
+data, recv_error = b"", None
+try:
+    while b"\r\n\r\n" not in data:
+        more = s.recv(65536)
+        if not more:
+            break
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        more = s.recv(65536)
+        if not more:
+            break
+        body += more
+except OSError as e:
+    recv_error = type(e).__name__
+    head, body, length = data, b"", -1
+print("sent", sent)
+print("send_error", send_error)
+print("recv_error", recv_error)
+print("status", head.split(b"\r\n")[0].decode(errors="replace"))
+print("body_complete", length >= 0 and len(body) >= length)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_407_to_a_large_upload_is_read_by_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    htpasswd(&file, "-m", "alice", "alice-secret");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    // 1 GiB declared, as Outlook's RPC_IN_DATA channel does; 16 MiB sent before reading.
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", UPLOADER])
+        .arg(proxy.addr.port().to_string())
+        .arg(origin.url("/sink"))
+        .arg((1u64 << 30).to_string())
+        .arg("16")
+        .output()
+        .await
+        .expect("python3");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The upload was never reset under the client, and it read the whole 407.
+    assert!(report.contains("send_error None"), "{report}");
+    assert!(report.contains("recv_error None"), "{report}");
+    assert!(
+        report.contains("status HTTP/1.1 407 Proxy Authentication Required"),
+        "{report}"
+    );
+    assert!(report.contains("body_complete True"), "{report}");
+    assert_eq!(
+        origin.sink_bytes(),
+        0,
+        "an unauthenticated body reached the origin"
+    );
+    let log = proxy.access_log(1);
+    assert!(log.iter().any(|l| l.contains("TCP_DENIED/407")), "{log:?}");
+}

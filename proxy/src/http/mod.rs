@@ -14,6 +14,7 @@ mod connect;
 mod forward;
 pub(crate) mod headers;
 mod inspect;
+mod linger;
 mod local;
 mod pages;
 pub(crate) mod pinned;
@@ -75,6 +76,8 @@ pub(crate) async fn handle(
                 // it is dropped) before a throttled client is held back: one that leaves
                 // during the delay is still logged.
                 let response = txn.respond(&proxy, in_flight, page, outcome);
+                let (head, body) = req.into_parts();
+                linger::discard_body(&proxy, &conn, &head.headers, body);
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -91,7 +94,10 @@ pub(crate) async fn handle(
     if let Some(decision) = &decision {
         txn.decided(decision);
         if let Some(err) = ProxyError::denial(decision) {
-            return txn.fail(&proxy, in_flight, err);
+            let response = txn.fail(&proxy, in_flight, err);
+            let (head, body) = req.into_parts();
+            linger::discard_body(&proxy, &conn, &head.headers, body);
+            return response;
         }
     }
     let mut response = if is_connect {
