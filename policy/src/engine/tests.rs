@@ -367,6 +367,17 @@ fn explicit_timeouts_beat_exchange_class() {
 }
 
 #[test]
+fn outlook_user_agent_on_unknown_host_is_inspected_by_default() {
+    let p = policy("");
+    for ua in [OUTLOOK_UA, "MSRPC", "Outlook-iOS/2.0"] {
+        let d = p.decide_connect(&connect("mail.unknown.example", 443).with_user_agent(Some(ua)));
+        assert_eq!(d.rule.name.as_ref(), "outlook:unknown-host-ua", "{ua}");
+        assert_eq!(d.action, Action::Inspect, "{ua}");
+        assert_eq!(d.auth, AuthRequirement::Required, "{ua}");
+    }
+}
+
+#[test]
 fn outlook_user_agent_on_unknown_host() {
     let p = policy("[outlook]\nunknown_host_from_outlook_ua = \"tunnel\"");
     let d =
