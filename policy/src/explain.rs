@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::decision::{ConnectFacts, Decision, Facts, RequestFacts};
+use crate::decision::{AuthRequirement, ConnectFacts, Decision, Facts, RequestFacts};
 use crate::engine::Policy;
 use crate::exchange::{self, Predicate};
 use crate::rule::{Rule, KEYS};
@@ -30,6 +30,23 @@ pub struct Explanation {
     pub conditions: Vec<ConditionMatch>,
     /// The Exchange predicate that classified the request, if any.
     pub exchange: Option<&'static Predicate>,
+    /// Set by [`Explanation::with_settled_auth`]: `decision.auth` was not this decision's to
+    /// make, and this says where it was made (e.g. `decided at the CONNECT`).
+    pub auth_settled: Option<&'static str>,
+}
+
+impl Explanation {
+    /// This explanation with the authentication the proxy actually applies, settled by an
+    /// earlier decision (`where_`, e.g. `decided at the CONNECT`): the CONNECT decides it for
+    /// everything after it (the re-decision on the SNI, the requests inside an inspected
+    /// tunnel), and a decision made before the user is known decides it for the one made with
+    /// the user. Showing the later decision's own `auth` would tell the operator something the
+    /// proxy never does.
+    pub fn with_settled_auth(mut self, auth: AuthRequirement, where_: &'static str) -> Explanation {
+        self.decision.auth = auth;
+        self.auth_settled = Some(where_);
+        self
+    }
 }
 
 impl Policy {
@@ -71,6 +88,7 @@ fn explanation(
         decision,
         conditions,
         exchange,
+        auth_settled: None,
     }
 }
 
@@ -99,7 +117,10 @@ impl fmt::Display for Explanation {
         if let crate::Action::Deny { reason } = &d.action {
             writeln!(f, "reason:   {reason}")?;
         }
-        writeln!(f, "auth:     {:?}", d.auth)?;
+        match self.auth_settled {
+            Some(where_) => writeln!(f, "auth:     {:?} ({where_})", d.auth)?,
+            None => writeln!(f, "auth:     {:?}", d.auth)?,
+        }
         writeln!(f, "timeouts: {:?}", d.timeouts)?;
         writeln!(
             f,

@@ -56,7 +56,15 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Where the authentication shown for a later decision was decided.
+const AT_CONNECT: &str = "decided at the CONNECT";
+const BEFORE_AUTH: &str = "decided before the user is known";
+
 /// What `explain` prints; separate from printing so that it can be tested.
+///
+/// Every `auth:` line is the authentication the proxy applies, which only the first decision
+/// makes — on the CONNECT or plain request, before the user is known. Later decisions (with
+/// the user, on the SNI, for the requests inside an inspected tunnel) show it as settled.
 pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
     let user = args
@@ -64,45 +72,58 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
         .as_deref()
         .map(|name| Identity { name, groups: &[] });
     let mut out = String::new();
-    let explain_request = |host: &str| {
-        let facts = RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
-            .with_user_agent(args.ua.as_deref())
-            .with_sni(args.sni.as_deref())
-            .with_user(user);
-        indent(&policy.explain_request(&facts).to_string())
-    };
     if !target.tls {
         out.push_str(&format!(
             "{} http://{}:{}{} from {}\n",
             args.method, target.host, target.port, target.path, args.client
         ));
-        out.push_str(&explain_request(&target.host));
+        let facts = RequestFacts::new(
+            &args.method,
+            &target.host,
+            target.port,
+            &target.path,
+            args.client,
+        )
+        .with_user_agent(args.ua.as_deref())
+        .with_sni(args.sni.as_deref());
+        let mut e = policy.explain_request(&facts.with_user(user));
+        if user.is_some() {
+            let auth = policy.decide_request(&facts).auth;
+            e = e.with_settled_auth(auth, BEFORE_AUTH);
+        }
+        out.push_str(&indent(&e.to_string()));
         return Ok(out);
     }
     let connect = ConnectFacts::new(&target.host, target.port, args.client)
-        .with_user_agent(args.ua.as_deref())
-        .with_user(user);
+        .with_user_agent(args.ua.as_deref());
     out.push_str(&format!(
         "CONNECT {}:{} from {}\n",
         target.host, target.port, args.client
     ));
-    let first = policy.explain_connect(&connect);
+    // What the proxy challenges on: the CONNECT decided before the user is known.
+    let auth = policy.decide_connect(&connect).auth;
+    let mut first = policy.explain_connect(&connect.with_user(user));
+    if user.is_some() {
+        first = first.with_settled_auth(auth, BEFORE_AUTH);
+    }
     out.push_str(&indent(&first.to_string()));
     let mut action = first.decision.action.clone();
     // The proxy decides again once the ClientHello names the server: always for a bare IP
-    // (judged by the SNI name), and when rules test the SNI.
+    // (judged by the SNI name), and when rules test the SNI. Only the action can change.
     let by_ip = connect.dest_ip.is_some();
     let mut host = target.host.as_str();
     if let (Some(sni), Action::Inspect) = (args.sni.as_deref(), &action) {
         if by_ip || policy.uses_sni() {
-            let mut facts = connect.with_sni(Some(sni));
+            let mut facts = connect.with_sni(Some(sni)).with_user(user);
             if by_ip {
                 facts.host = sni;
                 host = sni;
             }
-            let second = policy.explain_connect(&facts);
+            let second = policy
+                .explain_connect(&facts)
+                .with_settled_auth(auth, AT_CONNECT);
             out.push_str(&format!(
-                "after the ClientHello (SNI {sni}; authentication stays as decided above):\n"
+                "after the ClientHello (SNI {sni}; only the action can change):\n"
             ));
             out.push_str(&indent(&second.to_string()));
             action = second.decision.action.clone();
@@ -114,7 +135,15 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
                 "inspected request {} https://{host}{}:\n",
                 args.method, target.path
             ));
-            out.push_str(&explain_request(host));
+            let facts =
+                RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
+                    .with_user_agent(args.ua.as_deref())
+                    .with_sni(args.sni.as_deref())
+                    .with_user(user);
+            let inner = policy
+                .explain_request(&facts)
+                .with_settled_auth(auth, AT_CONNECT);
+            out.push_str(&indent(&inner.to_string()));
         }
         Action::Tunnel => out.push_str(
             "the tunnel is relayed untouched: the proxy never sees the requests inside it\n",
@@ -229,7 +258,37 @@ mod tests {
             out.contains("after the ClientHello (SNI outlook.office365.com;"),
             "{out}"
         );
+        assert!(
+            out.contains("auth:     Required (decided at the CONNECT)"),
+            "{out}"
+        );
         assert!(out.contains("relayed untouched"), "{out}");
+    }
+
+    #[test]
+    fn authentication_is_always_the_one_the_proxy_applies() {
+        let config = crate::config::Config::parse(
+            "[[policy.rules]]\nname = \"lab\"\nhost = \"*.exempt.test\"\naction = \"inspect\"\nauth = \"exempt\"\n",
+            "t",
+        )
+        .unwrap();
+        let policy = config.compile_policy().unwrap();
+        // A bare IP is challenged: neither the SNI's rule nor the request inside exempts it.
+        let mut a = args("203.0.113.9:443");
+        a.sni = Some("www.exempt.test".to_owned());
+        let out = explain(&policy, &a).unwrap();
+        assert!(out.contains("rule:     lab"), "{out}");
+        assert!(!out.contains("Exempt"), "{out}");
+        assert_eq!(
+            out.matches("auth:     Required (decided at the CONNECT)")
+                .count(),
+            2,
+            "{out}"
+        );
+        // The exempt host itself: exempt all the way down.
+        let out = explain(&policy, &args("https://www.exempt.test/")).unwrap();
+        assert!(!out.contains("Required"), "{out}");
+        assert_eq!(out.matches("auth:     Exempt").count(), 2, "{out}");
     }
 
     #[test]

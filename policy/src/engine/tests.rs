@@ -530,6 +530,28 @@ fn explain_lists_each_matched_condition() {
 }
 
 #[test]
+fn explain_shows_authentication_settled_elsewhere() {
+    let p = policy(
+        "[[rules]]\nname = \"lab\"\nhost = \"*.exempt.test\"\naction = \"inspect\"\nauth = \"exempt\"",
+    );
+    // A bare-IP CONNECT is decided Required; the SNI then finds the exempt rule, whose own
+    // `auth` the proxy never applies.
+    let first = p.decide_connect(&connect("192.0.2.9", 443));
+    assert_eq!(first.auth, AuthRequirement::Required);
+    let e = p.explain_connect(&connect("www.exempt.test", 443).with_sni(Some("www.exempt.test")));
+    assert_eq!(e.decision.auth, AuthRequirement::Exempt);
+    let e = e.with_settled_auth(first.auth, "decided at the CONNECT");
+    assert_eq!(e.decision.auth, AuthRequirement::Required);
+    assert_eq!(e.decision.rule.name.as_ref(), "lab");
+    let text = e.to_string();
+    assert!(
+        text.contains("auth:     Required (decided at the CONNECT)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("Exempt"), "{text}");
+}
+
+#[test]
 fn index_agrees_with_linear_scan() {
     // Many overlapping patterns, checked against the unindexed scan for a set of names.
     let mut text = String::from("[outlook]\nmode = \"off\"\n");
