@@ -41,7 +41,15 @@ pub struct ExplainArgs {
     /// The TLS SNI (for a CONNECT to a bare IP, the name in the ClientHello).
     #[arg(long, value_name = "NAME")]
     pub sni: Option<String>,
+    /// An address the host resolves to (repeat for each), for decisions that depend on them
+    /// (`autodiscover.*` names). Without it such a host is resolved as the proxy would: the
+    /// config's `[resolve]`, `upstream.hosts_file`, then the system resolver.
+    #[arg(long, value_name = "IP")]
+    pub resolved: Vec<IpAddr>,
 }
+
+/// Looks a host up as the proxy would; `Err` says why it could not.
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
 
 pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
@@ -50,7 +58,19 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             // The same list the running proxy uses: the cached Microsoft 365 endpoints.
             let m365 = crate::m365_feed::load_cached(&config);
             let policy = Policy::compile_with_m365(&config.policy, &m365.sets).context("policy")?;
-            print!("{}", explain(&policy, &args)?);
+            let resolver =
+                crate::upstream::Resolver::new(&config).context("upstream.hosts_file")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let lookup = |host: &str, port: u16| {
+                runtime
+                    .block_on(resolver.resolve(host, port))
+                    .map(|addrs| addrs.iter().map(|a| a.ip()).collect())
+                    .map_err(|e| e.to_string())
+            };
+            print!("{}", explain(&policy, &args, &lookup)?);
             Ok(())
         }
     }
@@ -65,13 +85,40 @@ const BEFORE_AUTH: &str = "decided before the user is known";
 /// Every `auth:` line is the authentication the proxy applies, which only the first decision
 /// makes — on the CONNECT or plain request, before the user is known. Later decisions (with
 /// the user, on the SNI, for the requests inside an inspected tunnel) show it as settled.
-pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
+pub(crate) fn explain(
+    policy: &Policy,
+    args: &ExplainArgs,
+    lookup: Lookup<'_>,
+) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
     let user = args
         .user
         .as_deref()
         .map(|name| Identity { name, groups: &[] });
     let mut out = String::new();
+    // The addresses, when the decision depends on them: as given, or looked up (an empty list
+    // when the lookup fails, as the proxy decides then).
+    let mut resolved: Option<Vec<IpAddr>> = None;
+    let mut resolve = |needed: bool, out: &mut String| {
+        if !needed && args.resolved.is_empty() {
+            return;
+        }
+        let addrs = if !args.resolved.is_empty() {
+            args.resolved.clone()
+        } else {
+            match lookup(&target.host, target.port) {
+                Ok(addrs) => {
+                    out.push_str(&format!("(looked up {}: {})\n", target.host, join(&addrs)));
+                    addrs
+                }
+                Err(why) => {
+                    out.push_str(&format!("(cannot look up {}: {why})\n", target.host));
+                    Vec::new()
+                }
+            }
+        };
+        resolved = Some(addrs);
+    };
     if !target.tls {
         out.push_str(&format!(
             "{} http://{}:{}{} from {}\n",
@@ -86,6 +133,8 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
         )
         .with_user_agent(args.ua.as_deref())
         .with_sni(args.sni.as_deref());
+        resolve(policy.decide_request(&facts).needs_resolution, &mut out);
+        let facts = facts.with_resolved(resolved.as_deref());
         let mut e = policy.explain_request(&facts.with_user(user));
         if user.is_some() {
             let auth = policy.decide_request(&facts).auth;
@@ -100,6 +149,8 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
         "CONNECT {}:{} from {}\n",
         target.host, target.port, args.client
     ));
+    resolve(policy.decide_connect(&connect).needs_resolution, &mut out);
+    let connect = connect.with_resolved(resolved.as_deref());
     // What the proxy challenges on: the CONNECT decided before the user is known.
     let auth = policy.decide_connect(&connect).auth;
     let mut first = policy.explain_connect(&connect.with_user(user));
@@ -119,9 +170,13 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
                 facts.host = sni;
                 host = sni;
             }
-            let second = policy
+            let mut second = policy
                 .explain_connect(&facts)
                 .with_settled_auth(auth, AT_CONNECT);
+            if by_ip {
+                // The SNI name is never looked up: what is dialled is the address.
+                second.resolution = None;
+            }
             out.push_str(&format!(
                 "after the ClientHello (SNI {sni}; only the action can change):\n"
             ));
@@ -140,9 +195,11 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
                     .with_user_agent(args.ua.as_deref())
                     .with_sni(args.sni.as_deref())
                     .with_user(user);
-            let inner = policy
+            let mut inner = policy
                 .explain_request(&facts)
                 .with_settled_auth(auth, AT_CONNECT);
+            // Inside the tunnel the origin is fixed: nothing is looked up again.
+            inner.resolution = None;
             out.push_str(&indent(&inner.to_string()));
         }
         Action::Tunnel => out.push_str(
@@ -151,6 +208,17 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
         Action::Deny { .. } => out.push_str("the client gets 403 with the reason above\n"),
     }
     Ok(out)
+}
+
+fn join(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "no addresses".to_owned();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn indent(text: &str) -> String {
@@ -208,7 +276,12 @@ mod tests {
             client: "10.0.0.7".parse().unwrap(),
             user: None,
             sni: None,
+            resolved: Vec::new(),
         }
+    }
+
+    fn no_lookups(host: &str, _port: u16) -> Result<Vec<IpAddr>, String> {
+        Err(format!("no lookups here ({host})"))
     }
 
     fn default_policy() -> Policy {
@@ -223,6 +296,7 @@ mod tests {
         let out = explain(
             &default_policy(),
             &args("https://outlook.office365.com/mapi/"),
+            &no_lookups,
         )
         .unwrap();
         assert!(
@@ -238,7 +312,7 @@ mod tests {
     fn other_https_is_inspected_and_its_request_explained() {
         let mut a = args("https://www.example.test/Microsoft-Server-ActiveSync?Cmd=Ping");
         a.method = "POST".to_owned();
-        let out = explain(&default_policy(), &a).unwrap();
+        let out = explain(&default_policy(), &a, &no_lookups).unwrap();
         assert!(out.contains("decision: inspect"), "{out}");
         assert!(out.contains("auth:     Required"), "{out}");
         assert!(
@@ -253,7 +327,7 @@ mod tests {
     fn bare_ip_is_judged_again_by_its_sni() {
         let mut a = args("203.0.113.9:443");
         a.sni = Some("outlook.office365.com".to_owned());
-        let out = explain(&default_policy(), &a).unwrap();
+        let out = explain(&default_policy(), &a, &no_lookups).unwrap();
         assert!(
             out.contains("after the ClientHello (SNI outlook.office365.com;"),
             "{out}"
@@ -276,7 +350,7 @@ mod tests {
         // A bare IP is challenged: neither the SNI's rule nor the request inside exempts it.
         let mut a = args("203.0.113.9:443");
         a.sni = Some("www.exempt.test".to_owned());
-        let out = explain(&policy, &a).unwrap();
+        let out = explain(&policy, &a, &no_lookups).unwrap();
         assert!(out.contains("rule:     lab"), "{out}");
         assert!(!out.contains("Exempt"), "{out}");
         assert_eq!(
@@ -286,14 +360,59 @@ mod tests {
             "{out}"
         );
         // The exempt host itself: exempt all the way down.
-        let out = explain(&policy, &args("https://www.exempt.test/")).unwrap();
+        let out = explain(&policy, &args("https://www.exempt.test/"), &no_lookups).unwrap();
         assert!(!out.contains("Required"), "{out}");
         assert_eq!(out.matches("auth:     Exempt").count(), 2, "{out}");
     }
 
     #[test]
+    fn autodiscover_hosts_are_judged_on_their_addresses() {
+        let policy = default_policy();
+        let url = "https://autodiscover.attacker.example/autodiscover/autodiscover.xml";
+        // Given addresses outside Microsoft 365: the default, and why.
+        let mut a = args(url);
+        a.resolved = vec!["127.0.0.1".parse().unwrap()];
+        let out = explain(&policy, &a, &no_lookups).unwrap();
+        assert!(out.contains("rule:     default"), "{out}");
+        assert!(out.contains("auth:     Required"), "{out}");
+        assert!(
+            out.contains(
+                "127.0.0.1 outside Microsoft 365 networks, so outlook:autodiscover does not apply"
+            ),
+            "{out}"
+        );
+        // Looked up like the proxy would: Microsoft 365 addresses, tunnelled and exempt.
+        let m365 = |_: &str, _: u16| Ok(vec!["52.97.1.1".parse().unwrap()]);
+        let out = explain(&policy, &args(url), &m365).unwrap();
+        assert!(
+            out.contains("(looked up autodiscover.attacker.example: 52.97.1.1)"),
+            "{out}"
+        );
+        assert!(out.contains("rule:     outlook:autodiscover"), "{out}");
+        assert!(
+            out.contains("decision: tunnel") && out.contains("auth:     Exempt"),
+            "{out}"
+        );
+        // A failed lookup: the default, as in the proxy.
+        let out = explain(&policy, &args(url), &no_lookups).unwrap();
+        assert!(
+            out.contains("(cannot look up autodiscover.attacker.example: no lookups here"),
+            "{out}"
+        );
+        assert!(out.contains("rule:     default"), "{out}");
+        // Plain HTTP alike.
+        let mut a = args("http://autodiscover.attacker.example/autodiscover/autodiscover.xml");
+        a.resolved = vec!["52.97.1.1".parse().unwrap()];
+        let out = explain(&policy, &a, &no_lookups).unwrap();
+        assert!(out.contains("rule:     outlook:autodiscover"), "{out}");
+        // Hosts that need no addresses are not looked up.
+        let out = explain(&policy, &args("https://www.example.com/"), &no_lookups).unwrap();
+        assert!(!out.contains("look"), "{out}");
+    }
+
+    #[test]
     fn bad_urls_are_named() {
-        let err = explain(&default_policy(), &args("ftp://x/")).unwrap_err();
+        let err = explain(&default_policy(), &args("ftp://x/"), &no_lookups).unwrap_err();
         assert!(err.to_string().contains("ftp scheme"), "{err}");
     }
 }

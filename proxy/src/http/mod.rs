@@ -22,6 +22,7 @@ mod txn;
 
 pub(crate) use txn::{Outcome, Txn};
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::PROXY_AUTHENTICATE;
@@ -34,6 +35,7 @@ use crate::body::ProxyBody;
 use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
 use crate::record::ResultCode;
+use crate::upstream::Resolution;
 
 /// Entry point for every request hyper parses on a client connection.
 pub(crate) async fn handle(
@@ -49,7 +51,23 @@ pub(crate) async fn handle(
         return local::handle(&proxy, &conn, txn, in_flight, req);
     }
     // A target the decision cannot be made for is malformed: the handlers below answer 400.
-    let mut decision = decide(&proxy, &conn, &req, None);
+    let mut decision = decide(&proxy, &conn, &req, None, None);
+    // Whether an `autodiscover.*` name is Microsoft's depends on its addresses: resolve it now,
+    // before credentials are asked for, decide again, and later dial exactly these addresses.
+    let resolution = match &decision {
+        Some(d) if d.needs_resolution => resolve_target(&proxy, &req, is_connect).await,
+        _ => None,
+    };
+    let resolved: Option<Vec<IpAddr>> = resolution.as_ref().map(|r| match r {
+        Ok(addrs) => addrs.iter().map(|a| a.ip()).collect(),
+        Err(_) => Vec::new(),
+    });
+    if let Some(ips) = &resolved {
+        if let Some(with_addresses) = decide(&proxy, &conn, &req, None, Some(ips)) {
+            tracing::debug!(?ips, decision = %with_addresses, "decided again on the resolved addresses");
+            decision = Some(with_addresses);
+        }
+    }
     // A refusal that no user could change is answered before asking for credentials.
     let final_denial = decision
         .as_ref()
@@ -86,7 +104,7 @@ pub(crate) async fn handle(
         }
         if txn.user().is_some() && proxy.policy.uses_identity() {
             // `user` / `group` rules can only be evaluated now; the exemption stays as it was.
-            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user()) {
+            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user(), resolved.as_deref()) {
                 decision = Some(with_user);
             }
         }
@@ -101,9 +119,9 @@ pub(crate) async fn handle(
         }
     }
     let mut response = if is_connect {
-        connect::handle(&proxy, &conn, txn, in_flight, req, decision).await
+        connect::handle(&proxy, &conn, txn, in_flight, req, decision, resolution).await
     } else {
-        forward::handle(&proxy, &conn, txn, in_flight, req).await
+        forward::handle(&proxy, &conn, txn, in_flight, req, resolution).await
     };
     if let Some(reply) = auth_reply {
         // Negotiate mutual authentication: the client verifies the proxy with this token.
@@ -156,13 +174,28 @@ async fn authenticate(
     }
 }
 
+/// The target's addresses, for a decision that depends on them; `None` when the target is
+/// malformed (the handler refuses it with 400 without any lookup).
+async fn resolve_target(
+    proxy: &Proxy,
+    req: &Request<Incoming>,
+    is_connect: bool,
+) -> Option<Resolution> {
+    let authority = req.uri().authority()?;
+    let default_port = if is_connect { None } else { Some(80) };
+    let target = headers::Target::parse(authority.as_str(), default_port).ok()?;
+    Some(proxy.dialer.resolve(&target.host, target.port).await)
+}
+
 /// The policy's decision for a CONNECT or an absolute-form request; `None` when the target
-/// has no host (the handler refuses it with 400).
+/// has no host (the handler refuses it with 400). `resolved`: the target's addresses, when the
+/// first decision asked for them.
 fn decide(
     proxy: &Proxy,
     conn: &ConnCtx,
     req: &Request<Incoming>,
     user: Option<&str>,
+    resolved: Option<&[IpAddr]>,
 ) -> Option<Decision> {
     let uri = req.uri();
     let host = uri.host().filter(|h| !h.is_empty())?;
@@ -172,7 +205,8 @@ fn decide(
     let decision = if req.method() == http::Method::CONNECT {
         let facts = portcullis_policy::ConnectFacts::new(host, uri.port_u16()?, client)
             .with_user_agent(user_agent)
-            .with_user(identity);
+            .with_user(identity)
+            .with_resolved(resolved);
         proxy.policy.decide_connect(&facts)
     } else {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -180,7 +214,8 @@ fn decide(
         let facts =
             portcullis_policy::RequestFacts::new(req.method().as_str(), host, port, path, client)
                 .with_user_agent(user_agent)
-                .with_user(identity);
+                .with_user(identity)
+                .with_resolved(resolved);
         proxy.policy.decide_request(&facts)
     };
     tracing::debug!(decision = %decision, "policy decision");

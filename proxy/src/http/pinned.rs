@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::error::classify_error;
 use crate::error::ProxyError;
-use crate::upstream::Dialer;
+use crate::upstream::{Dialer, Resolution};
 
 /// The private origin connection of one client connection, if it has one.
 #[derive(Default)]
@@ -65,10 +65,12 @@ impl PinnedOrigin {
     /// Sends `req` (absolute-form, `Host` set) over the pinned connection to its origin,
     /// opening it first if there is none for this origin (or the old one closed: the client's
     /// next NTLM handshake then starts on the new one, as it would with a direct connection).
+    /// `resolved`: the addresses a new connection must go to (the request was decided on them).
     pub(crate) async fn send(
         &self,
         dialer: &Dialer,
         mut req: Request<Incoming>,
+        resolved: Option<&Resolution>,
     ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
         let uri = req.uri().clone();
         let host = uri
@@ -88,16 +90,7 @@ impl PinnedOrigin {
             _ => false,
         };
         if !reusable {
-            let tcp = dialer.dial(&host, port).await?;
-            let peer = tcp.peer_addr().ok().map(|a| a.ip());
-            let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| classify_error(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "pinned origin connection ended with an error");
-                }
-            });
+            let (sender, peer) = open(dialer, &host, port, resolved).await?;
             tracing::debug!(%authority, "client connection pinned to its own origin connection (connection-oriented origin auth)");
             *slot = Some(Pin {
                 authority,
@@ -116,6 +109,54 @@ impl PinnedOrigin {
             .map_err(|e| classify_error(&e))?;
         Ok((response, peer))
     }
+}
+
+/// A new HTTP/1.1 connection to `host:port` (at `resolved`, if given), driven in the
+/// background, upgrades allowed.
+async fn open(
+    dialer: &Dialer,
+    host: &str,
+    port: u16,
+    resolved: Option<&Resolution>,
+) -> Result<(http1::SendRequest<Incoming>, Option<IpAddr>), ProxyError> {
+    let tcp = match resolved {
+        Some(resolved) => dialer.dial_resolved(host, port, resolved).await?,
+        None => dialer.dial(host, port).await?,
+    };
+    let peer = tcp.peer_addr().ok().map(|a| a.ip());
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| classify_error(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "private origin connection ended with an error");
+        }
+    });
+    Ok((sender, peer))
+}
+
+/// Sends `req` (absolute-form, `Host` set) over a connection of its own to the addresses it
+/// was decided on; the connection closes when the exchange is over.
+pub(crate) async fn send_once(
+    dialer: &Dialer,
+    resolved: &Resolution,
+    mut req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
+    let uri = req.uri().clone();
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+    let port = uri.port_u16().unwrap_or(80);
+    *req.uri_mut() = uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    let (mut sender, peer) = open(dialer, &host, port, Some(resolved)).await?;
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| classify_error(&e))?;
+    Ok((response, peer))
 }
 
 /// `host:port` as origins are keyed here.
