@@ -4,11 +4,13 @@ mod fields;
 
 use std::collections::HashSet;
 
+use ipnet::IpNet;
+
 use crate::config::{OutlookMode, RawPolicy, UnknownUaAction};
 use crate::decision::{Action, AuthRequirement, MatchedRule, RuleSource, TimeoutProfile};
 use crate::engine::{Index, Policy};
 use crate::error::CompileError;
-use crate::exchange::{M365_HOSTS, M365_NETWORKS};
+use crate::exchange::{AUTODISCOVER_ANY, M365_HOSTS, M365_NETWORKS};
 use crate::host::HostPattern;
 use crate::m365::{self, EndpointSet};
 use crate::pac::PacSettings;
@@ -137,11 +139,12 @@ impl Policy {
                 long,
                 false,
             ));
+            let m365_networks: Vec<IpNet> = M365_NETWORKS
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect();
             let cond = Conditions {
-                dest_ip: M365_NETWORKS
-                    .iter()
-                    .filter_map(|n| n.parse().ok())
-                    .collect(),
+                dest_ip: m365_networks.clone(),
                 ..Conditions::default()
             };
             rules.push(builtin(
@@ -157,6 +160,15 @@ impl Policy {
 
             let feed = m365::select(endpoints, areas, &outlook.m365_categories);
             skipped = feed.skipped;
+            // Every Microsoft 365 address the profile knows, for `outlook:autodiscover`.
+            let mut microsoft = m365_networks;
+            for set in &feed.sets {
+                for net in &set.networks {
+                    if !microsoft.contains(net) {
+                        microsoft.push(*net);
+                    }
+                }
+            }
             for (i, set) in feed.sets.into_iter().enumerate() {
                 for (part, hosts, nets) in [
                     ("hosts", set.hosts, Vec::new()),
@@ -184,6 +196,25 @@ impl Policy {
                     ));
                 }
             }
+
+            // Any other `autodiscover.*` name, only if it resolves into Microsoft 365 alone
+            // (exchange::AUTODISCOVER_ANY). After the lists that need no resolution, so that
+            // their hosts never wait for DNS before authentication.
+            let cond = Conditions {
+                host: HostPattern::parse(AUTODISCOVER_ANY).into_iter().collect(),
+                resolved_in: microsoft,
+                ..Conditions::default()
+            };
+            rules.push(builtin(
+                RuleSource::Outlook,
+                2,
+                "outlook:autodiscover",
+                cond,
+                action.clone(),
+                auth,
+                long,
+                false,
+            ));
 
             let ua_action = match outlook.unknown_host_from_outlook_ua {
                 UnknownUaAction::Tunnel => Action::Tunnel,
@@ -216,6 +247,9 @@ impl Policy {
             uses_identity: rules
                 .iter()
                 .any(|r| !r.cond.user.is_empty() || !r.cond.group.is_empty()),
+            resolving: (0..rules.len() as u32)
+                .filter(|&i| !rules[i as usize].cond.resolved_in.is_empty())
+                .collect(),
             rules,
             default,
             default_timeouts: raw.default.timeouts,

@@ -208,8 +208,11 @@ pub struct RawOutlook {
     pub exchange_hosts: Vec<String>,
     /// SMTP domains; `autodiscover.<domain>` joins the Exchange hosts.
     pub accepted_domains: Vec<String>,
-    /// A CONNECT carrying Outlook's User-Agent to a host no rule knows. Authentication still
-    /// follows the default: a User-Agent is trivially forged, so it never exempts on its own.
+    /// A CONNECT carrying Outlook's User-Agent to a host no rule knows. `inspect` by default:
+    /// a User-Agent is trivially forged, so it earns neither an exemption from authentication
+    /// (authentication always follows the default) nor, unless chosen here, a way around
+    /// inspection. `tunnel` is an explicit choice: it lets any authenticated user relay
+    /// anything uninspected by sending Outlook's User-Agent.
     pub unknown_host_from_outlook_ua: UnknownUaAction,
     /// Microsoft 365 endpoint-feed service areas turned into rules (`Common` is always in the
     /// feed, but is only used when listed here).
@@ -225,7 +228,7 @@ impl Default for RawOutlook {
             auth: AuthRequirement::Exempt,
             exchange_hosts: Vec::new(),
             accepted_domains: Vec::new(),
-            unknown_host_from_outlook_ua: UnknownUaAction::Tunnel,
+            unknown_host_from_outlook_ua: UnknownUaAction::Inspect,
             m365_service_areas: vec!["Exchange".to_owned(), "Common".to_owned()],
             m365_categories: vec![M365Category::Optimize, M365Category::Allow],
         }
@@ -246,6 +249,8 @@ pub enum OutlookMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownUaAction {
+    /// Relay untouched: a bypass of inspection for every authenticated user who sends
+    /// Outlook's User-Agent.
     Tunnel,
     Inspect,
 }

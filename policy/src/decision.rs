@@ -116,6 +116,12 @@ pub struct Decision {
     pub tag: Option<Arc<str>>,
     /// Clients should reach this destination DIRECT (the PAC file says so).
     pub pac_direct: bool,
+    /// A rule before the one that decided tests the addresses the target resolves to, and the
+    /// facts had none (`resolved` unset): resolve the target and decide again with
+    /// [`ConnectFacts::with_resolved`] / [`RequestFacts::with_resolved`] — before
+    /// authenticating, since the answer may exempt — then connect to exactly those addresses.
+    /// This decision is the one to apply when resolution fails.
+    pub needs_resolution: bool,
     pub rule: MatchedRule,
 }
 
@@ -172,8 +178,10 @@ impl<'a> Identity<'a> {
 /// Facts about a CONNECT, before or after the ClientHello was peeked.
 ///
 /// The intended sequence in the proxy:
-/// 1. Decide without `sni` and `user` when the CONNECT arrives. `Deny` → 403. The decision's
-///    `auth` says whether to challenge (this first decision is the only one that may exempt).
+/// 1. Decide without `sni` and `user` when the CONNECT arrives; if the decision
+///    [needs resolution](Decision::needs_resolution), resolve the target and decide again with
+///    `resolved`. `Deny` → 403. The decision's `auth` says whether to challenge (this first
+///    decision is the only one that may exempt).
 /// 2. After authenticating, if [`crate::Policy::uses_identity`], decide again with `user`.
 /// 3. After answering 200: when the decision is `Inspect` (the ClientHello is peeked anyway) or
 ///    [`crate::Policy::uses_sni`] is true, decide again with `sni`; the result may turn the
@@ -189,6 +197,9 @@ pub struct ConnectFacts<'a> {
     /// The destination address when known: the target itself when it is an IP literal (set by
     /// [`ConnectFacts::new`]), or a resolved address if the caller resolved first.
     pub dest_ip: Option<IpAddr>,
+    /// Every address `host` resolves to, when the caller resolved it (see
+    /// [`Decision::needs_resolution`]); `None`: not resolved.
+    pub resolved: Option<&'a [IpAddr]>,
     pub client: IpAddr,
     pub user_agent: Option<&'a str>,
     pub sni: Option<&'a str>,
@@ -202,6 +213,7 @@ impl<'a> ConnectFacts<'a> {
             host,
             port,
             dest_ip: parse_ip(host),
+            resolved: None,
             client,
             user_agent: None,
             sni: None,
@@ -220,6 +232,11 @@ impl<'a> ConnectFacts<'a> {
     pub fn with_user(self, user: Option<Identity<'a>>) -> Self {
         ConnectFacts { user, ..self }
     }
+
+    /// The addresses `host` resolved to (all of them; empty when resolution failed).
+    pub fn with_resolved(self, resolved: Option<&'a [IpAddr]>) -> Self {
+        ConnectFacts { resolved, ..self }
+    }
 }
 
 /// Facts about one HTTP request: plain HTTP (absolute-form) or decrypted inside an inspected
@@ -233,6 +250,8 @@ pub struct RequestFacts<'a> {
     /// URL path, query allowed (`/mapi/emsmdb/?MailboxId=…`).
     pub path: &'a str,
     pub dest_ip: Option<IpAddr>,
+    /// As [`ConnectFacts::resolved`].
+    pub resolved: Option<&'a [IpAddr]>,
     pub client: IpAddr,
     pub user_agent: Option<&'a str>,
     /// For inspected requests: the tunnel's SNI.
@@ -255,6 +274,7 @@ impl<'a> RequestFacts<'a> {
             port,
             path,
             dest_ip: parse_ip(host),
+            resolved: None,
             client,
             user_agent: None,
             sni: None,
@@ -273,6 +293,11 @@ impl<'a> RequestFacts<'a> {
     pub fn with_user(self, user: Option<Identity<'a>>) -> Self {
         RequestFacts { user, ..self }
     }
+
+    /// As [`ConnectFacts::with_resolved`].
+    pub fn with_resolved(self, resolved: Option<&'a [IpAddr]>) -> Self {
+        RequestFacts { resolved, ..self }
+    }
 }
 
 /// `10.0.0.1`, `::1` or `[::1]` → an address; a name → `None`. No allocation.
@@ -286,6 +311,7 @@ pub(crate) struct Facts<'a> {
     pub(crate) host: &'a str,
     pub(crate) port: u16,
     pub(crate) dest_ip: Option<IpAddr>,
+    pub(crate) resolved: Option<&'a [IpAddr]>,
     pub(crate) client: IpAddr,
     pub(crate) user_agent: Option<&'a str>,
     pub(crate) sni: Option<&'a str>,
@@ -302,6 +328,7 @@ impl<'a> From<&ConnectFacts<'a>> for Facts<'a> {
             host: c.host,
             port: c.port,
             dest_ip: c.dest_ip,
+            resolved: c.resolved,
             client: c.client,
             user_agent: c.user_agent,
             sni: c.sni,
@@ -318,6 +345,7 @@ impl<'a> From<&RequestFacts<'a>> for Facts<'a> {
             host: r.host,
             port: r.port,
             dest_ip: r.dest_ip,
+            resolved: r.resolved,
             client: r.client,
             user_agent: r.user_agent,
             sni: r.sni,

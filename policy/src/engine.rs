@@ -56,6 +56,8 @@ pub struct Policy {
     pub(crate) uses_sni: bool,
     /// Whether any rule has a `user` or `group` condition (asked per request).
     pub(crate) uses_identity: bool,
+    /// Rules with a `resolved` condition (`outlook:autodiscover`), in order.
+    pub(crate) resolving: Vec<u32>,
 }
 
 /// Longest host name looked up through the index (DNS names are at most 253 bytes); longer
@@ -107,7 +109,7 @@ impl Policy {
     /// The decision for a CONNECT (before or after the ClientHello was peeked).
     pub fn decide_connect(&self, facts: &ConnectFacts<'_>) -> Decision {
         let f = Facts::from(facts);
-        self.decision(self.find(&f), None)
+        self.decision(&f, self.find(&f), None)
     }
 
     /// The decision for one plain-HTTP or inspected request. Its Exchange class, if any, is in
@@ -115,7 +117,7 @@ impl Policy {
     pub fn decide_request(&self, facts: &RequestFacts<'_>) -> Decision {
         let f = Facts::from(facts);
         let class = exchange::classify(facts.method, facts.path, facts.user_agent).map(|p| p.class);
-        self.decision(self.find(&f), class)
+        self.decision(&f, self.find(&f), class)
     }
 
     /// Whether any rule has an `sni` condition: only then is a second decision after peeking
@@ -144,7 +146,14 @@ impl Policy {
         self.rules.is_empty()
     }
 
-    pub(crate) fn decision(&self, rule: &Rule, class: Option<ExchangeClass>) -> Decision {
+    /// The decision of rule `id` (`rules.len()`: the default) for `f`.
+    pub(crate) fn decision(
+        &self,
+        f: &Facts<'_>,
+        id: usize,
+        class: Option<ExchangeClass>,
+    ) -> Decision {
+        let rule = self.rule(id);
         let timeouts = rule
             .timeouts
             .or(class.map(|_| TimeoutProfile::LongPoll))
@@ -156,12 +165,31 @@ impl Policy {
             class,
             tag: rule.tag.clone(),
             pac_direct: rule.pac_direct,
+            needs_resolution: self.awaiting_resolution(f, id).is_some(),
             rule: rule.meta.clone(),
         }
     }
 
-    /// The first matching rule, or the default.
-    pub(crate) fn find(&self, f: &Facts<'_>) -> &Rule {
+    /// Rule `id`, or the default for `rules.len()`.
+    pub(crate) fn rule(&self, id: usize) -> &Rule {
+        self.rules.get(id).unwrap_or(&self.default)
+    }
+
+    /// The first rule before `id` that could match `f` once its host is resolved.
+    pub(crate) fn awaiting_resolution(&self, f: &Facts<'_>, id: usize) -> Option<&Rule> {
+        if f.resolved.is_some() {
+            return None;
+        }
+        self.resolving
+            .iter()
+            .map(|&r| r as usize)
+            .take_while(|&r| r < id)
+            .map(|r| self.rule(r))
+            .find(|r| !(r.connect_only && f.path.is_some()) && r.cond.awaits_resolution(f))
+    }
+
+    /// The index of the first matching rule, or `rules.len()` for the default.
+    pub(crate) fn find(&self, f: &Facts<'_>) -> usize {
         self.find_indexed(f).unwrap_or_else(|| self.find_linear(f))
     }
 
@@ -169,15 +197,15 @@ impl Policy {
         !(rule.connect_only && f.path.is_some()) && rule.cond.matches(f)
     }
 
-    fn find_linear(&self, f: &Facts<'_>) -> &Rule {
+    fn find_linear(&self, f: &Facts<'_>) -> usize {
         self.rules
             .iter()
-            .find(|r| Self::applies(r, f))
-            .unwrap_or(&self.default)
+            .position(|r| Self::applies(r, f))
+            .unwrap_or(self.rules.len())
     }
 
     /// `None` when the host cannot be indexed (too long, too many labels): scan instead.
-    fn find_indexed(&self, f: &Facts<'_>) -> Option<&Rule> {
+    fn find_indexed(&self, f: &Facts<'_>) -> Option<usize> {
         let trimmed = host::trim(f.host);
         if trimmed.len() > MAX_INDEXED_HOST {
             return None;
@@ -222,7 +250,7 @@ impl Policy {
                 }
             }
             if next == u32::MAX {
-                return Some(&self.default);
+                return Some(self.rules.len());
             }
             for list in lists.iter_mut() {
                 if list.first() == Some(&next) {
@@ -231,7 +259,7 @@ impl Policy {
             }
             let rule = self.rules.get(next as usize)?;
             if Self::applies(rule, f) {
-                return Some(rule);
+                return Some(next as usize);
             }
         }
     }

@@ -177,12 +177,13 @@ pub const M365_HOSTS: &[&str] = &[
     "outlook.office.com",
     "outlook.office365.com",
     "*.outlook.office.com",
-    // ID 8: autodiscover-s.outlook.com and the rest of outlook.com.
+    // ID 8: autodiscover-s.outlook.com, autodiscover.outlook.com and the rest of outlook.com.
     "*.outlook.com",
     "attachments.office.net",
     "*.protection.outlook.com",
-    // Any domain's Autodiscover host, including autodiscover.<tenant>.onmicrosoft.com (ID 154).
-    "autodiscover.*",
+    // Microsoft's own Autodiscover host outside outlook.com. Any other domain's
+    // `autodiscover.<domain>` is not Microsoft's: see AUTODISCOVER_ANY.
+    "autodiscover.office365.com",
     // Modern authentication (IDs 56, 59): login loops when inspected.
     "login.microsoftonline.com",
     "login.microsoft.com",
@@ -200,7 +201,18 @@ pub const M365_HOSTS: &[&str] = &[
     "*.usercontent.microsoft",
 ];
 
-/// Exchange Online Optimize (ID 1) and identity (ID 56) networks, for CONNECTs to bare IPs.
+/// Autodiscover names of any domain. Outlook looks up `autodiscover.<smtp-domain>` for every
+/// mailbox, so this is where a domain hosted in Exchange Online points its CNAME
+/// (`autodiscover.outlook.com`); but anyone can name a host `autodiscover.<their-domain>`, so
+/// the name alone exempts nothing. The built-in rule `outlook:autodiscover` applies only when
+/// **every** address the name resolves to is a Microsoft 365 address ([`M365_NETWORKS`] plus the
+/// loaded endpoint list's networks); `autodiscover.<accepted domain>` (`outlook:exchange`) and
+/// Microsoft's own hosts ([`M365_HOSTS`]) need no resolution. This covers
+/// `autodiscover.<tenant>.onmicrosoft.com` (ID 154) too.
+pub const AUTODISCOVER_ANY: &str = "autodiscover.*";
+
+/// Exchange Online Optimize (ID 1) and identity (ID 56) networks, for CONNECTs to bare IPs and
+/// for the addresses of `autodiscover.*` names ([`AUTODISCOVER_ANY`]).
 /// The Microsoft 365 feed, when loaded, adds the current full lists.
 pub const M365_NETWORKS: &[&str] = &[
     "13.107.6.152/31",

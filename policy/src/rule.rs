@@ -51,14 +51,19 @@ pub(crate) enum Key {
     UserAgent,
     /// Built-in: the User-Agent is one of Outlook's (exchange::OUTLOOK_USER_AGENTS).
     OutlookUserAgent,
+    /// Built-in: every address the host resolves to is in these networks (the Outlook
+    /// profile's Microsoft 365 networks, for `autodiscover.*`).
+    Resolved,
 }
 
-pub(crate) const KEYS: [Key; 11] = [
+/// Host before `resolved`: the resolution is only asked for when everything else matches.
+pub(crate) const KEYS: [Key; 12] = [
     Key::Port,
     Key::Method,
     Key::Client,
     Key::DestIp,
     Key::Host,
+    Key::Resolved,
     Key::Sni,
     Key::Path,
     Key::User,
@@ -81,6 +86,7 @@ impl Key {
             Key::Group => "group",
             Key::UserAgent => "user_agent",
             Key::OutlookUserAgent => "outlook_user_agent",
+            Key::Resolved => "resolved",
         }
     }
 }
@@ -100,6 +106,9 @@ pub(crate) struct Conditions {
     pub(crate) user: Vec<Box<str>>,
     pub(crate) group: Vec<Box<str>>,
     pub(crate) outlook_user_agent: bool,
+    /// Every resolved address must lie in one of these; unresolved facts do not match (and the
+    /// decision then says it needs resolution).
+    pub(crate) resolved_in: Vec<IpNet>,
 }
 
 /// Outcome of one condition: absent, or the index of the value that matched (`Some(None)`:
@@ -145,13 +154,35 @@ impl Conditions {
                     .is_some_and(crate::exchange::is_outlook_user_agent)
                     .then_some(0)
             }),
+            Key::Resolved => (!self.resolved_in.is_empty()).then(|| {
+                f.resolved
+                    .is_some_and(|ips| !ips.is_empty() && ips.iter().all(|ip| self.in_resolved(ip)))
+                    .then_some(0)
+            }),
         }
+    }
+
+    /// Whether `ip` lies in the `resolved` condition's networks.
+    pub(crate) fn in_resolved(&self, ip: &IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.resolved_in.iter().any(|n| n.contains(&ip))
     }
 
     /// All present conditions match.
     pub(crate) fn matches(&self, f: &Facts<'_>) -> bool {
         KEYS.iter()
             .all(|&k| !matches!(self.check(k, f), Some(None)))
+    }
+
+    /// Unresolved facts that match every condition but `resolved`: resolving could make this
+    /// rule match.
+    pub(crate) fn awaits_resolution(&self, f: &Facts<'_>) -> bool {
+        !self.resolved_in.is_empty()
+            && f.resolved.is_none()
+            && KEYS
+                .iter()
+                .filter(|&&k| k != Key::Resolved)
+                .all(|&k| !matches!(self.check(k, f), Some(None)))
     }
 
     /// The value at `index` of condition `key`, for explanations.
@@ -171,6 +202,10 @@ impl Conditions {
             Key::Group => at(&self.group, index),
             Key::UserAgent => at(&self.user_agent, index),
             Key::OutlookUserAgent => "Outlook".to_owned(),
+            Key::Resolved => format!(
+                "Microsoft 365 networks ({} networks)",
+                self.resolved_in.len()
+            ),
         }
     }
 
@@ -217,6 +252,8 @@ impl Conditions {
             Key::Group => self.group.len(),
             Key::UserAgent => self.user_agent.len(),
             Key::OutlookUserAgent => usize::from(self.outlook_user_agent),
+            // One value: the whole list is one condition ("every address in these").
+            Key::Resolved => usize::from(!self.resolved_in.is_empty()),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::error::classify_error;
 use portcullis_policy::Host;
 
 use crate::error::ProxyError;
-use crate::upstream::Dialer;
+use crate::upstream::{Dialer, Resolution};
 
 /// The private origin connection of one client connection, if it has one.
 #[derive(Default)]
@@ -67,39 +67,23 @@ impl PinnedOrigin {
     /// Sends `req` (absolute-form, `Host` set) over the pinned connection to its origin,
     /// opening it first if there is none for this origin (or the old one closed: the client's
     /// next NTLM handshake then starts on the new one, as it would with a direct connection).
+    /// `resolved`: the addresses a new connection must go to (the request was decided on them).
     pub(crate) async fn send(
         &self,
         dialer: &Dialer,
         mut req: Request<Incoming>,
+        resolved: Option<&Resolution>,
     ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
-        let uri = req.uri().clone();
-        let host = uri
-            .host()
-            .map(Host::new)
-            .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
-        let port = uri.port_u16().unwrap_or(80);
+        let (host, port) = to_origin_form(&mut req)?;
         let authority = format!("{host}:{port}");
         self.used.store(true, Ordering::Release);
-        // Origin-form on the wire, as to any origin.
-        *req.uri_mut() = uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         let mut slot = self.slot.lock().await;
         let reusable = match slot.as_mut() {
             Some(pin) if pin.authority == authority => pin.sender.ready().await.is_ok(),
             _ => false,
         };
         if !reusable {
-            let tcp = dialer.dial(&host, port).await?;
-            let peer = tcp.peer_addr().ok().map(|a| a.ip());
-            let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| classify_error(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "pinned origin connection ended with an error");
-                }
-            });
+            let (sender, peer) = open(dialer, &host, port, resolved).await?;
             tracing::debug!(%authority, "client connection pinned to its own origin connection (connection-oriented origin auth)");
             *slot = Some(Pin {
                 authority,
@@ -118,6 +102,62 @@ impl PinnedOrigin {
             .map_err(|e| classify_error(&e))?;
         Ok((response, peer))
     }
+}
+
+/// The origin an absolute-form request names; the request is left in origin-form, as it goes
+/// on the wire to any origin.
+fn to_origin_form(req: &mut Request<Incoming>) -> Result<(Host, u16), ProxyError> {
+    let uri = req.uri();
+    let host = uri
+        .host()
+        .map(Host::new)
+        .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    *req.uri_mut() = path;
+    Ok((host, port))
+}
+
+/// A new HTTP/1.1 connection to `host:port` (at `resolved`, if given), driven in the
+/// background, upgrades allowed.
+async fn open(
+    dialer: &Dialer,
+    host: &Host,
+    port: u16,
+    resolved: Option<&Resolution>,
+) -> Result<(http1::SendRequest<Incoming>, Option<IpAddr>), ProxyError> {
+    let tcp = match resolved {
+        Some(resolved) => dialer.dial_resolved(host, port, resolved).await?,
+        None => dialer.dial(host, port).await?,
+    };
+    let peer = tcp.peer_addr().ok().map(|a| a.ip());
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| classify_error(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "private origin connection ended with an error");
+        }
+    });
+    Ok((sender, peer))
+}
+
+/// Sends `req` (absolute-form, `Host` set) over a connection of its own to the addresses it
+/// was decided on; the connection closes when the exchange is over.
+pub(crate) async fn send_once(
+    dialer: &Dialer,
+    resolved: &Resolution,
+    mut req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
+    let (host, port) = to_origin_form(&mut req)?;
+    let (mut sender, peer) = open(dialer, &host, port, Some(resolved)).await?;
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| classify_error(&e))?;
+    Ok((response, peer))
 }
 
 /// `host:port` as origins are keyed here.

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use portcullis_policy::{Action, ConnectFacts, Identity, Policy, RequestFacts};
 
@@ -40,7 +41,15 @@ pub struct ExplainArgs {
     /// The TLS SNI (for a CONNECT to a bare IP, the name in the ClientHello).
     #[arg(long, value_name = "NAME")]
     pub sni: Option<String>,
+    /// An address the host resolves to (repeat for each), for decisions that depend on them
+    /// (`autodiscover.*` names). Without it such a host is resolved as the proxy would: the
+    /// config's `[resolve]`, `upstream.hosts_file`, then the system resolver.
+    #[arg(long, value_name = "IP")]
+    pub resolved: Vec<IpAddr>,
 }
+
+/// Looks a host up as the proxy would; `Err` says why it could not.
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
 
 pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
@@ -49,59 +58,127 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             // The same list the running proxy uses: the cached Microsoft 365 endpoints.
             let m365 = crate::m365_cache::load_cached(&config);
             let policy = config.compiled_policy(&m365.sets)?;
-            print!("{}", explain(&policy, &args)?);
+            let resolver =
+                crate::upstream::Resolver::new(&config).context("upstream.hosts_file")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let lookup = |host: &str, port: u16| {
+                runtime
+                    .block_on(resolver.resolve(&portcullis_policy::Host::new(host), port))
+                    .map(|addrs| addrs.iter().map(|a| a.ip()).collect())
+                    .map_err(|e| e.to_string())
+            };
+            print!("{}", explain(&policy, &args, &lookup)?);
             Ok(())
         }
     }
 }
 
+/// Where the authentication shown for a later decision was decided.
+const AT_CONNECT: &str = "decided at the CONNECT";
+const BEFORE_AUTH: &str = "decided before the user is known";
+
 /// What `explain` prints; separate from printing so that it can be tested.
-pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<String> {
+///
+/// Every `auth:` line is the authentication the proxy applies, which only the first decision
+/// makes — on the CONNECT or plain request, before the user is known. Later decisions (with
+/// the user, on the SNI, for the requests inside an inspected tunnel) show it as settled.
+pub(crate) fn explain(
+    policy: &Policy,
+    args: &ExplainArgs,
+    lookup: Lookup<'_>,
+) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
     let user = args
         .user
         .as_deref()
         .map(|name| Identity { name, groups: &[] });
     let mut out = String::new();
-    let explain_request = |host: &str| {
-        let facts = RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
-            .with_user_agent(args.ua.as_deref())
-            .with_sni(args.sni.as_deref())
-            .with_user(user);
-        indent(&policy.explain_request(&facts).to_string())
+    // The addresses, when the decision depends on them: as given, or looked up (an empty list
+    // when the lookup fails, as the proxy decides then).
+    let mut resolved: Option<Vec<IpAddr>> = None;
+    let mut resolve = |needed: bool, out: &mut String| {
+        if !needed && args.resolved.is_empty() {
+            return;
+        }
+        let addrs = if !args.resolved.is_empty() {
+            args.resolved.clone()
+        } else {
+            match lookup(&target.host, target.port) {
+                Ok(addrs) => {
+                    out.push_str(&format!("(looked up {}: {})\n", target.host, join(&addrs)));
+                    addrs
+                }
+                Err(why) => {
+                    out.push_str(&format!("(cannot look up {}: {why})\n", target.host));
+                    Vec::new()
+                }
+            }
+        };
+        resolved = Some(addrs);
     };
     if !target.tls {
         out.push_str(&format!(
             "{} http://{}:{}{} from {}\n",
             args.method, target.host, target.port, target.path, args.client
         ));
-        out.push_str(&explain_request(&target.host));
+        let facts = RequestFacts::new(
+            &args.method,
+            &target.host,
+            target.port,
+            &target.path,
+            args.client,
+        )
+        .with_user_agent(args.ua.as_deref())
+        .with_sni(args.sni.as_deref());
+        resolve(policy.decide_request(&facts).needs_resolution, &mut out);
+        let facts = facts.with_resolved(resolved.as_deref());
+        let mut e = policy.explain_request(&facts.with_user(user));
+        if user.is_some() {
+            let auth = policy.decide_request(&facts).auth;
+            e = e.with_settled_auth(auth, BEFORE_AUTH);
+        }
+        out.push_str(&indent(&e.to_string()));
         return Ok(out);
     }
     let connect = ConnectFacts::new(&target.host, target.port, args.client)
-        .with_user_agent(args.ua.as_deref())
-        .with_user(user);
+        .with_user_agent(args.ua.as_deref());
     out.push_str(&format!(
         "CONNECT {}:{} from {}\n",
         target.host, target.port, args.client
     ));
-    let first = policy.explain_connect(&connect);
+    resolve(policy.decide_connect(&connect).needs_resolution, &mut out);
+    let connect = connect.with_resolved(resolved.as_deref());
+    // What the proxy challenges on: the CONNECT decided before the user is known.
+    let auth = policy.decide_connect(&connect).auth;
+    let mut first = policy.explain_connect(&connect.with_user(user));
+    if user.is_some() {
+        first = first.with_settled_auth(auth, BEFORE_AUTH);
+    }
     out.push_str(&indent(&first.to_string()));
     let mut action = first.decision.action.clone();
     // The proxy decides again once the ClientHello names the server: always for a bare IP
-    // (judged by the SNI name), and when rules test the SNI.
+    // (judged by the SNI name), and when rules test the SNI. Only the action can change.
     let by_ip = connect.dest_ip.is_some();
     let mut host = target.host.as_str();
     if let (Some(sni), Action::Inspect) = (args.sni.as_deref(), &action) {
         if by_ip || policy.uses_sni() {
-            let mut facts = connect.with_sni(Some(sni));
+            let mut facts = connect.with_sni(Some(sni)).with_user(user);
             if by_ip {
                 facts.host = sni;
                 host = sni;
             }
-            let second = policy.explain_connect(&facts);
+            let mut second = policy
+                .explain_connect(&facts)
+                .with_settled_auth(auth, AT_CONNECT);
+            if by_ip {
+                // The SNI name is never looked up: what is dialled is the address.
+                second.resolution = None;
+            }
             out.push_str(&format!(
-                "after the ClientHello (SNI {sni}; authentication stays as decided above):\n"
+                "after the ClientHello (SNI {sni}; only the action can change):\n"
             ));
             out.push_str(&indent(&second.to_string()));
             action = second.decision.action.clone();
@@ -113,7 +190,17 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
                 "inspected request {} https://{host}{}:\n",
                 args.method, target.path
             ));
-            out.push_str(&explain_request(host));
+            let facts =
+                RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
+                    .with_user_agent(args.ua.as_deref())
+                    .with_sni(args.sni.as_deref())
+                    .with_user(user);
+            let mut inner = policy
+                .explain_request(&facts)
+                .with_settled_auth(auth, AT_CONNECT);
+            // Inside the tunnel the origin is fixed: nothing is looked up again.
+            inner.resolution = None;
+            out.push_str(&indent(&inner.to_string()));
         }
         Action::Tunnel => out.push_str(
             "the tunnel is relayed untouched: the proxy never sees the requests inside it\n",
@@ -121,6 +208,17 @@ pub(crate) fn explain(policy: &Policy, args: &ExplainArgs) -> anyhow::Result<Str
         Action::Deny { .. } => out.push_str("the client gets 403 with the reason above\n"),
     }
     Ok(out)
+}
+
+fn join(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "no addresses".to_owned();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn indent(text: &str) -> String {
@@ -165,75 +263,4 @@ impl Url {
 }
 
 #[cfg(test)]
-mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-
-    fn args(url: &str) -> ExplainArgs {
-        ExplainArgs {
-            config: None,
-            url: url.to_owned(),
-            method: "GET".to_owned(),
-            ua: None,
-            client: "10.0.0.7".parse().unwrap(),
-            user: None,
-            sni: None,
-        }
-    }
-
-    fn default_policy() -> std::sync::Arc<Policy> {
-        crate::config::Config::embedded_default()
-            .unwrap()
-            .compiled_policy(&[])
-            .unwrap()
-    }
-
-    #[test]
-    fn outlook_is_tunnelled_and_exempt() {
-        let out = explain(
-            &default_policy(),
-            &args("https://outlook.office365.com/mapi/"),
-        )
-        .unwrap();
-        assert!(
-            out.starts_with("CONNECT outlook.office365.com:443 from 10.0.0.7\n"),
-            "{out}"
-        );
-        assert!(out.contains("decision: tunnel"), "{out}");
-        assert!(out.contains("auth:     Exempt"), "{out}");
-        assert!(out.contains("relayed untouched"), "{out}");
-    }
-
-    #[test]
-    fn other_https_is_inspected_and_its_request_explained() {
-        let mut a = args("https://www.example.test/Microsoft-Server-ActiveSync?Cmd=Ping");
-        a.method = "POST".to_owned();
-        let out = explain(&default_policy(), &a).unwrap();
-        assert!(out.contains("decision: inspect"), "{out}");
-        assert!(out.contains("auth:     Required"), "{out}");
-        assert!(
-            out.contains("inspected request POST https://www.example.test/"),
-            "{out}"
-        );
-        assert!(out.contains("exchange: eas"), "{out}");
-        assert!(out.contains("timeouts: LongPoll"), "{out}");
-    }
-
-    #[test]
-    fn bare_ip_is_judged_again_by_its_sni() {
-        let mut a = args("203.0.113.9:443");
-        a.sni = Some("outlook.office365.com".to_owned());
-        let out = explain(&default_policy(), &a).unwrap();
-        assert!(
-            out.contains("after the ClientHello (SNI outlook.office365.com;"),
-            "{out}"
-        );
-        assert!(out.contains("relayed untouched"), "{out}");
-    }
-
-    #[test]
-    fn bad_urls_are_named() {
-        let err = explain(&default_policy(), &args("ftp://x/")).unwrap_err();
-        assert!(err.to_string().contains("ftp scheme"), "{err}");
-    }
-}
+mod tests;

@@ -100,6 +100,9 @@ fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
     entries
 }
 
+/// The addresses of a name, resolved ahead of dialling, or why there are none.
+pub(crate) type Resolution = Result<Vec<SocketAddr>, ProxyError>;
+
 /// Opens TCP connections to origins under one deadline and refuses to connect to ourselves.
 #[derive(Debug)]
 pub(crate) struct Dialer {
@@ -139,14 +142,53 @@ impl Dialer {
 
     /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
     pub(crate) async fn dial(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
+        self.dial_with(host, port, None).await
+    }
+
+    /// Resolves `host:port` for a decision that depends on its addresses (the policy's
+    /// `needs_resolution`), bounded by `timeouts.upstream_connect`. The answer is then dialled
+    /// as it is ([`Dialer::dial_resolved`]): the addresses judged are the addresses connected
+    /// to, and the name is not looked up twice.
+    pub(crate) async fn resolve(&self, host: &Host, port: u16) -> Resolution {
+        match tokio::time::timeout(self.connect_timeout, self.resolver.resolve(host, port)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        }
+    }
+
+    /// Connects to `host:port` at the addresses [`Dialer::resolve`] found (or fails as it did),
+    /// with the same checks and deadline as [`Dialer::dial`].
+    pub(crate) async fn dial_resolved(
+        &self,
+        host: &Host,
+        port: u16,
+        resolved: &Resolution,
+    ) -> Result<TcpStream, ProxyError> {
+        self.dial_with(host, port, Some(resolved)).await
+    }
+
+    async fn dial_with(
+        &self,
+        host: &Host,
+        port: u16,
+        resolved: Option<&Resolution>,
+    ) -> Result<TcpStream, ProxyError> {
         let started = std::time::Instant::now();
-        let result =
-            match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::ConnectTimeout {
-                    host: format!("{host}:{port}"),
-                }),
+        let dial = async {
+            let addrs = match resolved {
+                Some(resolved) => resolved.clone()?,
+                None => self.resolver.resolve(host, port).await?,
             };
+            self.connect(host, port, addrs).await
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        };
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(_) => metrics.upstream_connected(started.elapsed()),
@@ -157,8 +199,12 @@ impl Dialer {
         result
     }
 
-    async fn dial_inner(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
-        let addrs = self.resolver.resolve(host, port).await?;
+    async fn connect(
+        &self,
+        host: &Host,
+        port: u16,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<TcpStream, ProxyError> {
         if let Some(addr) = addrs.iter().find(|a| self.is_own(a)) {
             return Err(ProxyError::Loop(format!(
                 "{host}:{port} is this proxy ({addr})"
@@ -287,6 +333,53 @@ mod tests {
         assert_eq!(addrs, vec!["127.0.0.9:443".parse().unwrap()]);
         let v6 = r.resolve(&Host::new("[::1]"), 8080).await.unwrap();
         assert_eq!(v6, vec!["[::1]:8080".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn resolved_addresses_are_dialled_as_given_and_still_checked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The name resolves elsewhere; the dial goes where the earlier answer said.
+        let config = Config::parse(
+            "[resolve]\n\"autodiscover.lab.test\" = [\"192.0.2.1\"]\n",
+            "t",
+        )
+        .unwrap();
+        let d = Dialer::new(
+            Resolver::new(&config).unwrap(),
+            Duration::from_secs(2),
+            Vec::new(),
+        );
+        let stream = d
+            .dial_resolved(
+                &Host::new("autodiscover.lab.test"),
+                addr.port(),
+                &Ok(vec![addr]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        // A failed resolution fails the dial the same way.
+        let failed = Err(ProxyError::Dns {
+            host: "x".into(),
+            reason: "nx".into(),
+        });
+        let err = d
+            .dial_resolved(&Host::new("x"), 1, &failed)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Dns { .. }), "{err}");
+        // deny_networks still applies.
+        let d = d.with_deny(vec!["127.0.0.0/8".parse().unwrap()]);
+        let err = d
+            .dial_resolved(
+                &Host::new("autodiscover.lab.test"),
+                addr.port(),
+                &Ok(vec![addr]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::DestinationDenied { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -336,14 +336,15 @@ async fn repeated_failures_slow_down_only_that_client() {
         "{throttled}"
     );
     assert!(throttled.contains("client=127.0.0.2"));
-    // Another address is not slowed, and its own failures start from zero.
+    // Another address is not slowed, and its own failures start from zero (for another name:
+    // u_apr1's failures are counted for the name too, from wherever they come).
     let r = curl(&[
         "--interface",
         "127.0.0.3",
         "-x",
         &proxy.url(),
         "-U",
-        "u_apr1:bad",
+        "u_sha1:bad",
         &url,
     ])
     .await;

@@ -248,7 +248,9 @@ fn outlook_profile_defaults() {
             "contoso-com.mail.protection.outlook.com",
             "outlook:m365-hosts",
         ),
-        ("autodiscover.contoso.com", "outlook:m365-hosts"),
+        ("autodiscover-s.outlook.com", "outlook:m365-hosts"),
+        ("autodiscover.outlook.com", "outlook:m365-hosts"),
+        ("autodiscover.office365.com", "outlook:m365-hosts"),
         ("login.microsoftonline.com", "outlook:m365-hosts"),
         ("login.microsoft.com", "outlook:m365-hosts"),
         ("login.windows.net", "outlook:m365-hosts"),
@@ -270,6 +272,151 @@ fn outlook_profile_defaults() {
             assert_eq!(d.timeouts, TimeoutProfile::LongPoll, "{host}");
         }
     }
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|ip| ip.parse().unwrap()).collect()
+}
+
+#[test]
+fn autodiscover_of_other_domains_needs_microsoft_addresses() {
+    let p = policy("[outlook]\naccepted_domains = [\"corp.example\"]");
+    let host = "autodiscover.contoso.example";
+    // Unresolved: the default for now, and a request to resolve and decide again.
+    let d = p.decide_connect(&connect(host, 443));
+    assert_eq!(d.rule.name.as_ref(), "default");
+    assert_eq!(
+        (d.action, d.auth),
+        (Action::Inspect, AuthRequirement::Required)
+    );
+    assert!(d.needs_resolution);
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["52.97.1.1"], "outlook:autodiscover"),
+        (
+            &["52.97.1.1", "40.99.10.2", "2603:1006::1"],
+            "outlook:autodiscover",
+        ),
+        // IPv4-mapped spellings are the IPv4 address.
+        (&["::ffff:52.97.1.1"], "outlook:autodiscover"),
+        (&["127.0.0.1"], "default"),
+        (&["203.0.113.5"], "default"),
+        // Every address, not just one: a name must not smuggle an outside address in.
+        (&["52.97.1.1", "203.0.113.5"], "default"),
+        // Resolution failed.
+        (&[], "default"),
+    ];
+    for (resolved, want) in cases {
+        let addrs = ips(resolved);
+        let d = p.decide_connect(&connect(host, 443).with_resolved(Some(&addrs)));
+        assert_eq!(d.rule.name.as_ref(), *want, "{resolved:?}");
+        assert!(!d.needs_resolution, "{resolved:?}");
+        if *want == "outlook:autodiscover" {
+            assert_eq!(d.action, Action::Tunnel);
+            assert_eq!(d.auth, AuthRequirement::Exempt);
+            assert_eq!(d.timeouts, TimeoutProfile::LongPoll);
+            assert_eq!(d.rule.source, RuleSource::Outlook);
+        } else {
+            assert_eq!(d.auth, AuthRequirement::Required, "{resolved:?}");
+        }
+    }
+
+    // Plain HTTP the same (Outlook's step 4, the HTTP redirect).
+    let req = RequestFacts::new("GET", host, 80, "/autodiscover/autodiscover.xml", CLIENT);
+    assert!(p.decide_request(&req).needs_resolution);
+    let m365 = ips(&["52.97.1.1"]);
+    let d = p.decide_request(&req.with_resolved(Some(&m365)));
+    assert_eq!(
+        (d.rule.name.as_ref(), d.auth),
+        ("outlook:autodiscover", AuthRequirement::Exempt)
+    );
+
+    // Names that need no resolution: Microsoft's own, accepted domains, anything else.
+    for (host, want) in [
+        ("autodiscover.office365.com", "outlook:m365-hosts"),
+        ("autodiscover-s.outlook.com", "outlook:m365-hosts"),
+        ("autodiscover.corp.example", "outlook:exchange"),
+        ("www.example.com", "default"),
+        ("autodiscover", "default"),
+        ("xautodiscover.contoso.example", "default"),
+    ] {
+        let d = p.decide_connect(&connect(host, 443));
+        assert_eq!(d.rule.name.as_ref(), want, "{host}");
+        assert!(!d.needs_resolution, "{host}");
+    }
+    let d = p.decide_connect(&connect("autodiscover.corp.example", 443));
+    assert_eq!(d.auth, AuthRequirement::Exempt);
+
+    // Outlook's User-Agent does not skip the question: the autodiscover rule comes first.
+    let d = p.decide_connect(&connect(host, 443).with_user_agent(Some(OUTLOOK_UA)));
+    assert_eq!(d.rule.name.as_ref(), "outlook:unknown-host-ua");
+    assert!(d.needs_resolution);
+}
+
+#[test]
+fn autodiscover_resolution_follows_the_profile_and_rules() {
+    let host = "autodiscover.contoso.example";
+    let m365 = ips(&["52.97.1.1"]);
+    // A config rule deciding first needs no resolution.
+    let p = policy("[[rules]]\nhost = \"*.contoso.example\"\naction = \"deny\"\nreason = \"r\"");
+    assert!(!p.decide_connect(&connect(host, 443)).needs_resolution);
+    // The profile's mode and auth apply to the rule as to the rest of the profile.
+    let p = policy("[outlook]\nmode = \"inspect\"\nauth = \"required\"");
+    let d = p.decide_connect(&connect(host, 443).with_resolved(Some(&m365)));
+    assert_eq!(d.rule.name.as_ref(), "outlook:autodiscover");
+    assert_eq!(
+        (d.action, d.auth),
+        (Action::Inspect, AuthRequirement::Required)
+    );
+    // No profile, no question.
+    let p = policy("[outlook]\nmode = \"off\"");
+    assert!(!p.decide_connect(&connect(host, 443)).needs_resolution);
+    // The endpoint list's networks count as Microsoft 365 networks.
+    let sets = crate::m365::parse_endpoints(
+        r#"[{"id":1,"serviceArea":"Exchange","urls":["outlook.office365.com"],"ips":["198.51.100.0/24"],"tcpPorts":"443","category":"Optimize","required":true}]"#,
+    )
+    .unwrap();
+    let p = Policy::compile_with_m365(&raw(""), &sets).unwrap();
+    let lab = ips(&["198.51.100.7"]);
+    let d = p.decide_connect(&connect(host, 443).with_resolved(Some(&lab)));
+    assert_eq!(d.rule.name.as_ref(), "outlook:autodiscover");
+    let without = policy("");
+    let d = without.decide_connect(&connect(host, 443).with_resolved(Some(&lab)));
+    assert_eq!(d.rule.name.as_ref(), "default");
+}
+
+#[test]
+fn explain_says_how_resolution_decided() {
+    let p = policy("");
+    let host = "autodiscover.attacker.example";
+    let text = p.explain_connect(&connect(host, 443)).to_string();
+    assert!(
+        text.contains("resolved: autodiscover.attacker.example is not resolved; outlook:autodiscover applies only if"),
+        "{text}"
+    );
+    let local = ips(&["127.0.0.1", "52.97.1.1"]);
+    let text = p
+        .explain_connect(&connect(host, 443).with_resolved(Some(&local)))
+        .to_string();
+    assert!(text.contains("rule:     default"), "{text}");
+    assert!(
+        text.contains("resolved: autodiscover.attacker.example resolves to 127.0.0.1, 52.97.1.1: 127.0.0.1 outside Microsoft 365 networks, so outlook:autodiscover does not apply"),
+        "{text}"
+    );
+    let m365 = ips(&["52.97.1.1"]);
+    let e = p.explain_connect(&connect(host, 443).with_resolved(Some(&m365)));
+    let text = e.to_string();
+    assert!(text.contains("rule:     outlook:autodiscover"), "{text}");
+    assert!(
+        text.contains("matched:  resolved Microsoft 365 networks") && text.contains("~ 52.97.1.1"),
+        "{text}"
+    );
+    assert!(text.contains("all in Microsoft 365 networks"), "{text}");
+    // Ordinary hosts say nothing about resolution.
+    let text = p
+        .explain_connect(&connect("www.example.com", 443))
+        .to_string();
+    assert!(!text.contains("resolved:"), "{text}");
 }
 
 #[test]
@@ -364,6 +511,17 @@ fn explicit_timeouts_beat_exchange_class() {
         (d.class, d.timeouts),
         (Some(ExchangeClass::Mapi), TimeoutProfile::Default)
     );
+}
+
+#[test]
+fn outlook_user_agent_on_unknown_host_is_inspected_by_default() {
+    let p = policy("");
+    for ua in [OUTLOOK_UA, "MSRPC", "Outlook-iOS/2.0"] {
+        let d = p.decide_connect(&connect("mail.unknown.example", 443).with_user_agent(Some(ua)));
+        assert_eq!(d.rule.name.as_ref(), "outlook:unknown-host-ua", "{ua}");
+        assert_eq!(d.action, Action::Inspect, "{ua}");
+        assert_eq!(d.auth, AuthRequirement::Required, "{ua}");
+    }
 }
 
 #[test]
@@ -519,6 +677,28 @@ fn explain_lists_each_matched_condition() {
 }
 
 #[test]
+fn explain_shows_authentication_settled_elsewhere() {
+    let p = policy(
+        "[[rules]]\nname = \"lab\"\nhost = \"*.exempt.test\"\naction = \"inspect\"\nauth = \"exempt\"",
+    );
+    // A bare-IP CONNECT is decided Required; the SNI then finds the exempt rule, whose own
+    // `auth` the proxy never applies.
+    let first = p.decide_connect(&connect("192.0.2.9", 443));
+    assert_eq!(first.auth, AuthRequirement::Required);
+    let e = p.explain_connect(&connect("www.exempt.test", 443).with_sni(Some("www.exempt.test")));
+    assert_eq!(e.decision.auth, AuthRequirement::Exempt);
+    let e = e.with_settled_auth(first.auth, "decided at the CONNECT");
+    assert_eq!(e.decision.auth, AuthRequirement::Required);
+    assert_eq!(e.decision.rule.name.as_ref(), "lab");
+    let text = e.to_string();
+    assert!(
+        text.contains("auth:     Required (decided at the CONNECT)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("Exempt"), "{text}");
+}
+
+#[test]
 fn index_agrees_with_linear_scan() {
     // Many overlapping patterns, checked against the unindexed scan for a set of names.
     let mut text = String::from("[outlook]\nmode = \"off\"\n");
@@ -552,9 +732,12 @@ fn index_agrees_with_linear_scan() {
         for port in [443, 400, 410] {
             let f = connect(host, port);
             let facts = crate::decision::Facts::from(&f);
-            let linear = p.rules.iter().position(|r| r.cond.matches(&facts));
-            let indexed = p.rules.iter().position(|r| std::ptr::eq(r, p.find(&facts)));
-            assert_eq!(indexed, linear, "{host}:{port}");
+            let linear = p
+                .rules
+                .iter()
+                .position(|r| r.cond.matches(&facts))
+                .unwrap_or(p.rules.len());
+            assert_eq!(p.find(&facts), linear, "{host}:{port}");
         }
     }
 }

@@ -9,14 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 
-use super::htpasswd::{Hash, Users};
+use super::htpasswd::Users;
 use super::{AuthSetupError, AuthStats};
 
 /// Bound on remembered credentials; when full, expired entries go, then everything.
 const CACHE_MAX: usize = 10_000;
-
-/// The bcrypt hash (cost 5) an unknown user's password is checked against (see `Basic::dummy`).
-const DUMMY_HASH: &str = "$2y$05$5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy";
 
 pub(super) struct Basic {
     path: PathBuf,
@@ -28,9 +25,6 @@ pub(super) struct Basic {
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
     cache_key: [u8; 32],
     ttl: Duration,
-    /// Verified against when the user does not exist, so that an unknown user costs as much
-    /// time as a wrong password (no user enumeration by timing).
-    dummy: Hash,
 }
 
 struct CacheEntry {
@@ -45,7 +39,6 @@ impl Basic {
         let stamp = file_stamp(&path);
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).map_err(AuthSetupError::Random)?;
-        let dummy = Hash::Crypt(DUMMY_HASH.to_owned());
         Ok(Basic {
             path,
             users: ArcSwap::from_pointee(users),
@@ -54,7 +47,6 @@ impl Basic {
             cache: Mutex::new(HashMap::new()),
             cache_key,
             ttl,
-            dummy,
         })
     }
 
@@ -87,8 +79,9 @@ impl Basic {
             let users = this.users.load();
             match users.get(&user_owned) {
                 Some(hash) => hash.verify(&password),
+                // An unknown name costs what a wrong password costs (see `Users::dummy`).
                 None => {
-                    let _ = this.dummy.verify(&password);
+                    let _ = users.dummy().verify(&password);
                     false
                 }
             }

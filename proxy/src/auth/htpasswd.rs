@@ -96,6 +96,43 @@ impl Hash {
         })
     }
 
+    /// What verifying against this hash costs, in rough microseconds: enough to tell which of
+    /// two hashes is the more expensive one.
+    fn cost(&self) -> u64 {
+        match self {
+            Hash::Crypt(stored) => match crypt_params(stored) {
+                CryptParams::Bcrypt(cost) => 60u64 << cost.min(31),
+                CryptParams::Sha(_, rounds) => u64::from(rounds),
+                CryptParams::Md5 => 300,
+            },
+            Hash::Apr1 { .. } => 300,
+            Hash::Sha1(_) => 1,
+        }
+    }
+
+    /// A hash of the same scheme and cost that no password matches (salt and checksum are
+    /// fixed placeholders): verifying against it takes as long as against `self`.
+    fn dummy_like(&self) -> Hash {
+        match self {
+            Hash::Crypt(stored) => Hash::Crypt(match crypt_params(stored) {
+                CryptParams::Bcrypt(cost) => format!("$2y${cost:02}${DUMMY_BCRYPT}"),
+                CryptParams::Sha(magic, rounds) => {
+                    let checksum = if magic == '5' { 43 } else { 86 };
+                    format!(
+                        "${magic}$rounds={rounds}$portcullisdummy${}",
+                        "x".repeat(checksum)
+                    )
+                }
+                CryptParams::Md5 => "$1$portcull$xxxxxxxxxxxxxxxxxxxxxx".to_owned(),
+            }),
+            Hash::Apr1 { .. } => Hash::Apr1 {
+                salt: "portcull".to_owned(),
+                full: "$apr1$portcull$xxxxxxxxxxxxxxxxxxxxxx".to_owned(),
+            },
+            Hash::Sha1(_) => Hash::Sha1([0; 20]),
+        }
+    }
+
     /// Checks `password`; comparisons of derived values are constant-time.
     pub(crate) fn verify(&self, password: &[u8]) -> bool {
         match self {
@@ -112,10 +149,57 @@ impl Hash {
     }
 }
 
+/// Salt and checksum of the dummy bcrypt hashes (any cost): a valid-looking hash of nothing.
+const DUMMY_BCRYPT: &str = "5b6a4SYx1AwE0P4FLzZ8lOfXbAr3w8zdxGW2oEzTPuL5WTXSqWXqy";
+
+/// The parameters of a crypt(3)-style hash that decide what verifying it costs.
+enum CryptParams {
+    /// `$2y$`/`$2b$`/`$2a$`: the cost (log2 of the rounds).
+    Bcrypt(u32),
+    /// `$5$`/`$6$`: the magic digit and the rounds (5000 unless `rounds=` says otherwise).
+    Sha(char, u32),
+    /// `$1$`: fixed 1000 rounds.
+    Md5,
+}
+
+fn crypt_params(stored: &str) -> CryptParams {
+    if stored.starts_with("$2") {
+        let cost = stored.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(10);
+        return CryptParams::Bcrypt(cost);
+    }
+    for magic in ['5', '6'] {
+        if let Some(rest) = stored.strip_prefix(&format!("${magic}$")) {
+            let rounds = rest
+                .strip_prefix("rounds=")
+                .and_then(|r| r.split('$').next())
+                .and_then(|r| r.parse::<u32>().ok())
+                // crypt(3) clamps the rounds to this range.
+                .map_or(5000, |r| r.clamp(1000, 999_999_999));
+            return CryptParams::Sha(magic, rounds);
+        }
+    }
+    CryptParams::Md5
+}
+
 /// Parsed users of one htpasswd file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Users {
     users: HashMap<String, Hash>,
+    /// Verified against when a user does not exist, so that an unknown name costs as much time
+    /// as a wrong password (no user enumeration by timing): the scheme and cost of the file's
+    /// most expensive hash — for bcrypt its highest cost — so an unknown name is never
+    /// answered faster than a known one. (Mixed schemes in one file still differ among
+    /// themselves: keep to one.)
+    dummy: Hash,
+}
+
+impl Default for Users {
+    fn default() -> Users {
+        Users {
+            users: HashMap::new(),
+            dummy: Hash::Crypt(format!("$2y$05${DUMMY_BCRYPT}")),
+        }
+    }
 }
 
 impl Users {
@@ -151,7 +235,17 @@ impl Users {
             })?;
             users.insert(user.to_owned(), hash);
         }
-        Ok(Users { users })
+        let dummy = users
+            .values()
+            .max_by_key(|h| h.cost())
+            .map(Hash::dummy_like)
+            .unwrap_or_else(|| Users::default().dummy);
+        Ok(Users { users, dummy })
+    }
+
+    /// What an unknown user's password is verified against.
+    pub(crate) fn dummy(&self) -> &Hash {
+        &self.dummy
     }
 
     pub(crate) fn get(&self, user: &str) -> Option<&Hash> {
@@ -261,6 +355,52 @@ mod tests {
         // openssl passwd -1 -salt abc password
         let md5 = Hash::parse("$1$abc$BXBqpb9BZcZhXLgbee.0s/").unwrap();
         assert!(md5.verify(b"password") && !md5.verify(b"x"));
+    }
+
+    #[test]
+    fn the_dummy_has_the_costliest_scheme_and_cost_of_the_file() {
+        let bcrypt = |cost: u32| {
+            pwhash::bcrypt::hash_with(
+                pwhash::bcrypt::BcryptSetup {
+                    cost: Some(cost),
+                    ..Default::default()
+                },
+                "pw",
+            )
+            .unwrap()
+        };
+        let sha512 = "$6$rounds=20000$saltsalt$".to_owned() + &"a".repeat(86);
+        let file = format!(
+            "a:{}\nb:{}\nc:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nd:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+            bcrypt(4),
+            bcrypt(6)
+        );
+        let users = Users::parse(&file).unwrap();
+        match users.dummy() {
+            Hash::Crypt(d) => assert!(d.starts_with("$2y$06$"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        let users = Users::parse(&format!("{file}e:{sha512}\n")).unwrap();
+        match users.dummy() {
+            Hash::Crypt(d) => assert!(d.starts_with("$6$rounds=20000$"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        let users = Users::parse("c:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n").unwrap();
+        assert!(matches!(users.dummy(), Hash::Apr1 { .. }));
+        // No password matches a dummy, whatever its scheme.
+        for stored in [
+            bcrypt(4),
+            sha512,
+            "$5$saltsalt$".to_owned() + &"a".repeat(43),
+            "$1$abc$BXBqpb9BZcZhXLgbee.0s/".to_owned(),
+            "$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00".to_owned(),
+            "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=".to_owned(),
+        ] {
+            let dummy = Hash::parse(&stored).unwrap().dummy_like();
+            for pw in [&b""[..], b"pw", b"password", b"x"] {
+                assert!(!dummy.verify(pw), "{stored} -> {dummy:?}");
+            }
+        }
     }
 
     #[test]

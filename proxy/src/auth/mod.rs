@@ -17,6 +17,7 @@ mod throttle;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
@@ -54,11 +55,24 @@ pub(crate) enum Outcome {
         reply: Option<HeaderValue>,
     },
     /// Answer 407. `cause` goes to `X-Portcullis-Error`; `negotiate_token` continues a
-    /// multi-leg Negotiate exchange.
+    /// multi-leg Negotiate exchange. `delay`: hold the answer this long (repeated failures);
+    /// the caller waits, after committing the attempt to the access log, so that a client
+    /// leaving during the wait still leaves its line.
     Challenge {
         cause: &'static str,
         negotiate_token: Option<String>,
+        delay: Duration,
     },
+}
+
+impl Outcome {
+    fn failed(cause: &'static str) -> Outcome {
+        Outcome::Challenge {
+            cause,
+            negotiate_token: None,
+            delay: Duration::ZERO,
+        }
+    }
 }
 
 pub(crate) struct Auth {
@@ -189,34 +203,31 @@ impl Auth {
             if let Some(user) = conn.user.lock().ok().and_then(|u| u.clone()) {
                 return Outcome::Authenticated { user, reply: None };
             }
-            return Outcome::Challenge {
-                cause: "auth-required",
-                negotiate_token: None,
-            };
+            return Outcome::failed("auth-required");
         }
-        let outcome = self
+        let (mut outcome, presented_user) = self
             .check_credentials(
                 conn,
                 presented.map(HeaderValue::as_bytes).unwrap_or_default(),
             )
             .await;
-        match &outcome {
+        match &mut outcome {
             Outcome::Authenticated { user, .. } => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
-                self.throttle.success(client);
+                self.throttle.success(client, user);
                 tracing::debug!(%client, %user, "authenticated");
             }
             Outcome::Challenge {
                 cause,
                 negotiate_token: None,
+                delay,
             } => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let delay = self.throttle.failure(client);
+                *delay = self.throttle.failure(client, presented_user.as_deref());
                 tracing::info!(%client, cause, "proxy authentication failed");
                 if !delay.is_zero() {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%client, delay_ms = delay.as_millis() as u64, "repeated authentication failures; slowing this client down");
-                    tokio::time::sleep(delay).await;
                 }
             }
             _ => {}
@@ -224,11 +235,10 @@ impl Auth {
         outcome
     }
 
-    async fn check_credentials(&self, conn: &ConnAuth, value: &[u8]) -> Outcome {
-        let failed = |cause| Outcome::Challenge {
-            cause,
-            negotiate_token: None,
-        };
+    /// Checks a `Proxy-Authorization` value; also returns the Basic user name it presented
+    /// (right or wrong), which the throttle counts failures for.
+    async fn check_credentials(&self, conn: &ConnAuth, value: &[u8]) -> (Outcome, Option<String>) {
+        let failed = |cause| (Outcome::failed(cause), None);
         if value.len() > MAX_CREDENTIALS {
             return failed("auth-malformed");
         }
@@ -244,23 +254,21 @@ impl Auth {
             let Some((user, password)) = decode_basic(param) else {
                 return failed("auth-malformed");
             };
-            return match basic.verify(&user, &password, &self.stats).await {
+            let outcome = match basic.verify(&user, &password, &self.stats).await {
                 Some(user) => Outcome::Authenticated { user, reply: None },
-                None => failed("auth-failed"),
+                None => Outcome::failed("auth-failed"),
             };
+            return (outcome, Some(user));
         }
         if scheme.eq_ignore_ascii_case("negotiate") {
-            return self.negotiate(conn, param).await;
+            return (self.negotiate(conn, param).await, None);
         }
         failed("auth-scheme-not-enabled")
     }
 
     #[cfg(feature = "negotiate")]
     async fn negotiate(&self, conn: &ConnAuth, param: &str) -> Outcome {
-        let failed = |cause| Outcome::Challenge {
-            cause,
-            negotiate_token: None,
-        };
+        let failed = Outcome::failed;
         let Some(negotiate) = &self.negotiate else {
             return failed("auth-scheme-not-enabled");
         };
@@ -294,6 +302,7 @@ impl Auth {
             negotiate::Step::Continue(token) => Outcome::Challenge {
                 cause: "auth-continue",
                 negotiate_token: Some(base64::engine::general_purpose::STANDARD.encode(token)),
+                delay: Duration::ZERO,
             },
             negotiate::Step::Failed(reason) => {
                 let spn = asked_for
@@ -307,10 +316,7 @@ impl Auth {
 
     #[cfg(not(feature = "negotiate"))]
     async fn negotiate(&self, _conn: &ConnAuth, _param: &str) -> Outcome {
-        Outcome::Challenge {
-            cause: "auth-scheme-not-enabled",
-            negotiate_token: None,
-        }
+        Outcome::failed("auth-scheme-not-enabled")
     }
 }
 

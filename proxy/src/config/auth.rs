@@ -64,7 +64,8 @@ pub struct NegotiateConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottleConfig {
-    /// Failures allowed per client address within `window` before answers are delayed.
+    /// Failures allowed per client address, or per user name, within `window` before answers
+    /// are delayed.
     pub failures: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,

@@ -21,6 +21,7 @@ use crate::headers::via_names_us;
 use crate::metrics::TlsTunnelReason;
 use crate::record::ResultCode;
 use crate::tunnel::{relay_tunnel, RelayEnd, TunnelClient};
+use crate::upstream::Resolution;
 
 /// What an inspected tunnel needs from its CONNECT to decide again on the SNI.
 pub(super) struct TunnelPlan {
@@ -47,12 +48,24 @@ pub(super) async fn handle(
     in_flight: InFlight,
     req: Request<Incoming>,
     decision: Option<Decision>,
+    resolution: Option<Resolution>,
 ) -> Response<ProxyBody> {
     let target = match checked_target(proxy, &req) {
         Ok(t) => t,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-    let upstream = match proxy.dialer.dial(&target.host, target.port).await {
+    // Addresses the decision was made on are the ones dialled (no second lookup that could
+    // answer differently).
+    let dialled = match &resolution {
+        Some(resolved) => {
+            proxy
+                .dialer
+                .dial_resolved(&target.host, target.port, resolved)
+                .await
+        }
+        None => proxy.dialer.dial(&target.host, target.port).await,
+    };
+    let upstream = match dialled {
         Ok(stream) => stream,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };

@@ -22,29 +22,36 @@ use crate::error::classify_error;
 use crate::error::ProxyError;
 use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade};
 use crate::intercept::session::Session;
-use crate::pinned::starts_connection_auth;
+use crate::pinned::{send_once, starts_connection_auth};
 use crate::tunnel::relay;
+use crate::upstream::Resolution;
 
 /// Where a prepared request goes.
 enum Route<'a> {
     /// The shared keep-alive pool (plain HTTP).
     Pooled,
+    /// Plain HTTP decided on the addresses its host resolved to: a connection of its own to
+    /// exactly those, never a pooled one another lookup opened.
+    Resolved(&'a Resolution),
     /// The origin connection of an intercepted tunnel.
     Session(&'a Session),
 }
 
-/// An absolute-form request from a proxy client.
+/// An absolute-form request from a proxy client; `resolution`: the host's addresses, when the
+/// decision was made on them.
 pub(super) async fn handle(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
     txn: Txn,
     in_flight: InFlight,
     mut req: Request<Incoming>,
+    resolution: Option<Resolution>,
 ) -> Response<ProxyBody> {
     if let Err(e) = target_plain(&mut req) {
         return txn.fail(proxy, in_flight, e);
     }
-    send(proxy, conn, txn, in_flight, req, Route::Pooled).await
+    let route = resolution.as_ref().map_or(Route::Pooled, Route::Resolved);
+    send(proxy, conn, txn, in_flight, req, route).await
 }
 
 /// A request decrypted from an intercepted tunnel to `session`'s origin.
@@ -175,7 +182,7 @@ async fn send(
 
     let timeout = proxy.response_timeout(txn.long_poll());
     let pin = match route {
-        Route::Pooled => {
+        Route::Pooled | Route::Resolved(_) => {
             starts_connection_auth(req.headers())
                 || match req.uri().authority() {
                     Some(a) => conn.pinned.is_pinned_to(a).await,
@@ -188,7 +195,11 @@ async fn send(
     // request's future several KiB larger, and hyper moves that future by value per request.
     let round_trip = async {
         match route {
-            Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req)).await,
+            Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req, None)).await,
+            Route::Resolved(resolved) if pin => {
+                Box::pin(conn.pinned.send(&proxy.dialer, req, Some(resolved))).await
+            }
+            Route::Resolved(resolved) => Box::pin(send_once(&proxy.dialer, resolved, req)).await,
             Route::Pooled => proxy
                 .client
                 .request(req)

@@ -13,6 +13,7 @@
 mod connect;
 mod forward;
 mod inspect;
+mod linger;
 mod local;
 mod pages;
 pub(crate) mod target;
@@ -20,6 +21,7 @@ mod txn;
 
 pub(crate) use txn::{Outcome, Txn};
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::PROXY_AUTHENTICATE;
@@ -32,6 +34,7 @@ use crate::body::ProxyBody;
 use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
 use crate::record::ResultCode;
+use crate::upstream::Resolution;
 
 /// Entry point for every request hyper parses on a client connection.
 pub(crate) async fn handle(
@@ -47,7 +50,23 @@ pub(crate) async fn handle(
         return local::handle(&proxy, &conn, txn, in_flight, req);
     }
     // A target the decision cannot be made for is malformed: the handlers below answer 400.
-    let mut decision = decide(&proxy, &conn, &req, None);
+    let mut decision = decide(&proxy, &conn, &req, None, None);
+    // Whether an `autodiscover.*` name is Microsoft's depends on its addresses: resolve it now,
+    // before credentials are asked for, decide again, and later dial exactly these addresses.
+    let resolution = match &decision {
+        Some(d) if d.needs_resolution => resolve_target(&proxy, &req, is_connect).await,
+        _ => None,
+    };
+    let resolved: Option<Vec<IpAddr>> = resolution.as_ref().map(|r| match r {
+        Ok(addrs) => addrs.iter().map(|a| a.ip()).collect(),
+        Err(_) => Vec::new(),
+    });
+    if let Some(ips) = &resolved {
+        if let Some(with_addresses) = decide(&proxy, &conn, &req, None, Some(ips)) {
+            tracing::debug!(?ips, decision = %with_addresses, "decided again on the resolved addresses");
+            decision = Some(with_addresses);
+        }
+    }
     // A refusal that no user could change is answered before asking for credentials.
     let final_denial = decision
         .as_ref()
@@ -64,18 +83,27 @@ pub(crate) async fn handle(
                 txn.set_user(name);
                 auth_reply = reply;
             }
-            Authenticated::Challenge(page) => {
+            Authenticated::Challenge { page, cause, delay } => {
                 let outcome = Outcome {
                     result: ResultCode::TcpDenied,
-                    error: Some(page.1),
+                    error: Some(cause),
                     ..Outcome::LOCAL
                 };
-                return txn.respond(&proxy, in_flight, page.0, outcome);
+                // The answer is committed (its log line is written when it is sent, or when
+                // it is dropped) before a throttled client is held back: one that leaves
+                // during the delay is still logged.
+                let response = txn.respond(&proxy, in_flight, page, outcome);
+                let (head, body) = req.into_parts();
+                linger::discard_body(&proxy, &conn, &head.headers, body);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return response;
             }
         }
         if txn.user().is_some() && proxy.policy.uses_identity() {
             // `user` / `group` rules can only be evaluated now; the exemption stays as it was.
-            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user()) {
+            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user(), resolved.as_deref()) {
                 decision = Some(with_user);
             }
         }
@@ -83,13 +111,16 @@ pub(crate) async fn handle(
     if let Some(decision) = &decision {
         txn.decided(decision);
         if let Some(err) = ProxyError::denial(decision) {
-            return txn.fail(&proxy, in_flight, err);
+            let response = txn.fail(&proxy, in_flight, err);
+            let (head, body) = req.into_parts();
+            linger::discard_body(&proxy, &conn, &head.headers, body);
+            return response;
         }
     }
     let mut response = if is_connect {
-        connect::handle(&proxy, &conn, txn, in_flight, req, decision).await
+        connect::handle(&proxy, &conn, txn, in_flight, req, decision, resolution).await
     } else {
-        forward::handle(&proxy, &conn, txn, in_flight, req).await
+        forward::handle(&proxy, &conn, txn, in_flight, req, resolution).await
     };
     if let Some(reply) = auth_reply {
         // Negotiate mutual authentication: the client verifies the proxy with this token.
@@ -105,8 +136,12 @@ enum Authenticated {
         /// Negotiate's mutual-authentication token for the response.
         reply: Option<HeaderValue>,
     },
-    /// The 407 page (with every scheme's challenge) and its cause.
-    Challenge((Response<ProxyBody>, &'static str)),
+    /// The 407 page (with every scheme's challenge), its cause, and how long to hold it.
+    Challenge {
+        page: Response<ProxyBody>,
+        cause: &'static str,
+        delay: std::time::Duration,
+    },
 }
 
 async fn authenticate(
@@ -127,12 +162,13 @@ async fn authenticate(
         AuthOutcome::Challenge {
             cause,
             negotiate_token,
+            delay,
         } => {
             let mut page = pages::auth_required(cause);
             for challenge in auth.challenges(negotiate_token.as_deref()) {
                 page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
             }
-            Authenticated::Challenge((page, cause))
+            Authenticated::Challenge { page, cause, delay }
         }
     }
 }
@@ -155,13 +191,28 @@ pub(crate) fn connect_facts<'a>(
     facts
 }
 
+/// The target's addresses, for a decision that depends on them; `None` when the target is
+/// malformed (the handler refuses it with 400 without any lookup).
+async fn resolve_target(
+    proxy: &Proxy,
+    req: &Request<Incoming>,
+    is_connect: bool,
+) -> Option<Resolution> {
+    let authority = req.uri().authority()?;
+    let default_port = if is_connect { None } else { Some(80) };
+    let target = target::Target::parse(authority.as_str(), default_port).ok()?;
+    Some(proxy.dialer.resolve(&target.host, target.port).await)
+}
+
 /// The policy's decision for a CONNECT or an absolute-form request; `None` when the target
-/// has no host (the handler refuses it with 400).
+/// has no host (the handler refuses it with 400). `resolved`: the target's addresses, when the
+/// first decision asked for them.
 fn decide(
     proxy: &Proxy,
     conn: &ConnCtx,
     req: &Request<Incoming>,
     user: Option<&str>,
+    resolved: Option<&[IpAddr]>,
 ) -> Option<Decision> {
     let uri = req.uri();
     let host = uri.host().filter(|h| !h.is_empty())?;
@@ -173,7 +224,8 @@ fn decide(
         let target = target::Target::parse(uri.authority()?.as_str(), None).ok()?;
         let facts = connect_facts(&target, None, client)
             .with_user_agent(user_agent)
-            .with_user(identity);
+            .with_user(identity)
+            .with_resolved(resolved);
         proxy.policy.decide_connect(&facts)
     } else {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -181,7 +233,8 @@ fn decide(
         let facts =
             portcullis_policy::RequestFacts::new(req.method().as_str(), host, port, path, client)
                 .with_user_agent(user_agent)
-                .with_user(identity);
+                .with_user(identity)
+                .with_resolved(resolved);
         proxy.policy.decide_request(&facts)
     };
     tracing::debug!(decision = %decision, "policy decision");
