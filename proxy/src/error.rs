@@ -18,8 +18,13 @@ pub(crate) enum ProxyError {
     BadRequest(String),
     #[error("the {0} scheme is not supported by this proxy")]
     UnsupportedScheme(String),
-    #[error("CONNECT to port {port} is not allowed (allowed: {allowed})")]
-    PortNotAllowed { port: u16, allowed: String },
+    /// `what` is `CONNECT` (`server.connect_ports`) or `HTTP` (`server.http_ports`).
+    #[error("{what} to port {port} is not allowed (allowed: {allowed})")]
+    PortNotAllowed {
+        what: &'static str,
+        port: u16,
+        allowed: String,
+    },
     #[error("forwarding loop detected: {0}")]
     Loop(String),
     /// Refused by a policy rule; `reason` is the rule's, shown to the user as written.

@@ -27,6 +27,7 @@ mod m365_feed;
 mod metrics;
 mod netfilter_cmd;
 mod policy_cmd;
+mod ports;
 mod proxy_protocol;
 mod record;
 mod reload;

@@ -109,6 +109,7 @@ fn checked_target(proxy: &Proxy, req: &Request<Incoming>) -> Result<Target, Prox
             .collect::<Vec<_>>()
             .join(", ");
         return Err(ProxyError::PortNotAllowed {
+            what: "CONNECT",
             port: target.port,
             allowed,
         });

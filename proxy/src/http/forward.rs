@@ -22,6 +22,7 @@ use crate::context::{ConnCtx, Proxy};
 use crate::error::classify_error;
 use crate::error::ProxyError;
 use crate::intercept::session::Session;
+use crate::ports::{self, PortRange};
 use crate::tunnel::relay;
 
 /// Where a prepared request goes.
@@ -40,7 +41,7 @@ pub(super) async fn handle(
     in_flight: InFlight,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Err(e) = target_plain(&mut req) {
+    if let Err(e) = target_plain(&mut req, &proxy.config.server.http_ports) {
         return txn.fail(proxy, in_flight, e);
     }
     send(proxy, conn, txn, in_flight, req, Route::Pooled).await
@@ -62,9 +63,10 @@ pub(super) async fn handle_intercepted(
     send(proxy, conn, txn, in_flight, req, Route::Session(session)).await
 }
 
-/// Absolute-form target: check the scheme, parse the one authority we will connect to, and set
-/// `Host` from it (RFC 9112 §3.2.2: the received Host header is replaced).
-fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+/// Absolute-form target: check the scheme, parse the one authority we will connect to, check
+/// its port against `http_ports`, and set `Host` from it (RFC 9112 §3.2.2: the received Host
+/// header is replaced).
+fn target_plain(req: &mut Request<Incoming>, http_ports: &[PortRange]) -> Result<(), ProxyError> {
     let uri = req.uri();
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("ws") => {}
@@ -79,6 +81,14 @@ fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         .authority()
         .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
     let target = Target::parse(authority.as_str(), Some(80))?;
+    // Before anything is dialled: a request body must not reach a mail or SSH server.
+    if !ports::allows(http_ports, target.port) {
+        return Err(ProxyError::PortNotAllowed {
+            what: "HTTP",
+            port: target.port,
+            allowed: ports::describe(http_ports),
+        });
+    }
     let invalid = |e: http::Error| ProxyError::BadRequest(format!("invalid request target: {e}"));
     // The authority as received when it is already the one we connect to (the usual case):
     // no re-rendering and re-parsing per request.
