@@ -3,7 +3,11 @@
 //! WebSocket, ambiguous chunked framing, `Max-Forwards`, and plain HTTP to arbitrary ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use portcullis_e2e::{curl, TestOrigin, TestProxy};
+use std::time::Duration;
+
+use portcullis_e2e::tls::tls_through;
+use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_goes_only_to_safe_ports() {
@@ -42,4 +46,71 @@ async fn plain_http_goes_only_to_safe_ports() {
             .unwrap_or_default();
         assert!(err.contains("server.http_ports"), "{bad}: {err}");
     }
+}
+
+/// A body chunked twice: decoding one layer leaves a chunked stream that an origin would read
+/// as data, or as a different request.
+fn twice_chunked() -> String {
+    let inner = "4\r\nabcd\r\n0\r\n\r\n";
+    format!("{:x}\r\n{inner}\r\n0\r\n\r\n", inner.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_chunked_coding_is_refused_plain_and_inside_tls() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let o = origin.addr;
+    let body = twice_chunked();
+    for te in [
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: Chunked ,chunked",
+        // Any other coding would be dropped the same way.
+        "Transfer-Encoding: gzip, chunked",
+    ] {
+        let request = format!("POST http://{o}/echo HTTP/1.1\r\nHost: {o}\r\n{te}\r\n\r\n{body}");
+        let reply = raw(proxy.addr, request.as_bytes(), Duration::from_millis(500)).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{te:?}: {reply:?}");
+        assert!(
+            reply.contains("x-portcullis-error: bad-request"),
+            "{te:?}: {reply:?}"
+        );
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{te:?}: {reply:?}");
+    }
+    assert!(
+        origin.seen().is_empty(),
+        "a doubly chunked request reached the origin: {:?}",
+        origin.seen()
+    );
+    // One chunked coding is fine.
+    let request = format!(
+        "POST http://{o}/echo HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+    );
+    let reply = raw(proxy.addr, request.as_bytes(), Duration::from_millis(500)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("abcd"),
+        "{reply:?}"
+    );
+
+    // The same inside an inspected tunnel.
+    let tls_origin = TestOrigin::https().await;
+    let port = tls_origin.addr.port();
+    let inspecting = TestProxy::start(&format!(
+        "[server]\nconnect_ports = [{port}]\n[tls]\nupstream_ca_file = \"{}\"\n",
+        tls_origin.ca_file.as_ref().unwrap().display()
+    ));
+    let ca = std::fs::read(inspecting.dir.path().join("data/ca.pem")).unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let mut tls = tls_through(inspecting.addr, &target, "localhost", &ca)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, chunked\r\n\r\n{body}"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_to_end(&mut out)).await;
+    let reply = String::from_utf8_lossy(&out);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+    assert!(tls_origin.seen().is_empty(), "{:?}", tls_origin.seen());
 }

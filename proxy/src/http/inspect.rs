@@ -408,6 +408,9 @@ async fn decrypted_request(
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("https://{}{}", tunnel.authority, path);
     let mut txn = Txn::intercepted(conn.client.ip(), req.method(), url, tunnel.user.clone());
+    if let Err(e) = super::headers::check_transfer_coding(req.headers()) {
+        return super::refuse_framing(&proxy, txn, in_flight, e);
+    }
     let facts = RequestFacts::new(
         req.method().as_str(),
         &tunnel.host,

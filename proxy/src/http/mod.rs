@@ -42,6 +42,9 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let in_flight = conn.activity.begin_request();
     let mut txn = Txn::new(&conn, &req);
+    if let Err(e) = headers::check_transfer_coding(req.headers()) {
+        return refuse_framing(&proxy, txn, in_flight, e);
+    }
     let is_connect = req.method() == http::Method::CONNECT;
     if !is_connect && req.uri().scheme().is_none() {
         // Requests for the proxy's own pages need no credentials.
@@ -96,6 +99,22 @@ pub(crate) async fn handle(
         // Negotiate mutual authentication: the client verifies the proxy with this token.
         response.headers_mut().insert(PROXY_AUTHENTICATE, reply);
     }
+    response
+}
+
+/// Answers a request whose body framing is ambiguous with 400 and closes its connection,
+/// before the body is read: nothing after it on the connection can be trusted to start where
+/// the proxy thinks it does.
+pub(super) fn refuse_framing(
+    proxy: &Proxy,
+    txn: Txn,
+    in_flight: crate::activity::InFlight,
+    err: ProxyError,
+) -> Response<ProxyBody> {
+    let mut response = txn.fail(proxy, in_flight, err);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
