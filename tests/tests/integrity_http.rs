@@ -114,3 +114,118 @@ async fn a_repeated_chunked_coding_is_refused_plain_and_inside_tls() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     assert!(tls_origin.seen().is_empty(), "{:?}", tls_origin.seen());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_zero_is_answered_by_the_proxy_and_other_values_decremented() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start("");
+    let p = proxy.url();
+    let options = curl(&[
+        "-x",
+        &p,
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Max-Forwards: 0",
+        &origin.url("/resource"),
+    ])
+    .await;
+    assert_eq!(options.status, 200, "{options:?}");
+    let allow = options.header("allow").unwrap_or_default();
+    assert!(
+        allow.contains("GET") && allow.contains("OPTIONS"),
+        "{options:?}"
+    );
+    let trace = curl(&[
+        "-x",
+        &p,
+        "-X",
+        "TRACE",
+        "-H",
+        "Max-Forwards: 0",
+        "-H",
+        "X-Probe: traced",
+        "-H",
+        "Cookie: session=secret-cookie",
+        "-H",
+        "Authorization: Basic c2VjcmV0OnNlY3JldA==",
+        "-H",
+        "Proxy-Authorization: Basic cHJveHk6c2VjcmV0",
+        &origin.url("/trace"),
+    ])
+    .await;
+    assert_eq!(trace.status, 200, "{trace:?}");
+    assert_eq!(
+        trace.header("content-type").as_deref(),
+        Some("message/http"),
+        "{trace:?}"
+    );
+    let echo = trace.body_text();
+    assert!(
+        echo.starts_with(&format!("TRACE {} HTTP/1.1\r\n", origin.url("/trace"))),
+        "{echo:?}"
+    );
+    assert!(echo.contains("x-probe: traced\r\n"), "{echo:?}");
+    // RFC 9110 §9.3.8: fields likely to hold credentials are not echoed.
+    for secret in ["secret-cookie", "c2VjcmV0OnNlY3JldA==", "cHJveHk6c2VjcmV0"] {
+        assert!(!echo.contains(secret), "{secret} echoed: {echo:?}");
+    }
+    assert!(
+        origin.seen().is_empty(),
+        "Max-Forwards: 0 reached the origin: {:?}",
+        origin.seen()
+    );
+
+    // Any other value is decremented; other methods are forwarded as they are.
+    for (method, sent, forwarded) in [
+        ("OPTIONS", "5", "4"),
+        ("TRACE", "1", "0"),
+        ("GET", "0", "0"),
+    ] {
+        let r = curl(&[
+            "-x",
+            &p,
+            "-X",
+            method,
+            "-H",
+            &format!("Max-Forwards: {sent}"),
+            &origin.url("/hop"),
+        ])
+        .await;
+        assert_eq!(r.status, 200, "{method}: {r:?}");
+        let seen = origin.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last.method, method);
+        assert_eq!(last.headers["max-forwards"], forwarded, "{method} {sent}");
+    }
+    let log = proxy.access_log(5).join("\n");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NONE/200") && l.contains(" OPTIONS ") && l.contains("HIER_NONE")),
+        "{log}"
+    );
+
+    // The same inside an inspected tunnel.
+    let tls_origin = TestOrigin::https().await;
+    let port = tls_origin.addr.port();
+    let inspecting = TestProxy::start(&format!(
+        "[server]\nconnect_ports = [{port}]\n[tls]\nupstream_ca_file = \"{}\"\n",
+        tls_origin.ca_file.as_ref().unwrap().display()
+    ));
+    let ca = inspecting.dir.path().join("data/ca.pem");
+    let r = curl(&[
+        "-x",
+        &inspecting.url(),
+        "--cacert",
+        &ca.display().to_string(),
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Max-Forwards: 0",
+        &format!("https://localhost:{port}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("allow").is_some(), "{r:?}");
+    assert!(tls_origin.seen().is_empty(), "{:?}", tls_origin.seen());
+}

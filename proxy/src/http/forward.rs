@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
 use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target};
+use super::max_forwards;
 use super::pinned::starts_connection_auth;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
@@ -41,8 +42,12 @@ pub(super) async fn handle(
     in_flight: InFlight,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let local = max_forwards::apply(&mut req);
     if let Err(e) = target_plain(&mut req, &proxy.config.server.http_ports) {
         return txn.fail(proxy, in_flight, e);
+    }
+    if let Some(answer) = local {
+        return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
     }
     send(proxy, conn, txn, in_flight, req, Route::Pooled).await
 }
@@ -57,8 +62,12 @@ pub(super) async fn handle_intercepted(
     session: &Session,
     host_header: &str,
 ) -> Response<ProxyBody> {
+    let local = max_forwards::apply(&mut req);
     if let Err(e) = target_intercepted(&mut req, session.is_h2(), host_header) {
         return txn.fail(proxy, in_flight, e);
+    }
+    if let Some(answer) = local {
+        return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
     }
     send(proxy, conn, txn, in_flight, req, Route::Session(session)).await
 }

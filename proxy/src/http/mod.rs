@@ -15,6 +15,7 @@ mod forward;
 pub(crate) mod headers;
 mod inspect;
 mod local;
+mod max_forwards;
 mod pages;
 pub(crate) mod pinned;
 mod txn;
