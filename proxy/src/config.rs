@@ -108,6 +108,11 @@ pub struct ServerConfig {
     /// `"1025-65535"`. Anything else gets 403 `port-not-allowed` before a connection is made,
     /// so that a POST cannot be delivered to a mail or SSH server as if it were a web server.
     pub http_ports: Vec<crate::ports::PortRange>,
+    /// Protocols a request may switch to through the proxy (`Upgrade`). After the switch the
+    /// proxy relays bytes that neither the policy nor the access log sees, so anything not
+    /// listed is stripped from the request; `h2c` can never be listed (it would carry HTTP/2
+    /// requests past both).
+    pub allowed_upgrades: Vec<crate::http::upgrade::UpgradeProtocol>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +130,7 @@ impl Default for ServerConfig {
             x_forwarded_for: ForwardedFor::On,
             connect_ports: vec![443],
             http_ports: crate::ports::squid_safe_ports(),
+            allowed_upgrades: vec![crate::http::upgrade::UpgradeProtocol::websocket()],
         }
     }
 }

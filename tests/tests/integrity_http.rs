@@ -3,11 +3,169 @@
 //! WebSocket, ambiguous chunked framing, `Max-Forwards`, and plain HTTP to arbitrary ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portcullis_e2e::client::read_until_quiet;
 use portcullis_e2e::tls::tls_through;
 use portcullis_e2e::{curl, raw, TestOrigin, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const NO_ADMIN: &str = "[[policy.rules]]\nname = \"no-admin\"\npath = \"/admin\"\naction = \"deny\"\nreason = \"Admin pages are off limits.\"\n";
+
+/// An origin that honours `Upgrade: h2c` with `101 Switching Protocols` and then takes every
+/// byte it gets (as an h2c server would read them as HTTP/2 frames, past any proxy's view);
+/// any other request gets a small `200`. Records every byte received.
+struct UpgradingOrigin {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UpgradingOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UpgradingOrigin {
+    async fn start() -> UpgradingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sink = Arc::clone(&sink);
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut upgraded = false;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if upgraded {
+                            continue;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                            let reply: &[u8] = if head.contains("\r\nupgrade: h2c") {
+                                upgraded = true;
+                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                            };
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            if upgraded {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        UpgradingOrigin {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_never_carries_requests_past_the_policy() {
+    // curl asks for h2c on a plain http:// URL with --http2: the origin must not be offered it.
+    let plain = TestOrigin::http().await;
+    let proxy = TestProxy::start(NO_ADMIN);
+    let r = curl(&["--http2", "-x", &proxy.url(), &plain.url("/ok")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = plain.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].headers.get("upgrade").is_none() && seen[0].headers.get("http2-settings").is_none(),
+        "the h2c upgrade reached the origin: {:?}",
+        seen[0].headers
+    );
+
+    // An origin that would switch: the client follows its allowed request with a denied one on
+    // the same connection. It must meet the policy, never the origin.
+    let origin = UpgradingOrigin::start().await;
+    let o = origin.addr;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET http://{o}/ok HTTP/1.1\r\nHost: {o}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let first = read_until_quiet(&mut tcp, Duration::from_millis(500)).await;
+    tcp.write_all(format!("GET http://{o}/admin/secret HTTP/1.1\r\nHost: {o}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let second = read_until_quiet(&mut tcp, Duration::from_millis(500)).await;
+    let received = origin.received();
+    assert!(
+        !received.contains("/admin/secret"),
+        "a denied request reached the origin through an upgrade: {received:?}"
+    );
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(second.starts_with("HTTP/1.1 403"), "{second:?}");
+    let log = proxy.access_log(3).join("\n");
+    assert!(
+        log.lines().any(|l| l.contains("TCP_DENIED/403")
+            && l.contains(&format!("GET http://{o}/admin/secret"))
+            && l.ends_with("deny/no-admin")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_upgrades_are_forwarded() {
+    let origin = TestOrigin::http().await;
+    let o = origin.addr;
+    let handshake = format!(
+        "GET http://{o}/ws HTTP/1.1\r\nHost: {o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    // The default list has websocket: the handshake passes.
+    let proxy = TestProxy::start("");
+    let reply = raw(proxy.addr, handshake.as_bytes(), Duration::from_millis(300)).await;
+    assert!(reply.starts_with("HTTP/1.1 101"), "{reply:?}");
+    // An empty list strips every upgrade: the origin is not asked to switch.
+    let strict = TestProxy::start("[server]\nallowed_upgrades = []\n");
+    let reply = raw(
+        strict.addr,
+        handshake.as_bytes(),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(!reply.starts_with("HTTP/1.1 101"), "{reply:?}");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].headers["upgrade"], "websocket");
+    assert!(seen[1].headers.get("upgrade").is_none(), "{seen:?}");
+    // h2c cannot be allowed: the key is named.
+    let err = TestProxy::try_start("[server]\nallowed_upgrades = [\"websocket\", \"h2c\"]\n")
+        .err()
+        .unwrap_or_default();
+    assert!(err.contains("server.allowed_upgrades"), "{err}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_goes_only_to_safe_ports() {

@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
-use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade, Target};
+use super::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, Target};
 use super::max_forwards;
 use super::pinned::starts_connection_auth;
+use super::upgrade;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
@@ -175,7 +176,10 @@ async fn send(
         let err = ProxyError::Loop("the request already passed through this proxy".into());
         return txn.fail(proxy, in_flight, err);
     }
-    let upgrade = wants_upgrade(req.headers());
+    // Only the listed protocols are offered to the origin; any other Upgrade is stripped
+    // below with the hop-by-hop headers, and the request goes on as an ordinary one.
+    let offer = upgrade::allowed_offer(req.headers_mut(), &server.allowed_upgrades);
+    let upgrade = offer.is_some();
     let received = req.version();
     let h2_upstream = req.version() == Version::HTTP_2 && matches!(route, Route::Session(_));
     if !h2_upstream {
@@ -229,12 +233,18 @@ async fn send(
     };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(offer)) = (client_upgrade, offer) else {
             let err = ProxyError::UpstreamProtocol(
                 "101 Switching Protocols without an Upgrade request".into(),
             );
             return txn.fail(proxy, in_flight, err);
         };
+        if !upgrade::switched_to_offered(response.headers(), &offer) {
+            let err = ProxyError::UpstreamProtocol(
+                "101 Switching Protocols to a protocol the request did not offer".into(),
+            );
+            return txn.fail(proxy, in_flight, err);
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);

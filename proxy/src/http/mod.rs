@@ -19,6 +19,7 @@ mod max_forwards;
 mod pages;
 pub(crate) mod pinned;
 mod txn;
+pub(crate) mod upgrade;
 
 pub(crate) use txn::{Outcome, Txn};
 
