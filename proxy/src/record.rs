@@ -182,6 +182,18 @@ impl PolicyNote {
             tag: decision.tag.clone(),
         }
     }
+
+    /// The note for a tunnel relayed untouched because this client refused interception of
+    /// this host lately (`tls.tunnel_after_refusal`): `tunnel/refusal:<the rule that said
+    /// inspect>`, so the line shows both what happened and which decision it overrode.
+    pub(crate) fn after_refusal(&self) -> PolicyNote {
+        PolicyNote {
+            action: "tunnel",
+            rule: format!("refusal:{}", self.rule).into(),
+            exchange: self.exchange,
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +247,19 @@ mod tests {
         }
         let labels: Vec<_> = Disposition::ALL.iter().map(|d| d.as_str()).collect();
         assert_eq!(labels, ["inspect", "tunnel", "deny", "plain"]);
+    }
+
+    #[test]
+    fn a_refusal_tunnel_names_the_rule_it_overrode() {
+        let inspect = PolicyNote {
+            action: "inspect",
+            rule: Arc::from("default"),
+            exchange: Option::None,
+            tag: Some(Arc::from("web")),
+        };
+        let note = inspect.after_refusal();
+        assert_eq!((note.action, &*note.rule), ("tunnel", "refusal:default"));
+        assert_eq!(note.tag.as_deref(), Some("web"));
     }
 
     #[test]

@@ -77,17 +77,6 @@ pub(super) async fn run(
         .alpn()
         .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
-    let client_ip = conn.client.ip();
-    if let Some(name) = sni
-        .as_deref()
-        .filter(|n| interceptor.refusals.contains(client_ip, n))
-    {
-        tracing::debug!(sni = %name, "this client refused interception of this host; tunnelling untouched");
-        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
-        // rustls has seen the ClientHello; the origin gets the same bytes.
-        let client = TunnelClient::new(client.into_inner(), seen.freeze());
-        return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
-    }
     let mut denied = None;
     if let Some(decision) = decide_on_sni(&proxy, &conn, &txn, &target, sni.as_deref(), &plan) {
         txn.decided(&decision);
@@ -108,6 +97,21 @@ pub(super) async fn run(
             Action::Deny { .. } => denied = ProxyError::denial(&decision),
         }
     }
+    // The policy said inspect, with the SNI too. Only now may an earlier refusal of this host
+    // by this client (`tls.tunnel_after_refusal`, listed hosts only) turn the tunnel into a
+    // relay: never for a host the policy denies or does not inspect.
+    let judged = super::judged_host(&target, sni.as_deref()).to_owned();
+    let client_ip = conn.client.ip();
+    if denied.is_none() && interceptor.refusals.contains(client_ip, &judged) {
+        tracing::debug!(host = %judged, "this client refused interception of this host; tunnelling untouched");
+        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
+        txn.tunnelled_after_refusal();
+        // rustls has seen the ClientHello; the origin gets the same bytes.
+        let client = TunnelClient::new(client.into_inner(), seen.freeze());
+        return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
+    }
+    // A refusal of a page the policy denies is no reason to stop inspecting.
+    let remember_refusal = denied.is_none().then_some(judged.as_str());
     let start = StartHandshake::from_parts(accepted, client);
     let origin_name = sni.as_deref().unwrap_or(target.host.as_str()).to_owned();
     let origin = connect_origin(
@@ -130,6 +134,7 @@ pub(super) async fn run(
         &alpn,
         &origin,
         wait,
+        remember_refusal,
     )
     .await
     else {
@@ -250,6 +255,7 @@ async fn handshake_client(
     alpn: &[Vec<u8>],
     origin: &Origin,
     wait: Duration,
+    remember_refusal: Option<&str>,
 ) -> Option<TlsStream<TokioIo<Upgraded>>> {
     let leaf_name = match LeafName::for_connection(sni, target.host.as_str()) {
         Ok(name) => name,
@@ -291,14 +297,19 @@ async fn handshake_client(
         .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
     let origin_name = sni.unwrap_or(target.host.as_str());
     if refused {
-        interceptor.refusals.remember(conn.client.ip(), origin_name);
-        interceptor
-            .refusals
-            .remember(conn.client.ip(), target.host.as_str());
-        tracing::warn!(
-            host = %origin_name, error = %e,
-            "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
-        );
+        match remember_refusal.filter(|host| interceptor.refusals.covers(host)) {
+            Some(host) => {
+                interceptor.refusals.remember(conn.client.ip(), host);
+                tracing::warn!(
+                    host = %origin_name, error = %e,
+                    "client refused the intercepted connection (certificate pinning); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal"
+                );
+            }
+            None => tracing::warn!(
+                host = %origin_name, error = %e,
+                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); a policy rule with action = \"tunnel\" (or tls.tunnel_after_refusal_hosts) lets such an application through"
+            ),
+        }
     } else {
         // A client that simply went away (browsers drop surplus connections).
         tracing::debug!(host = %origin_name, error = %e, "client left during the intercepted handshake");

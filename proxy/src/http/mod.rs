@@ -168,13 +168,18 @@ pub(crate) fn connect_facts<'a>(
     sni: Option<&'a str>,
     client: std::net::IpAddr,
 ) -> ConnectFacts<'a> {
-    let host = match (target.ip(), sni) {
-        (Some(_), Some(sni)) => sni,
-        _ => target.host.as_str(),
-    };
-    let mut facts = ConnectFacts::new(host, target.port, client).with_sni(sni);
+    let mut facts = ConnectFacts::new(judged_host(target, sni), target.port, client).with_sni(sni);
     facts.dest_ip = target.ip();
     facts
+}
+
+/// The host a CONNECT is judged by: its target — or, for a bare-IP target, the SNI name once
+/// the ClientHello gave one.
+pub(crate) fn judged_host<'a>(target: &'a headers::Target, sni: Option<&'a str>) -> &'a str {
+    match (target.ip(), sni) {
+        (Some(_), Some(sni)) => sni,
+        _ => target.host.as_str(),
+    }
 }
 
 /// The policy's decision for a CONNECT or an absolute-form request; `None` when the target

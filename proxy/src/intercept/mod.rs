@@ -69,6 +69,12 @@ impl Interceptor {
                 .collect::<Result<Vec<_>, _>>()
         };
         let upstream = UpstreamTls::new(tls).map_err(|e| ("tls.upstream_ca_file", e))?;
+        if !tls.tunnel_after_refusal.is_zero() && tls.tunnel_after_refusal_hosts.is_empty() {
+            tracing::warn!(
+                "tls.tunnel_after_refusal is set but tls.tunnel_after_refusal_hosts is empty: \
+                 no client refusal changes anything (list the pinning applications' hosts)"
+            );
+        }
         tracing::info!(
             ca = %ca.subject(),
             fingerprint = %ca.fingerprint(),
@@ -81,7 +87,13 @@ impl Interceptor {
             server_configs: ServerConfigs::new(4096),
             upstream,
             insecure: patterns("tls.insecure_upstream", &tls.insecure_upstream)?,
-            refusals: refusals::Refusals::new(tls.tunnel_after_refusal),
+            refusals: refusals::Refusals::new(
+                tls.tunnel_after_refusal,
+                patterns(
+                    "tls.tunnel_after_refusal_hosts",
+                    &tls.tunnel_after_refusal_hosts,
+                )?,
+            ),
             ca,
         }))
     }
