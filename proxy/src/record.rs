@@ -22,6 +22,14 @@ pub(crate) enum ResultCode {
     /// Answered by the proxy itself, an intercepted CONNECT, or a request that could not be
     /// parsed.
     None,
+    /// An intercepted CONNECT that failed on the proxy's side before its first request (no
+    /// certificate could be minted). Squid 4+ writes an untagged transaction `NONE_NONE`.
+    NoneNone,
+    /// An intercepted CONNECT whose client refused or left the handshake (Squid's `_ABORTED`).
+    NoneAborted,
+    /// An intercepted CONNECT whose client did not finish the handshake in time (Squid's
+    /// `_TIMEDOUT`).
+    NoneTimedOut,
 }
 
 impl ResultCode {
@@ -31,6 +39,9 @@ impl ResultCode {
             ResultCode::TcpTunnel => "TCP_TUNNEL",
             ResultCode::TcpDenied => "TCP_DENIED",
             ResultCode::None => "NONE",
+            ResultCode::NoneNone => "NONE_NONE",
+            ResultCode::NoneAborted => "NONE_NONE_ABORTED",
+            ResultCode::NoneTimedOut => "NONE_NONE_TIMEDOUT",
         }
     }
 }
@@ -237,6 +248,10 @@ mod tests {
             (None, Inspected, "inspect"),
             (TcpMiss, Inspected, "inspect"),
             (TcpDenied, Inspected, "deny"),
+            // A failed interception is still an inspected tunnel; its cause is the `error`.
+            (NoneNone, Inspected, "inspect"),
+            (NoneAborted, Inspected, "inspect"),
+            (NoneTimedOut, Inspected, "inspect"),
         ];
         for (result, channel, label) in table {
             assert_eq!(
@@ -269,6 +284,9 @@ mod tests {
             (ResultCode::TcpTunnel, "TCP_TUNNEL"),
             (ResultCode::TcpDenied, "TCP_DENIED"),
             (ResultCode::None, "NONE"),
+            (ResultCode::NoneNone, "NONE_NONE"),
+            (ResultCode::NoneAborted, "NONE_NONE_ABORTED"),
+            (ResultCode::NoneTimedOut, "NONE_NONE_TIMEDOUT"),
         ];
         for (code, text) in codes {
             assert_eq!(code.as_str(), text);

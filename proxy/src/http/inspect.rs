@@ -124,7 +124,7 @@ pub(super) async fn run(
         denied,
     )
     .await;
-    let Some(client_tls) = handshake_client(
+    let handshake = handshake_client(
         &proxy,
         &interceptor,
         &conn,
@@ -136,9 +136,10 @@ pub(super) async fn run(
         wait,
         remember_refusal,
     )
-    .await
-    else {
-        return;
+    .await;
+    let client_tls = match handshake {
+        Ok(tls) => tls,
+        Err(failure) => return log_failed_interception(&proxy, txn, &origin, peer, failure),
     };
     proxy.metrics.tls_intercepted();
     let h2 = client_tls.get_ref().1.alpn_protocol() == Some(H2);
@@ -239,8 +240,44 @@ async fn connect_origin(
     }
 }
 
+/// Why an intercepted tunnel ended before its client handshake completed: Squid's result code
+/// (`NONE_NONE`, `…_ABORTED`, `…_TIMEDOUT`) and the cause.
+struct HandshakeFailure {
+    result: ResultCode,
+    error: ProxyError,
+}
+
+/// The one line of a tunnel whose interception failed before any request could be served
+/// (no `NONE/200` line was written), counted by the metrics like any other transaction. When
+/// the origin had already failed, its cause is the line's: no client could have got further.
+fn log_failed_interception(
+    proxy: &Proxy,
+    mut txn: Txn,
+    origin: &Origin,
+    peer: Option<std::net::IpAddr>,
+    failure: HandshakeFailure,
+) {
+    let cause = match &origin.error {
+        Some(e) if !matches!(e, ProxyError::Denied { .. }) => e,
+        _ => &failure.error,
+    };
+    tracing::info!(error = %failure.error, cause = cause.cause(), "intercepted tunnel failed before its first request");
+    txn.inspected();
+    let outcome = Outcome {
+        result: failure.result,
+        error: Some(cause.cause()),
+        ..if origin.session.is_some() {
+            Outcome::direct(peer)
+        } else {
+            Outcome::LOCAL
+        }
+    };
+    proxy.access_log.log(txn.record(outcome, 0, 0, None));
+}
+
 /// Mints the leaf (with the origin's names) and finishes the client's handshake with the
-/// protocol the origin chose. `None` when the client refused or left, or minting failed.
+/// protocol the origin chose. Fails when the client refused, left or stalled, or no
+/// certificate could be minted.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the parts of one tunnel"
@@ -256,38 +293,36 @@ async fn handshake_client(
     origin: &Origin,
     wait: Duration,
     remember_refusal: Option<&str>,
-) -> Option<TlsStream<TokioIo<Upgraded>>> {
-    let leaf_name = match LeafName::for_connection(sni, target.host.as_str()) {
-        Ok(name) => name,
-        Err(e) => {
-            tracing::info!(sni = ?sni, host = %target.host, error = %e, "cannot name a certificate for this tunnel");
-            return None;
-        }
+) -> Result<TlsStream<TokioIo<Upgraded>>, HandshakeFailure> {
+    let mint_failed = |reason: String| HandshakeFailure {
+        result: ResultCode::NoneNone,
+        error: ProxyError::CertificateMint(reason),
     };
+    let leaf_name = LeafName::for_connection(sni, target.host.as_str())
+        .map_err(|e| mint_failed(format!("no certificate name for this tunnel: {e}")))?;
     let request = LeafRequest::new(leaf_name).with_sans(origin.sans.clone());
-    let key = match interceptor.leaf(&request).await {
-        Ok(key) => key,
-        Err(e) => {
-            tracing::error!(error = %e, "minting a certificate failed");
-            return None;
-        }
-    };
+    let key = interceptor
+        .leaf(&request)
+        .await
+        .map_err(|e| mint_failed(e.to_string()))?;
     // Serve the client exactly the protocol the origin chose (none: HTTP/1.1).
     let client_alpn = match &origin.alpn {
         Some(p) if alpn.contains(p) => vec![p.clone()],
         _ => Vec::new(),
     };
-    let server_config = match interceptor.server_config(key, client_alpn) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "building the TLS server config failed");
-            return None;
-        }
-    };
+    let server_config = interceptor
+        .server_config(key, client_alpn)
+        .map_err(|e| mint_failed(format!("TLS server config: {e}")))?;
     let e = match tokio::time::timeout(wait, start.into_stream(server_config)).await {
-        Ok(Ok(tls)) => return Some(tls),
+        Ok(Ok(tls)) => return Ok(tls),
         Ok(Err(e)) => e,
-        Err(_) => return None,
+        Err(_) => {
+            proxy.metrics.tls_handshake_failed(Side::Client);
+            return Err(HandshakeFailure {
+                result: ResultCode::NoneTimedOut,
+                error: ProxyError::ClientTlsTimeout(wait),
+            });
+        }
     };
     // Typically a client that pins the origin's certificate or lacks our CA.
     proxy.metrics.tls_handshake_failed(Side::Client);
@@ -310,11 +345,17 @@ async fn handshake_client(
                 "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); a policy rule with action = \"tunnel\" (or tls.tunnel_after_refusal_hosts) lets such an application through"
             ),
         }
-    } else {
-        // A client that simply went away (browsers drop surplus connections).
-        tracing::debug!(host = %origin_name, error = %e, "client left during the intercepted handshake");
     }
-    None
+    // Otherwise a client that simply went away (browsers drop surplus connections).
+    let error = if refused {
+        ProxyError::ClientTlsRefused(e.to_string())
+    } else {
+        ProxyError::ClientTlsAborted(e.to_string())
+    };
+    Err(HandshakeFailure {
+        result: ResultCode::NoneAborted,
+        error,
+    })
 }
 
 /// The CONNECT decided again with what the ClientHello says, when that can change anything:
