@@ -135,8 +135,13 @@ mod tests {
 
     #[test]
     fn only_allowed_protocols_are_offered() {
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            &'a [UpgradeProtocol],
+            Option<&'a str>,
+        );
         let websocket = [UpgradeProtocol::websocket()];
-        let cases: [(&[(&str, &str)], &[UpgradeProtocol], Option<&str>); 7] = [
+        let cases: [Case<'_>; 7] = [
             (
                 &[("connection", "Upgrade"), ("upgrade", "websocket")],
                 &websocket,
