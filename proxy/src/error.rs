@@ -18,8 +18,13 @@ pub(crate) enum ProxyError {
     BadRequest(String),
     #[error("the {0} scheme is not supported by this proxy")]
     UnsupportedScheme(String),
-    #[error("CONNECT to port {port} is not allowed (allowed: {allowed})")]
-    PortNotAllowed { port: u16, allowed: String },
+    /// `what` is `CONNECT` (`server.connect_ports`) or `HTTP` (`server.http_ports`).
+    #[error("{what} to port {port} is not allowed (allowed: {allowed})")]
+    PortNotAllowed {
+        what: &'static str,
+        port: u16,
+        allowed: String,
+    },
     #[error("forwarding loop detected: {0}")]
     Loop(String),
     /// Refused by a policy rule; `reason` is the rule's, shown to the user as written.
@@ -59,6 +64,21 @@ pub(crate) enum ProxyError {
     },
     #[error("TLS handshake with the origin failed: {0}")]
     UpstreamTls(String),
+    // The client side of an intercepted tunnel. Never shown as a page (the client has no HTTP
+    // connection to read one on); logged as the tunnel's cause.
+    /// The client aborted the handshake with an alert: it pins its server's certificate, or
+    /// the proxy's CA is not installed.
+    #[error("the client refused the intercepted connection: {0}")]
+    ClientTlsRefused(String),
+    /// The client closed or broke the handshake without an alert.
+    #[error("the client left during the intercepted handshake: {0}")]
+    ClientTlsAborted(String),
+    #[error("the client did not finish the intercepted handshake within {0:?}")]
+    ClientTlsTimeout(std::time::Duration),
+    /// No certificate could be minted for the tunnel (an expired CA, a name that cannot go in
+    /// a certificate).
+    #[error("cannot mint a certificate: {0}")]
+    CertificateMint(String),
 }
 
 impl ProxyError {
@@ -94,6 +114,10 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamCertificate { .. }
             | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ClientTlsRefused(_)
+            | ProxyError::ClientTlsAborted(_)
+            | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
+            ProxyError::CertificateMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -118,6 +142,10 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream-error",
             ProxyError::UpstreamCertificate { cause, .. } => cause,
             ProxyError::UpstreamTls(_) => "upstream-tls-error",
+            ProxyError::ClientTlsRefused(_) => "client-tls-refused",
+            ProxyError::ClientTlsAborted(_) => "client-tls-aborted",
+            ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
+            ProxyError::CertificateMint(_) => "certificate-mint-failed",
         }
     }
 }

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 use crate::config::ForwardedFor;
+use crate::error::ProxyError;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -41,6 +42,28 @@ pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
 /// True when the message asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Refuses a request body framed by anything but one `chunked` coding: `chunked, chunked` (or
+/// two `Transfer-Encoding: chunked` lines), `gzip, chunked`. hyper decodes the final `chunked`
+/// and accepts the rest; the proxy re-frames the body for the origin, so every other coding
+/// layer would be silently dropped and the origin would read the still-encoded bytes as the
+/// body — a request the proxy never saw (RFC 9112 §6.1 forbids applying chunked twice). A
+/// coding other than a final `chunked` hyper already refuses.
+pub(crate) fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if only.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::BadRequest(
+            "Transfer-Encoding must be exactly one \"chunked\"".into(),
+        )),
+    }
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -247,6 +270,25 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn only_one_chunked_coding_frames_a_body() {
+        for ok in [vec![], vec!["chunked"], vec!["Chunked"], vec![" chunked ,"]] {
+            let pairs: Vec<_> = ok.iter().map(|v| ("transfer-encoding", *v)).collect();
+            assert!(check_transfer_coding(&headers(&pairs)).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            vec!["chunked, chunked"],
+            vec!["chunked", "chunked"],
+            vec!["Chunked ,chunked"],
+            vec!["gzip, chunked"],
+            vec!["gzip", "chunked"],
+        ] {
+            let pairs: Vec<_> = bad.iter().map(|v| ("transfer-encoding", *v)).collect();
+            let err = check_transfer_coding(&headers(&pairs)).unwrap_err();
+            assert_eq!(err.cause(), "bad-request", "{bad:?}");
+        }
     }
 
     #[test]

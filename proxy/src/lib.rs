@@ -31,6 +31,7 @@ mod metrics;
 mod netfilter_cmd;
 mod pinned;
 mod policy_cmd;
+mod ports;
 mod proxy_protocol;
 mod record;
 mod reload;

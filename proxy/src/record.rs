@@ -22,6 +22,14 @@ pub(crate) enum ResultCode {
     /// Answered by the proxy itself, an intercepted CONNECT, or a request that could not be
     /// parsed.
     None,
+    /// An intercepted CONNECT that failed on the proxy's side before its first request (no
+    /// certificate could be minted). Squid 4+ writes an untagged transaction `NONE_NONE`.
+    NoneNone,
+    /// An intercepted CONNECT whose client refused or left the handshake (Squid's `_ABORTED`).
+    NoneAborted,
+    /// An intercepted CONNECT whose client did not finish the handshake in time (Squid's
+    /// `_TIMEDOUT`).
+    NoneTimedOut,
 }
 
 impl ResultCode {
@@ -31,6 +39,9 @@ impl ResultCode {
             ResultCode::TcpTunnel => "TCP_TUNNEL",
             ResultCode::TcpDenied => "TCP_DENIED",
             ResultCode::None => "NONE",
+            ResultCode::NoneNone => "NONE_NONE",
+            ResultCode::NoneAborted => "NONE_NONE_ABORTED",
+            ResultCode::NoneTimedOut => "NONE_NONE_TIMEDOUT",
         }
     }
 }
@@ -182,6 +193,18 @@ impl PolicyNote {
             tag: decision.tag.clone(),
         }
     }
+
+    /// The note for a tunnel relayed untouched because this client refused interception of
+    /// this host lately (`tls.tunnel_after_refusal`): `tunnel/refusal:<the rule that said
+    /// inspect>`, so the line shows both what happened and which decision it overrode.
+    pub(crate) fn after_refusal(&self) -> PolicyNote {
+        PolicyNote {
+            action: "tunnel",
+            rule: format!("refusal:{}", self.rule).into(),
+            exchange: self.exchange,
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +248,10 @@ mod tests {
             (None, Inspected, "inspect"),
             (TcpMiss, Inspected, "inspect"),
             (TcpDenied, Inspected, "deny"),
+            // A failed interception is still an inspected tunnel; its cause is the `error`.
+            (NoneNone, Inspected, "inspect"),
+            (NoneAborted, Inspected, "inspect"),
+            (NoneTimedOut, Inspected, "inspect"),
         ];
         for (result, channel, label) in table {
             assert_eq!(
@@ -238,12 +265,28 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_tunnel_names_the_rule_it_overrode() {
+        let inspect = PolicyNote {
+            action: "inspect",
+            rule: Arc::from("default"),
+            exchange: Option::None,
+            tag: Some(Arc::from("web")),
+        };
+        let note = inspect.after_refusal();
+        assert_eq!((note.action, &*note.rule), ("tunnel", "refusal:default"));
+        assert_eq!(note.tag.as_deref(), Some("web"));
+    }
+
+    #[test]
     fn codes_print_as_squid_writes_them() {
         let codes = [
             (ResultCode::TcpMiss, "TCP_MISS"),
             (ResultCode::TcpTunnel, "TCP_TUNNEL"),
             (ResultCode::TcpDenied, "TCP_DENIED"),
             (ResultCode::None, "NONE"),
+            (ResultCode::NoneNone, "NONE_NONE"),
+            (ResultCode::NoneAborted, "NONE_NONE_ABORTED"),
+            (ResultCode::NoneTimedOut, "NONE_NONE_TIMEDOUT"),
         ];
         for (code, text) in codes {
             assert_eq!(code.as_str(), text);

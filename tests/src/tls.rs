@@ -134,3 +134,99 @@ pub fn acceptor_with_alpn(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
+
+/// Opens a CONNECT tunnel through `proxy` to `target` (`host:port`) and returns the connection
+/// once the proxy's `200` head has been read; panics on any other answer.
+pub async fn connect_tunnel(proxy: std::net::SocketAddr, target: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .unwrap_or_else(|e| panic!("connect {proxy}: {e}"));
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tcp.read(&mut b).await.unwrap_or(0);
+        assert_eq!(n, 1, "proxy closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A rustls client config trusting the certificates in `ca_pem`.
+pub fn client_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The first flight a TLS client for `host` sends (its ClientHello), for tests that start a
+/// handshake and then stop answering.
+pub fn client_hello(host: &str) -> Vec<u8> {
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn =
+        rustls::ClientConnection::new(client_config(b""), name).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    out
+}
+
+/// TLS to `host` through a CONNECT to `target`, trusting `ca_pem` (the proxy's CA when the
+/// tunnel is inspected).
+pub async fn tls_through(
+    proxy: std::net::SocketAddr,
+    target: &str,
+    host: &str,
+    ca_pem: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = connect_tunnel(proxy, target).await;
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or_else(|e| panic!("{e}"));
+    tokio_rustls::TlsConnector::from(client_config(ca_pem))
+        .connect(name, tcp)
+        .await
+}
+
+/// Writes a CA (`ca.pem`, `ca.key`) into `dir` that is valid now and expires `valid_for` from
+/// now, for tests of what happens when minting starts to fail. Returns when it expires.
+pub fn short_lived_ca(
+    dir: &std::path::Path,
+    valid_for: std::time::Duration,
+) -> std::time::SystemTime {
+    use std::os::unix::fs::PermissionsExt;
+    let now = std::time::SystemTime::now();
+    let expires = now + valid_for;
+    let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let mut params = ca_params("Portcullis Short-lived Test CA");
+    params.not_before = (now - std::time::Duration::from_secs(60)).into();
+    params.not_after = expires.into();
+    let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    let key_path = dir.join("ca.key");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    expires
+}

@@ -344,8 +344,10 @@ async fn a_client_that_refuses_interception_is_tunnelled_on_its_next_try() {
     let origin_ca = origin.ca_file.as_ref().unwrap().display().to_string();
     let url = format!("https://localhost:{}/", origin.addr.port());
     // A client that trusts only the public roots (the origin's CA): it refuses the minted
-    // certificate, like an application pinning its server's certificate.
-    for (setting, second_try) in [("", 200), ("tunnel_after_refusal = \"0s\"\n", 0)] {
+    // certificate, like an application pinning its server's certificate. Only a listed host
+    // is tunnelled after a refusal, and only when the feature is on (it is off by default).
+    let on = "tunnel_after_refusal = \"1h\"\ntunnel_after_refusal_hosts = [\"localhost\"]\n";
+    for (setting, second_try) in [(on, 200), ("", 0)] {
         let proxy = inspecting_proxy(&origin, setting);
         let first = curl(&["-x", &proxy.url(), "--cacert", &origin_ca, &url]).await;
         assert_eq!(

@@ -70,6 +70,15 @@ pub struct ServerConfig {
     pub x_forwarded_for: ForwardedFor,
     /// Ports a CONNECT may reach (Squid's SSL_ports); anything else gets 403.
     pub connect_ports: Vec<u16>,
+    /// Ports a plain-HTTP request may reach (Squid's Safe_ports): numbers, or ranges written
+    /// `"1025-65535"`. Anything else gets 403 `port-not-allowed` before a connection is made,
+    /// so that a POST cannot be delivered to a mail or SSH server as if it were a web server.
+    pub http_ports: Vec<crate::ports::PortRange>,
+    /// Protocols a request may switch to through the proxy (`Upgrade`). After the switch the
+    /// proxy relays bytes that neither the policy nor the access log sees, so anything not
+    /// listed is stripped from the request; `h2c` can never be listed (it would carry HTTP/2
+    /// requests past both).
+    pub allowed_upgrades: Vec<crate::http::upgrade::UpgradeProtocol>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +95,8 @@ impl Default for ServerConfig {
             via_pseudonym: "portcullis".to_owned(),
             x_forwarded_for: ForwardedFor::On,
             connect_ports: vec![443],
+            http_ports: crate::ports::squid_safe_ports(),
+            allowed_upgrades: vec![crate::http::upgrade::UpgradeProtocol::websocket()],
         }
     }
 }

@@ -34,11 +34,18 @@ pub struct TlsConfig {
     pub leaf_key: KeyAlgorithm,
     /// Minted certificates kept in memory.
     pub cert_cache_size: usize,
-    /// After a client refuses an intercepted connection (certificate pinning, or the proxy's
-    /// CA not installed), that client's tunnels to that host are relayed untouched for this
-    /// long, so the application works on its next try. "0s" turns this off.
+    /// After a client refuses an intercepted connection to one of `tunnel_after_refusal_hosts`
+    /// (an application pinning its server's certificate), that client's tunnels to that host
+    /// are relayed untouched for this long, so the application works on its next try. "0s"
+    /// (the default) turns this off: any client can abort a handshake, so a refusal must not
+    /// switch inspection off by itself.
     #[serde(with = "humantime_serde")]
     pub tunnel_after_refusal: Duration,
+    /// The only hosts (host patterns) `tunnel_after_refusal` applies to: the servers of the
+    /// applications known to pin certificates. Never a host the policy denies or does not
+    /// inspect.
+    #[serde(with = "host_patterns")]
+    pub tunnel_after_refusal_hosts: Vec<HostPattern>,
 }
 
 impl Default for TlsConfig {
@@ -50,7 +57,8 @@ impl Default for TlsConfig {
             auto_init_ca: true,
             allow_insecure_key_permissions: false,
             leaf_key: KeyAlgorithm::EcdsaP256,
-            tunnel_after_refusal: Duration::from_secs(3600),
+            tunnel_after_refusal: Duration::ZERO,
+            tunnel_after_refusal_hosts: Vec::new(),
             cert_cache_size: 10_000,
         }
     }

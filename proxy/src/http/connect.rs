@@ -71,7 +71,7 @@ pub(super) async fn handle(
     };
     let user_agent = crate::headers::user_agent(req.headers()).map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(req);
-    let inspect = should_inspect(proxy, conn, &target, decision.as_ref());
+    let inspect = should_inspect(proxy, decision.as_ref());
     let idle = proxy.tunnel_idle(txn.long_poll());
     let proxy_task = Arc::clone(proxy);
     let conn = Arc::clone(conn);
@@ -123,6 +123,7 @@ fn checked_target(proxy: &Proxy, req: &Request<Incoming>) -> Result<Target, Prox
             .collect::<Vec<_>>()
             .join(", ");
         return Err(ProxyError::PortNotAllowed {
+            what: "CONNECT",
             port: target.port,
             allowed,
         });
@@ -136,32 +137,20 @@ fn checked_target(proxy: &Proxy, req: &Request<Incoming>) -> Result<Target, Prox
 }
 
 /// Whether the tunnel's TLS is intercepted. The policy decided on the CONNECT target; with
-/// `inspect`, the SNI may still turn the tunnel into a relay once the ClientHello is in.
-fn should_inspect(
-    proxy: &Proxy,
-    conn: &ConnCtx,
-    target: &Target,
-    decision: Option<&Decision>,
-) -> bool {
-    let Some(interceptor) = &proxy.interceptor else {
+/// `inspect`, the SNI may still turn the tunnel into a relay once the ClientHello is in, and
+/// so may a refusal of this host by this client (`tls.tunnel_after_refusal`) — both decided in
+/// `inspect.rs`, after the SNI re-decision, so a refusal never opens a host the SNI denies.
+fn should_inspect(proxy: &Proxy, decision: Option<&Decision>) -> bool {
+    if proxy.interceptor.is_none() {
         return false;
-    };
+    }
     let inspect = decision.is_none_or(|d| d.action == Action::Inspect);
     if !inspect {
         if let Some(decision) = decision {
             proxy.metrics.tls_tunnelled(tunnel_reason(decision));
         }
-        return false;
     }
-    if interceptor
-        .refusals
-        .contains(conn.client.ip(), target.host.as_str())
-    {
-        tracing::debug!(host = %target.host, "this client refused interception of this host; tunnelling untouched");
-        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
-        return false;
-    }
-    true
+    inspect
 }
 
 /// Relays a CONNECT tunnel untouched and logs it as Squid does (`TCP_TUNNEL/200`, bytes to the

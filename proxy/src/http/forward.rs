@@ -13,16 +13,19 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
+use super::max_forwards;
 use super::target::Target;
+use super::upgrade;
 use super::{Outcome, Txn};
 use crate::activity::InFlight;
 use crate::body::{self, ProxyBody};
 use crate::context::{ConnCtx, Proxy};
 use crate::error::classify_error;
 use crate::error::ProxyError;
-use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us, wants_upgrade};
+use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us};
 use crate::intercept::session::Session;
 use crate::pinned::{send_once, starts_connection_auth};
+use crate::ports::{self, PortRange};
 use crate::tunnel::relay;
 use crate::upstream::Resolution;
 
@@ -47,8 +50,12 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
     resolution: Option<Resolution>,
 ) -> Response<ProxyBody> {
-    if let Err(e) = target_plain(&mut req) {
+    let local = max_forwards::apply(&mut req);
+    if let Err(e) = target_plain(&mut req, &proxy.config.server.http_ports) {
         return txn.fail(proxy, in_flight, e);
+    }
+    if let Some(answer) = local {
+        return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
     }
     let route = resolution.as_ref().map_or(Route::Pooled, Route::Resolved);
     send(proxy, conn, txn, in_flight, req, route).await
@@ -64,15 +71,20 @@ pub(super) async fn handle_intercepted(
     session: &Session,
     host_header: &str,
 ) -> Response<ProxyBody> {
+    let local = max_forwards::apply(&mut req);
     if let Err(e) = target_intercepted(&mut req, session.is_h2(), host_header) {
         return txn.fail(proxy, in_flight, e);
+    }
+    if let Some(answer) = local {
+        return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
     }
     send(proxy, conn, txn, in_flight, req, Route::Session(session)).await
 }
 
-/// Absolute-form target: check the scheme, parse the one authority we will connect to, and set
-/// `Host` from it (RFC 9112 §3.2.2: the received Host header is replaced).
-fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+/// Absolute-form target: check the scheme, parse the one authority we will connect to, check
+/// its port against `http_ports`, and set `Host` from it (RFC 9112 §3.2.2: the received Host
+/// header is replaced).
+fn target_plain(req: &mut Request<Incoming>, http_ports: &[PortRange]) -> Result<(), ProxyError> {
     let uri = req.uri();
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("ws") => {}
@@ -87,6 +99,14 @@ fn target_plain(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
         .authority()
         .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
     let target = Target::parse(authority.as_str(), Some(80))?;
+    // Before anything is dialled: a request body must not reach a mail or SSH server.
+    if !ports::allows(http_ports, target.port) {
+        return Err(ProxyError::PortNotAllowed {
+            what: "HTTP",
+            port: target.port,
+            allowed: ports::describe(http_ports),
+        });
+    }
     let invalid = |e: http::Error| ProxyError::BadRequest(format!("invalid request target: {e}"));
     // The authority as received when it is already the one we connect to (the usual case):
     // no re-rendering and re-parsing per request.
@@ -164,7 +184,10 @@ async fn send(
         let err = ProxyError::Loop("the request already passed through this proxy".into());
         return txn.fail(proxy, in_flight, err);
     }
-    let upgrade = wants_upgrade(req.headers());
+    // Only the listed protocols are offered to the origin; any other Upgrade is stripped
+    // below with the hop-by-hop headers, and the request goes on as an ordinary one.
+    let offer = upgrade::allowed_offer(req.headers_mut(), &server.allowed_upgrades);
+    let upgrade = offer.is_some();
     let received = req.version();
     let h2_upstream = req.version() == Version::HTTP_2 && matches!(route, Route::Session(_));
     if !h2_upstream {
@@ -222,12 +245,18 @@ async fn send(
     };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(offer)) = (client_upgrade, offer) else {
             let err = ProxyError::UpstreamProtocol(
                 "101 Switching Protocols without an Upgrade request".into(),
             );
             return txn.fail(proxy, in_flight, err);
         };
+        if !upgrade::switched_to_offered(response.headers(), &offer) {
+            let err = ProxyError::UpstreamProtocol(
+                "101 Switching Protocols to a protocol the request did not offer".into(),
+            );
+            return txn.fail(proxy, in_flight, err);
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);

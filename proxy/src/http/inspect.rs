@@ -77,17 +77,6 @@ pub(super) async fn run(
         .alpn()
         .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
         .unwrap_or_default();
-    let client_ip = conn.client.ip();
-    if let Some(name) = sni
-        .as_deref()
-        .filter(|n| interceptor.refusals.contains(client_ip, n))
-    {
-        tracing::debug!(sni = %name, "this client refused interception of this host; tunnelling untouched");
-        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
-        // rustls has seen the ClientHello; the origin gets the same bytes.
-        let client = TunnelClient::new(client.into_inner(), seen.freeze());
-        return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
-    }
     let mut denied = None;
     if let Some(decision) = decide_on_sni(&proxy, &conn, &txn, &target, sni.as_deref(), &plan) {
         txn.decided(&decision);
@@ -108,6 +97,21 @@ pub(super) async fn run(
             Action::Deny { .. } => denied = ProxyError::denial(&decision),
         }
     }
+    // The policy said inspect, with the SNI too. Only now may an earlier refusal of this host
+    // by this client (`tls.tunnel_after_refusal`, listed hosts only) turn the tunnel into a
+    // relay: never for a host the policy denies or does not inspect.
+    let judged = super::judged_host(&target, sni.as_deref()).to_owned();
+    let client_ip = conn.client.ip();
+    if denied.is_none() && interceptor.refusals.contains(client_ip, &judged) {
+        tracing::debug!(host = %judged, "this client refused interception of this host; tunnelling untouched");
+        proxy.metrics.tls_tunnelled(TlsTunnelReason::PinningFailure);
+        txn.tunnelled_after_refusal();
+        // rustls has seen the ClientHello; the origin gets the same bytes.
+        let client = TunnelClient::new(client.into_inner(), seen.freeze());
+        return relay_and_log(&proxy, conn, txn, client, upstream, idle).await;
+    }
+    // A refusal of a page the policy denies is no reason to stop inspecting.
+    let remember_refusal = denied.is_none().then_some(judged.as_str());
     let start = StartHandshake::from_parts(accepted, client);
     let origin_name = sni.as_deref().unwrap_or(target.host.as_str()).to_owned();
     let origin = connect_origin(
@@ -120,7 +124,7 @@ pub(super) async fn run(
         denied,
     )
     .await;
-    let Some(client_tls) = handshake_client(
+    let handshake = handshake_client(
         &proxy,
         &interceptor,
         &conn,
@@ -130,10 +134,12 @@ pub(super) async fn run(
         &alpn,
         &origin,
         wait,
+        remember_refusal,
     )
-    .await
-    else {
-        return;
+    .await;
+    let client_tls = match handshake {
+        Ok(tls) => tls,
+        Err(failure) => return log_failed_interception(&proxy, txn, &origin, peer, failure),
     };
     proxy.metrics.tls_intercepted();
     let h2 = client_tls.get_ref().1.alpn_protocol() == Some(H2);
@@ -234,8 +240,44 @@ async fn connect_origin(
     }
 }
 
+/// Why an intercepted tunnel ended before its client handshake completed: Squid's result code
+/// (`NONE_NONE`, `…_ABORTED`, `…_TIMEDOUT`) and the cause.
+struct HandshakeFailure {
+    result: ResultCode,
+    error: ProxyError,
+}
+
+/// The one line of a tunnel whose interception failed before any request could be served
+/// (no `NONE/200` line was written), counted by the metrics like any other transaction. When
+/// the origin had already failed, its cause is the line's: no client could have got further.
+fn log_failed_interception(
+    proxy: &Proxy,
+    mut txn: Txn,
+    origin: &Origin,
+    peer: Option<std::net::IpAddr>,
+    failure: HandshakeFailure,
+) {
+    let cause = match &origin.error {
+        Some(e) if !matches!(e, ProxyError::Denied { .. }) => e,
+        _ => &failure.error,
+    };
+    tracing::info!(error = %failure.error, cause = cause.cause(), "intercepted tunnel failed before its first request");
+    txn.inspected();
+    let outcome = Outcome {
+        result: failure.result,
+        error: Some(cause.cause()),
+        ..if origin.session.is_some() {
+            Outcome::direct(peer)
+        } else {
+            Outcome::LOCAL
+        }
+    };
+    proxy.access_log.log(txn.record(outcome, 0, 0, None));
+}
+
 /// Mints the leaf (with the origin's names) and finishes the client's handshake with the
-/// protocol the origin chose. `None` when the client refused or left, or minting failed.
+/// protocol the origin chose. Fails when the client refused, left or stalled, or no
+/// certificate could be minted.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the parts of one tunnel"
@@ -250,38 +292,37 @@ async fn handshake_client(
     alpn: &[Vec<u8>],
     origin: &Origin,
     wait: Duration,
-) -> Option<TlsStream<TokioIo<Upgraded>>> {
-    let leaf_name = match LeafName::for_connection(sni, target.host.as_str()) {
-        Ok(name) => name,
-        Err(e) => {
-            tracing::info!(sni = ?sni, host = %target.host, error = %e, "cannot name a certificate for this tunnel");
-            return None;
-        }
+    remember_refusal: Option<&str>,
+) -> Result<TlsStream<TokioIo<Upgraded>>, HandshakeFailure> {
+    let mint_failed = |reason: String| HandshakeFailure {
+        result: ResultCode::NoneNone,
+        error: ProxyError::CertificateMint(reason),
     };
+    let leaf_name = LeafName::for_connection(sni, target.host.as_str())
+        .map_err(|e| mint_failed(format!("no certificate name for this tunnel: {e}")))?;
     let request = LeafRequest::new(leaf_name).with_sans(origin.sans.clone());
-    let key = match interceptor.leaf(&request).await {
-        Ok(key) => key,
-        Err(e) => {
-            tracing::error!(error = %e, "minting a certificate failed");
-            return None;
-        }
-    };
+    let key = interceptor
+        .leaf(&request)
+        .await
+        .map_err(|e| mint_failed(e.to_string()))?;
     // Serve the client exactly the protocol the origin chose (none: HTTP/1.1).
     let client_alpn = match &origin.alpn {
         Some(p) if alpn.contains(p) => vec![p.clone()],
         _ => Vec::new(),
     };
-    let server_config = match interceptor.server_config(key, client_alpn) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "building the TLS server config failed");
-            return None;
-        }
-    };
+    let server_config = interceptor
+        .server_config(key, client_alpn)
+        .map_err(|e| mint_failed(format!("TLS server config: {e}")))?;
     let e = match tokio::time::timeout(wait, start.into_stream(server_config)).await {
-        Ok(Ok(tls)) => return Some(tls),
+        Ok(Ok(tls)) => return Ok(tls),
         Ok(Err(e)) => e,
-        Err(_) => return None,
+        Err(_) => {
+            proxy.metrics.tls_handshake_failed(Side::Client);
+            return Err(HandshakeFailure {
+                result: ResultCode::NoneTimedOut,
+                error: ProxyError::ClientTlsTimeout(wait),
+            });
+        }
     };
     // Typically a client that pins the origin's certificate or lacks our CA.
     proxy.metrics.tls_handshake_failed(Side::Client);
@@ -291,19 +332,30 @@ async fn handshake_client(
         .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
     let origin_name = sni.unwrap_or(target.host.as_str());
     if refused {
-        interceptor.refusals.remember(conn.client.ip(), origin_name);
-        interceptor
-            .refusals
-            .remember(conn.client.ip(), target.host.as_str());
-        tracing::warn!(
-            host = %origin_name, error = %e,
-            "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal; a policy rule with action = \"tunnel\" makes that permanent"
-        );
-    } else {
-        // A client that simply went away (browsers drop surplus connections).
-        tracing::debug!(host = %origin_name, error = %e, "client left during the intercepted handshake");
+        match remember_refusal.filter(|host| interceptor.refusals.covers(host)) {
+            Some(host) => {
+                interceptor.refusals.remember(conn.client.ip(), host);
+                tracing::warn!(
+                    host = %origin_name, error = %e,
+                    "client refused the intercepted connection (certificate pinning); its next tunnels to this host are relayed untouched for tls.tunnel_after_refusal"
+                );
+            }
+            None => tracing::warn!(
+                host = %origin_name, error = %e,
+                "client refused the intercepted connection (certificate pinning, or the proxy CA is not installed); a policy rule with action = \"tunnel\" (or tls.tunnel_after_refusal_hosts) lets such an application through"
+            ),
+        }
     }
-    None
+    // Otherwise a client that simply went away (browsers drop surplus connections).
+    let error = if refused {
+        ProxyError::ClientTlsRefused(e.to_string())
+    } else {
+        ProxyError::ClientTlsAborted(e.to_string())
+    };
+    Err(HandshakeFailure {
+        result: ResultCode::NoneAborted,
+        error,
+    })
 }
 
 /// The CONNECT decided again with what the ClientHello says, when that can change anything:
@@ -408,6 +460,9 @@ async fn decrypted_request(
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("https://{}{}", tunnel.authority, path);
     let mut txn = Txn::intercepted(conn.client.ip(), req.method(), url, tunnel.user.clone());
+    if let Err(e) = crate::headers::check_transfer_coding(req.headers()) {
+        return super::refuse_framing(&proxy, txn, in_flight, e);
+    }
     let facts = RequestFacts::new(
         req.method().as_str(),
         &tunnel.host,

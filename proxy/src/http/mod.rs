@@ -15,9 +15,11 @@ mod forward;
 mod inspect;
 mod linger;
 mod local;
+mod max_forwards;
 mod pages;
 pub(crate) mod target;
 mod txn;
+pub(crate) mod upgrade;
 
 pub(crate) use txn::{Outcome, Txn};
 
@@ -44,6 +46,9 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let in_flight = conn.activity.begin_request();
     let mut txn = Txn::new(&conn, &req);
+    if let Err(e) = crate::headers::check_transfer_coding(req.headers()) {
+        return refuse_framing(&proxy, txn, in_flight, e);
+    }
     let is_connect = req.method() == http::Method::CONNECT;
     if !is_connect && req.uri().scheme().is_none() {
         // Requests for the proxy's own pages need no credentials.
@@ -129,6 +134,22 @@ pub(crate) async fn handle(
     response
 }
 
+/// Answers a request whose body framing is ambiguous with 400 and closes its connection,
+/// before the body is read: nothing after it on the connection can be trusted to start where
+/// the proxy thinks it does.
+pub(super) fn refuse_framing(
+    proxy: &Proxy,
+    txn: Txn,
+    in_flight: crate::activity::InFlight,
+    err: ProxyError,
+) -> Response<ProxyBody> {
+    let mut response = txn.fail(proxy, in_flight, err);
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 enum Authenticated {
     Exempt,
     User {
@@ -182,11 +203,7 @@ pub(crate) fn connect_facts<'a>(
     sni: Option<&'a str>,
     client: std::net::IpAddr,
 ) -> ConnectFacts<'a> {
-    let host = match (target.ip(), sni) {
-        (Some(_), Some(sni)) => sni,
-        _ => target.host.as_str(),
-    };
-    let mut facts = ConnectFacts::new(host, target.port, client).with_sni(sni);
+    let mut facts = ConnectFacts::new(judged_host(target, sni), target.port, client).with_sni(sni);
     facts.dest_ip = target.ip();
     facts
 }
@@ -202,6 +219,15 @@ async fn resolve_target(
     let default_port = if is_connect { None } else { Some(80) };
     let target = target::Target::parse(authority.as_str(), default_port).ok()?;
     Some(proxy.dialer.resolve(&target.host, target.port).await)
+}
+
+/// The host a CONNECT is judged by: its target — or, for a bare-IP target, the SNI name once
+/// the ClientHello gave one.
+pub(crate) fn judged_host<'a>(target: &'a target::Target, sni: Option<&'a str>) -> &'a str {
+    match (target.ip(), sni) {
+        (Some(_), Some(sni)) => sni,
+        _ => target.host.as_str(),
+    }
 }
 
 /// The policy's decision for a CONNECT or an absolute-form request; `None` when the target

@@ -124,6 +124,12 @@ impl Txn {
         self.channel = Channel::Inspected;
     }
 
+    /// The CONNECT's inspection was overridden by an earlier refusal of this host by this
+    /// client: its line says `tunnel/refusal:<rule>`.
+    pub(super) fn tunnelled_after_refusal(&mut self) {
+        self.policy = self.policy.as_ref().map(PolicyNote::after_refusal);
+    }
+
     /// Records the policy's decision for the log line and picks the timeouts it asks for.
     pub(crate) fn decided(&mut self, decision: &Decision) {
         self.policy = Some(PolicyNote::new(decision));

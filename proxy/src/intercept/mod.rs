@@ -88,6 +88,12 @@ impl Interceptor {
         )
         .map_err(InterceptError::Issuer)?;
         let upstream = UpstreamTls::new(tls).map_err(InterceptError::UpstreamTls)?;
+        if !tls.tunnel_after_refusal.is_zero() && tls.tunnel_after_refusal_hosts.is_empty() {
+            tracing::warn!(
+                "tls.tunnel_after_refusal is set but tls.tunnel_after_refusal_hosts is empty: \
+                 no client refusal changes anything (list the pinning applications' hosts)"
+            );
+        }
         tracing::info!(
             ca = %ca.subject(),
             fingerprint = %ca.fingerprint(),
@@ -100,7 +106,10 @@ impl Interceptor {
             server_configs: ServerConfigs::new(4096),
             upstream,
             insecure: tls.insecure_upstream.clone(),
-            refusals: refusals::Refusals::new(tls.tunnel_after_refusal),
+            refusals: refusals::Refusals::new(
+                tls.tunnel_after_refusal,
+                tls.tunnel_after_refusal_hosts.clone(),
+            ),
             ca,
         }))
     }

@@ -115,6 +115,43 @@ fn records_count_by_method_decision_and_status_class() {
     );
 }
 
+/// An intercepted CONNECT that failed before its first request (`NONE_NONE…/000`) counts as an
+/// inspected transaction of no status class, with its cause.
+#[test]
+fn failed_interceptions_count_as_inspect_with_their_cause() {
+    use crate::record::{Channel, ResultCode};
+    let m = Metrics::new().unwrap();
+    for (result, cause) in [
+        (ResultCode::NoneAborted, "client-tls-refused"),
+        (ResultCode::NoneTimedOut, "client-tls-timeout"),
+        (ResultCode::NoneNone, "certificate-mint-failed"),
+    ] {
+        let mut r = record("CONNECT", "NONE", 0);
+        r.result = result;
+        r.channel = Channel::Inspected;
+        r.error = Some(cause);
+        m.observe(&r);
+    }
+    let text = m.render().unwrap();
+    let failed = [
+        r#"method="CONNECT""#,
+        r#"decision="inspect""#,
+        r#"status_class="other""#,
+    ];
+    assert_eq!(sample(&text, "portcullis_requests_total", &failed), 3.0);
+    for cause in [
+        "client-tls-refused",
+        "client-tls-timeout",
+        "certificate-mint-failed",
+    ] {
+        let label = format!("cause=\"{cause}\"");
+        assert_eq!(
+            sample(&text, "portcullis_request_errors_total", &[&label]),
+            1.0
+        );
+    }
+}
+
 /// Families whose label values are known up front are exported at zero from the start, so
 /// dashboards and `rate()` see them before the first event; request families (whose label
 /// combinations are many) appear with their first sample.
