@@ -91,35 +91,57 @@ pub(crate) fn explain(
     lookup: Lookup<'_>,
 ) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
-    let user = args
-        .user
-        .as_deref()
-        .map(|name| Identity { name, groups: &[] });
-    let mut out = String::new();
-    // The addresses, when the decision depends on them: as given, or looked up (an empty list
-    // when the lookup fails, as the proxy decides then).
-    let mut resolved: Option<Vec<IpAddr>> = None;
-    let mut resolve = |needed: bool, out: &mut String| {
-        if !needed && args.resolved.is_empty() {
-            return;
-        }
-        let addrs = if !args.resolved.is_empty() {
-            args.resolved.clone()
-        } else {
-            match lookup(&target.host, target.port) {
-                Ok(addrs) => {
-                    out.push_str(&format!("(looked up {}: {})\n", target.host, join(&addrs)));
-                    addrs
-                }
-                Err(why) => {
-                    out.push_str(&format!("(cannot look up {}: {why})\n", target.host));
-                    Vec::new()
-                }
-            }
-        };
-        resolved = Some(addrs);
+    let e = Explaining {
+        policy,
+        args,
+        user: args.user.as_deref().map(Identity::named),
+        target: &target,
+        lookup,
     };
-    if !target.tls {
+    let mut out = String::new();
+    if target.tls {
+        e.connect(&mut out);
+    } else {
+        e.plain(&mut out);
+    }
+    Ok(out)
+}
+
+/// One `explain` run: what was asked, and how to look names up.
+struct Explaining<'a> {
+    policy: &'a Policy,
+    args: &'a ExplainArgs,
+    user: Option<Identity<'a>>,
+    target: &'a Url,
+    lookup: Lookup<'a>,
+}
+
+impl<'a> Explaining<'a> {
+    /// The addresses, when the decision depends on them (`needed`) or were given: as given, or
+    /// looked up (an empty list when the lookup fails, as the proxy decides then).
+    fn resolve(&self, needed: bool, out: &mut String) -> Option<Vec<IpAddr>> {
+        let (args, target) = (self.args, self.target);
+        if !args.resolved.is_empty() {
+            return Some(args.resolved.clone());
+        }
+        if !needed {
+            return None;
+        }
+        Some(match (self.lookup)(&target.host, target.port) {
+            Ok(addrs) => {
+                out.push_str(&format!("(looked up {}: {})\n", target.host, join(&addrs)));
+                addrs
+            }
+            Err(why) => {
+                out.push_str(&format!("(cannot look up {}: {why})\n", target.host));
+                Vec::new()
+            }
+        })
+    }
+
+    /// A plain-HTTP request: one decision, made again with the user if one was given.
+    fn plain(&self, out: &mut String) {
+        let (policy, args, target) = (self.policy, self.args, self.target);
         out.push_str(&format!(
             "{} http://{}:{}{} from {}\n",
             args.method, target.host, target.port, target.path, args.client
@@ -133,81 +155,89 @@ pub(crate) fn explain(
         )
         .with_user_agent(args.ua.as_deref())
         .with_sni(args.sni.as_deref());
-        resolve(policy.decide_request(&facts).needs_resolution, &mut out);
+        let resolved = self.resolve(policy.decide_request(&facts).needs_resolution, out);
         let facts = facts.with_resolved(resolved.as_deref());
-        let mut e = policy.explain_request(&facts.with_user(user));
-        if user.is_some() {
+        let mut e = policy.explain_request(&facts.with_user(self.user));
+        if self.user.is_some() {
             let auth = policy.decide_request(&facts).auth;
             e = e.with_settled_auth(auth, BEFORE_AUTH);
         }
         out.push_str(&indent(&e.to_string()));
-        return Ok(out);
     }
-    let connect = ConnectFacts::new(&target.host, target.port, args.client)
-        .with_user_agent(args.ua.as_deref());
-    out.push_str(&format!(
-        "CONNECT {}:{} from {}\n",
-        target.host, target.port, args.client
-    ));
-    resolve(policy.decide_connect(&connect).needs_resolution, &mut out);
-    let connect = connect.with_resolved(resolved.as_deref());
-    // What the proxy challenges on: the CONNECT decided before the user is known.
-    let auth = policy.decide_connect(&connect).auth;
-    let mut first = policy.explain_connect(&connect.with_user(user));
-    if user.is_some() {
-        first = first.with_settled_auth(auth, BEFORE_AUTH);
-    }
-    out.push_str(&indent(&first.to_string()));
-    let mut action = first.decision.action.clone();
-    // The proxy decides again once the ClientHello names the server: always for a bare IP
-    // (judged by the SNI name), and when rules test the SNI. Only the action can change.
-    let by_ip = connect.dest_ip.is_some();
-    let mut host = target.host.as_str();
-    if let (Some(sni), Action::Inspect) = (args.sni.as_deref(), &action) {
-        if by_ip || policy.uses_sni() {
-            let mut facts = connect.with_sni(Some(sni)).with_user(user);
-            if by_ip {
-                facts.host = sni;
-                host = sni;
+
+    /// An `https://` URL: the CONNECT, the decision again on the SNI, then the request inside
+    /// an inspected tunnel (or what happens instead).
+    fn connect(&self, out: &mut String) {
+        let (policy, args, target, user) = (self.policy, self.args, self.target, self.user);
+        let connect = ConnectFacts::new(&target.host, target.port, args.client)
+            .with_user_agent(args.ua.as_deref());
+        out.push_str(&format!(
+            "CONNECT {}:{} from {}\n",
+            target.host, target.port, args.client
+        ));
+        let resolved = self.resolve(policy.decide_connect(&connect).needs_resolution, out);
+        let connect = connect.with_resolved(resolved.as_deref());
+        // What the proxy challenges on: the CONNECT decided before the user is known.
+        let auth = policy.decide_connect(&connect).auth;
+        let mut first = policy.explain_connect(&connect.with_user(user));
+        if user.is_some() {
+            first = first.with_settled_auth(auth, BEFORE_AUTH);
+        }
+        out.push_str(&indent(&first.to_string()));
+        let mut action = first.decision.action.clone();
+        // The proxy decides again once the ClientHello names the server: always for a bare IP
+        // (judged by the SNI name), and when rules test the SNI. Only the action can change.
+        let by_ip = connect.dest_ip.is_some();
+        let mut host = target.host.as_str();
+        if let (Some(sni), Action::Inspect) = (args.sni.as_deref(), &action) {
+            if by_ip || policy.uses_sni() {
+                let mut facts = connect.with_sni(Some(sni)).with_user(user);
+                if by_ip {
+                    facts.host = sni;
+                    host = sni;
+                }
+                let mut second = policy
+                    .explain_connect(&facts)
+                    .with_settled_auth(auth, AT_CONNECT);
+                if by_ip {
+                    // The SNI name is never looked up: what is dialled is the address.
+                    second.resolution = None;
+                }
+                out.push_str(&format!(
+                    "after the ClientHello (SNI {sni}; only the action can change):\n"
+                ));
+                out.push_str(&indent(&second.to_string()));
+                action = second.decision.action.clone();
             }
-            let mut second = policy
-                .explain_connect(&facts)
-                .with_settled_auth(auth, AT_CONNECT);
-            if by_ip {
-                // The SNI name is never looked up: what is dialled is the address.
-                second.resolution = None;
-            }
-            out.push_str(&format!(
-                "after the ClientHello (SNI {sni}; only the action can change):\n"
-            ));
-            out.push_str(&indent(&second.to_string()));
-            action = second.decision.action.clone();
+        }
+        match action {
+            Action::Inspect => self.inside(host, auth, out),
+            Action::Tunnel => out.push_str(
+                "the tunnel is relayed untouched: the proxy never sees the requests inside it\n",
+            ),
+            Action::Deny { .. } => out.push_str("the client gets 403 with the reason above\n"),
         }
     }
-    match action {
-        Action::Inspect => {
-            out.push_str(&format!(
-                "inspected request {} https://{host}{}:\n",
-                args.method, target.path
-            ));
-            let facts =
-                RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
-                    .with_user_agent(args.ua.as_deref())
-                    .with_sni(args.sni.as_deref())
-                    .with_user(user);
-            let mut inner = policy
-                .explain_request(&facts)
-                .with_settled_auth(auth, AT_CONNECT);
-            // Inside the tunnel the origin is fixed: nothing is looked up again.
-            inner.resolution = None;
-            out.push_str(&indent(&inner.to_string()));
-        }
-        Action::Tunnel => out.push_str(
-            "the tunnel is relayed untouched: the proxy never sees the requests inside it\n",
-        ),
-        Action::Deny { .. } => out.push_str("the client gets 403 with the reason above\n"),
+
+    /// The request inside an inspected tunnel to `host`; authentication was settled (`auth`).
+    fn inside(&self, host: &str, auth: portcullis_policy::AuthRequirement, out: &mut String) {
+        let (args, target) = (self.args, self.target);
+        out.push_str(&format!(
+            "inspected request {} https://{host}{}:\n",
+            args.method, target.path
+        ));
+        let facts = RequestFacts::new(&args.method, host, target.port, &target.path, args.client)
+            .with_user_agent(args.ua.as_deref())
+            .with_sni(args.sni.as_deref())
+            .with_user(self.user);
+        let mut inner = self
+            .policy
+            .explain_request(&facts)
+            .with_settled_auth(auth, AT_CONNECT);
+        // Inside the tunnel the origin is fixed: nothing is looked up again.
+        inner.resolution = None;
+        out.push_str(&indent(&inner.to_string()));
     }
-    Ok(out)
 }
 
 fn join(addrs: &[IpAddr]) -> String {

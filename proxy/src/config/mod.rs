@@ -13,6 +13,7 @@ mod error;
 mod redact;
 mod sections;
 mod tls;
+mod upgrade;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ pub(crate) use sections::{
     ServerConfig, Timeouts, UpstreamConfig,
 };
 pub(crate) use tls::TlsConfig;
+pub(crate) use upgrade::UpgradeProtocol;
 
 /// The embedded default configuration, used when `portcullis run` gets no `--config`.
 pub(crate) const DEFAULT_CONFIG_TOML: &str =

@@ -78,7 +78,7 @@ pub struct ServerConfig {
     /// proxy relays bytes that neither the policy nor the access log sees, so anything not
     /// listed is stripped from the request; `h2c` can never be listed (it would carry HTTP/2
     /// requests past both).
-    pub allowed_upgrades: Vec<crate::http::upgrade::UpgradeProtocol>,
+    pub allowed_upgrades: Vec<super::UpgradeProtocol>,
 }
 
 impl Default for ServerConfig {
@@ -96,7 +96,7 @@ impl Default for ServerConfig {
             x_forwarded_for: ForwardedFor::On,
             connect_ports: vec![443],
             http_ports: crate::ports::squid_safe_ports(),
-            allowed_upgrades: vec![crate::http::upgrade::UpgradeProtocol::websocket()],
+            allowed_upgrades: vec![super::UpgradeProtocol::websocket()],
         }
     }
 }

@@ -179,92 +179,28 @@ async fn send(
     mut req: Request<Incoming>,
     route: Route<'_>,
 ) -> Response<ProxyBody> {
-    let server = &proxy.config.server;
-    if via_names_us(req.headers(), &server.via_pseudonym) {
+    if via_names_us(req.headers(), &proxy.config.server.via_pseudonym) {
         let err = ProxyError::Loop("the request already passed through this proxy".into());
         return txn.fail(proxy, in_flight, err);
     }
-    // Only the listed protocols are offered to the origin; any other Upgrade is stripped
-    // below with the hop-by-hop headers, and the request goes on as an ordinary one.
-    let offer = upgrade::allowed_offer(req.headers_mut(), &server.allowed_upgrades);
-    let upgrade = offer.is_some();
     let received = req.version();
-    let h2_upstream = req.version() == Version::HTTP_2 && matches!(route, Route::Session(_));
-    if !h2_upstream {
-        *req.version_mut() = Version::HTTP_11;
-    }
-    {
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers, upgrade);
-        // 100-continue was answered on the client hop when the body was first read.
-        headers.remove(EXPECT);
-        proxy.via.append(headers, received);
-        apply_forwarded_for(headers, server.x_forwarded_for, &conn.client_address);
-    }
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
+    let offer = prepare(proxy, conn, &mut req, &route);
+    let client_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
     let timeout = proxy.response_timeout(txn.long_poll());
-    let pin = match route {
-        Route::Pooled | Route::Resolved(_) => {
-            starts_connection_auth(req.headers())
-                || match req.uri().authority() {
-                    Some(a) => conn.pinned.is_pinned_to(a).await,
-                    None => false,
-                }
-        }
-        Route::Session(_) => false,
-    };
-    // The pinned and session round trips are boxed: inline, their futures would make every
-    // request's future several KiB larger, and hyper moves that future by value per request.
-    let round_trip = async {
-        match route {
-            Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req, None)).await,
-            Route::Resolved(resolved) if pin => {
-                Box::pin(conn.pinned.send(&proxy.dialer, req, Some(resolved))).await
-            }
-            Route::Resolved(resolved) => Box::pin(send_once(&proxy.dialer, resolved, req)).await,
-            Route::Pooled => proxy
-                .client
-                .request(req)
-                .await
-                .map(|response| {
-                    let peer = response
-                        .extensions()
-                        .get::<HttpInfo>()
-                        .map(|info| info.remote_addr().ip());
-                    (response, peer)
-                })
-                .map_err(|e| classify_error(&e)),
-            Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.peer)),
-        }
-    };
-    let (mut response, peer) = match tokio::time::timeout(timeout, round_trip).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
-        Err(_) => return txn.fail(proxy, in_flight, ProxyError::ResponseTimeout(timeout)),
-    };
-
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client_upgrade), Some(offer)) = (client_upgrade, offer) else {
-            let err = ProxyError::UpstreamProtocol(
-                "101 Switching Protocols without an Upgrade request".into(),
-            );
-            return txn.fail(proxy, in_flight, err);
+    let (response, peer) =
+        match tokio::time::timeout(timeout, round_trip(proxy, conn, req, route)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
+            Err(_) => return txn.fail(proxy, in_flight, ProxyError::ResponseTimeout(timeout)),
         };
-        if !upgrade::switched_to_offered(response.headers(), &offer) {
-            let err = ProxyError::UpstreamProtocol(
-                "101 Switching Protocols to a protocol the request did not offer".into(),
-            );
-            return txn.fail(proxy, in_flight, err);
-        }
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let (mut parts, _) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        proxy.via.append(&mut parts.headers, parts.version);
-        spawn_upgraded_relay(proxy, conn, txn, peer, client_upgrade, upstream_upgrade);
-        return Txn::respond_unlogged(in_flight, Response::from_parts(parts, body::empty()));
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let switch = Switch {
+            client_upgrade,
+            offer,
+            peer,
+        };
+        return switch_protocols(proxy, conn, txn, in_flight, response, switch);
     }
-
     let (mut parts, body) = response.into_parts();
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary removes
     // the Content-Length before forwarding. The body was decoded by its chunked framing; a
@@ -282,6 +218,119 @@ async fn send(
         Response::from_parts(parts, body::incoming(body)),
         Outcome::direct(peer),
     )
+}
+
+/// The request's header rules for the next hop; returns the protocol upgrade offered to the
+/// origin, if any.
+fn prepare(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    req: &mut Request<Incoming>,
+    route: &Route<'_>,
+) -> Option<HeaderValue> {
+    let server = &proxy.config.server;
+    // Only the listed protocols are offered to the origin; any other Upgrade is stripped
+    // below with the hop-by-hop headers, and the request goes on as an ordinary one.
+    let offer = upgrade::allowed_offer(req.headers_mut(), &server.allowed_upgrades);
+    let received = req.version();
+    let h2_upstream = received == Version::HTTP_2 && matches!(route, Route::Session(_));
+    if !h2_upstream {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, offer.is_some());
+    // 100-continue was answered on the client hop when the body was first read.
+    headers.remove(EXPECT);
+    proxy.via.append(headers, received);
+    apply_forwarded_for(headers, server.x_forwarded_for, &conn.client_address);
+    offer
+}
+
+/// One request to its origin: through the pool, this connection's pinned origin connection
+/// (connection-oriented origin auth), a connection of its own to addresses already judged,
+/// or an intercepted tunnel's session. Returns the response and the origin's address.
+async fn round_trip(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    req: Request<Incoming>,
+    route: Route<'_>,
+) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
+    let pin = match route {
+        Route::Pooled | Route::Resolved(_) => {
+            starts_connection_auth(req.headers())
+                || match req.uri().authority() {
+                    Some(a) => conn.pinned.is_pinned_to(a).await,
+                    None => false,
+                }
+        }
+        Route::Session(_) => false,
+    };
+    // The pinned and session round trips are boxed: inline, their futures would make every
+    // request's future several KiB larger, and hyper moves that future by value per request.
+    match route {
+        Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req, None)).await,
+        Route::Resolved(resolved) if pin => {
+            Box::pin(conn.pinned.send(&proxy.dialer, req, Some(resolved))).await
+        }
+        Route::Resolved(resolved) => Box::pin(send_once(&proxy.dialer, resolved, req)).await,
+        Route::Pooled => proxy
+            .client
+            .request(req)
+            .await
+            .map(|response| {
+                let peer = response
+                    .extensions()
+                    .get::<HttpInfo>()
+                    .map(|info| info.remote_addr().ip());
+                (response, peer)
+            })
+            .map_err(|e| classify_error(&e)),
+        Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.peer)),
+    }
+}
+
+/// What a `101 Switching Protocols` needs from its request.
+struct Switch {
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    offer: Option<HeaderValue>,
+    peer: Option<IpAddr>,
+}
+
+/// An origin's `101`: accepted only for an upgrade the request offered, to that protocol;
+/// then both connections are relayed as bytes.
+fn switch_protocols(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnCtx>,
+    txn: Txn,
+    in_flight: InFlight,
+    mut response: Response<Incoming>,
+    switch: Switch,
+) -> Response<ProxyBody> {
+    let (Some(client_upgrade), Some(offer)) = (switch.client_upgrade, switch.offer) else {
+        let err = ProxyError::UpstreamProtocol(
+            "101 Switching Protocols without an Upgrade request".into(),
+        );
+        return txn.fail(proxy, in_flight, err);
+    };
+    if !upgrade::switched_to_offered(response.headers(), &offer) {
+        let err = ProxyError::UpstreamProtocol(
+            "101 Switching Protocols to a protocol the request did not offer".into(),
+        );
+        return txn.fail(proxy, in_flight, err);
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    proxy.via.append(&mut parts.headers, parts.version);
+    spawn_upgraded_relay(
+        proxy,
+        conn,
+        txn,
+        switch.peer,
+        client_upgrade,
+        upstream_upgrade,
+    );
+    Txn::respond_unlogged(in_flight, Response::from_parts(parts, body::empty()))
 }
 
 fn spawn_upgraded_relay(

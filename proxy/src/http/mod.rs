@@ -31,6 +31,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use portcullis_policy::{Action, AuthRequirement, ConnectFacts, Decision, Identity};
 
+use crate::activity::InFlight;
 use crate::auth::{Auth, Outcome as AuthOutcome};
 use crate::body::ProxyBody;
 use crate::context::{ConnCtx, Proxy};
@@ -55,23 +56,11 @@ pub(crate) async fn handle(
         return local::handle(&proxy, &conn, txn, in_flight, req);
     }
     // A target the decision cannot be made for is malformed: the handlers below answer 400.
-    let mut decision = decide(&proxy, &conn, &req, None, None);
-    // Whether an `autodiscover.*` name is Microsoft's depends on its addresses: resolve it now,
-    // before credentials are asked for, decide again, and later dial exactly these addresses.
-    let resolution = match &decision {
-        Some(d) if d.needs_resolution => resolve_target(&proxy, &req, is_connect).await,
-        _ => None,
-    };
-    let resolved: Option<Vec<IpAddr>> = resolution.as_ref().map(|r| match r {
-        Ok(addrs) => addrs.iter().map(|a| a.ip()).collect(),
-        Err(_) => Vec::new(),
-    });
-    if let Some(ips) = &resolved {
-        if let Some(with_addresses) = decide(&proxy, &conn, &req, None, Some(ips)) {
-            tracing::debug!(?ips, decision = %with_addresses, "decided again on the resolved addresses");
-            decision = Some(with_addresses);
-        }
-    }
+    let Judged {
+        mut decision,
+        resolution,
+        resolved,
+    } = judge_target(&proxy, &conn, &req, is_connect).await;
     // A refusal that no user could change is answered before asking for credentials.
     let final_denial = decision
         .as_ref()
@@ -88,22 +77,8 @@ pub(crate) async fn handle(
                 txn.set_user(name);
                 auth_reply = reply;
             }
-            Authenticated::Challenge { page, cause, delay } => {
-                let outcome = Outcome {
-                    result: ResultCode::TcpDenied,
-                    error: Some(cause),
-                    ..Outcome::LOCAL
-                };
-                // The answer is committed (its log line is written when it is sent, or when
-                // it is dropped) before a throttled client is held back: one that leaves
-                // during the delay is still logged.
-                let response = txn.respond(&proxy, in_flight, page, outcome);
-                let (head, body) = req.into_parts();
-                linger::discard_body(&proxy, &conn, &head.headers, body);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                return response;
+            Authenticated::Challenge(challenge) => {
+                return answer_challenge(&proxy, &conn, txn, in_flight, req, challenge).await;
             }
         }
         if txn.user().is_some() && proxy.policy.uses_identity() {
@@ -137,7 +112,7 @@ pub(crate) async fn handle(
 /// Answers a request whose body framing is ambiguous with 400 and closes its connection,
 /// before the body is read: nothing after it on the connection can be trusted to start where
 /// the proxy thinks it does.
-pub(super) fn refuse_framing(
+pub(crate) fn refuse_framing(
     proxy: &Proxy,
     txn: Txn,
     in_flight: crate::activity::InFlight,
@@ -157,12 +132,78 @@ enum Authenticated {
         /// Negotiate's mutual-authentication token for the response.
         reply: Option<HeaderValue>,
     },
-    /// The 407 page (with every scheme's challenge), its cause, and how long to hold it.
-    Challenge {
-        page: Response<ProxyBody>,
-        cause: &'static str,
-        delay: std::time::Duration,
-    },
+    Challenge(Challenge),
+}
+
+/// The 407 page (with every scheme's challenge), its cause, and how long to hold it.
+struct Challenge {
+    page: Response<ProxyBody>,
+    cause: &'static str,
+    delay: std::time::Duration,
+}
+
+/// Answers 407. The answer is committed (its log line is written when it is sent, or when it
+/// is dropped) before a throttled client is held back, so one that leaves during the delay is
+/// still logged; a body still arriving is drained so the client can read the answer.
+async fn answer_challenge(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnCtx>,
+    txn: Txn,
+    in_flight: InFlight,
+    req: Request<Incoming>,
+    challenge: Challenge,
+) -> Response<ProxyBody> {
+    let outcome = Outcome {
+        result: ResultCode::TcpDenied,
+        error: Some(challenge.cause),
+        ..Outcome::LOCAL
+    };
+    let response = txn.respond(proxy, in_flight, challenge.page, outcome);
+    let (head, body) = req.into_parts();
+    linger::discard_body(proxy, conn, &head.headers, body);
+    if !challenge.delay.is_zero() {
+        tokio::time::sleep(challenge.delay).await;
+    }
+    response
+}
+
+/// The first decision on a request's target, and what it was decided on.
+struct Judged {
+    decision: Option<Decision>,
+    /// The target's addresses, when the decision depended on them: dialled exactly as judged.
+    resolution: Option<Resolution>,
+    resolved: Option<Vec<IpAddr>>,
+}
+
+/// Decides on the target; when the decision depends on the target's addresses (whether an
+/// `autodiscover.*` name is Microsoft's), resolves it now, before credentials are asked for,
+/// and decides again on them.
+async fn judge_target(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    req: &Request<Incoming>,
+    is_connect: bool,
+) -> Judged {
+    let mut decision = decide(proxy, conn, req, None, None);
+    let resolution = match &decision {
+        Some(d) if d.needs_resolution => resolve_target(proxy, req, is_connect).await,
+        _ => None,
+    };
+    let resolved: Option<Vec<IpAddr>> = resolution.as_ref().map(|r| match r {
+        Ok(addrs) => addrs.iter().map(|a| a.ip()).collect(),
+        Err(_) => Vec::new(),
+    });
+    if let Some(ips) = &resolved {
+        if let Some(with_addresses) = decide(proxy, conn, req, None, Some(ips)) {
+            tracing::debug!(?ips, decision = %with_addresses, "decided again on the resolved addresses");
+            decision = Some(with_addresses);
+        }
+    }
+    Judged {
+        decision,
+        resolution,
+        resolved,
+    }
 }
 
 async fn authenticate(
@@ -189,7 +230,7 @@ async fn authenticate(
             for challenge in auth.challenges(negotiate_token.as_deref()) {
                 page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
             }
-            Authenticated::Challenge { page, cause, delay }
+            Authenticated::Challenge(Challenge { page, cause, delay })
         }
     }
 }
