@@ -117,6 +117,16 @@ impl ProxyError {
         }
     }
 
+    /// The setting that refused the request, for refusals an administrator may mean to lift
+    /// (a lab on localhost meets both): named on the error page and in `X-Portcullis-Error`.
+    pub(crate) fn setting(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::PortNotAllowed { .. } => Some("server.connect_ports"),
+            ProxyError::DestinationDenied { .. } => Some("upstream.deny_networks"),
+            _ => None,
+        }
+    }
+
     /// A stable, short name for the cause: the `X-Portcullis-Error` header value.
     pub(crate) fn cause(&self) -> &'static str {
         match self {

@@ -208,10 +208,17 @@ async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
     ] {
         let r = curl(&["-x", &proxy.url(), &url]).await;
         assert_eq!(r.status, 403, "{url}: {r:?}");
+        // The header and the page name the setting a lab on localhost has to change.
         assert_eq!(
             r.header("x-portcullis-error").as_deref(),
-            Some("destination-denied"),
+            Some("destination-denied; setting=upstream.deny_networks"),
             "{url}"
+        );
+        assert!(
+            r.body_text()
+                .contains("setting <code>upstream.deny_networks</code>"),
+            "{url}: {}",
+            r.body_text()
         );
     }
     let connect = first_status(

@@ -77,7 +77,7 @@ async fn request_counters_move_by_the_right_amounts() {
     let denied = curl(&["-p", "-x", &proxy.url(), &origin.url("/")]).await;
     assert_eq!(
         denied.header("x-portcullis-error").as_deref(),
-        Some("port-not-allowed")
+        Some("port-not-allowed; setting=server.connect_ports")
     );
     let unknown = curl(&["-x", &proxy.url(), "http://nowhere.test/"]).await;
     assert_eq!(unknown.status, 502, "{unknown:?}");

@@ -52,17 +52,34 @@ pub(super) fn error_page(err: &ProxyError, target: &str) -> Response<ProxyBody> 
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
-    let body = format!(
+    let mut body = format!(
         "<p>The proxy could not complete your request for <b>{}</b>.</p>\n<p>{}</p>\n<p>Cause: <code>{}</code></p>",
         escape(target),
         escape(&err.to_string()),
         err.cause()
     );
+    if let Some(setting) = err.setting() {
+        body.push_str(&format!(
+            "\n<p>Refused by the proxy's setting <code>{setting}</code>; an administrator can \
+             change it to allow this.</p>"
+        ));
+    }
     let mut response = html(status, &title, &body);
     response
         .headers_mut()
-        .insert(&ERROR_HEADER, HeaderValue::from_static(err.cause()));
+        .insert(&ERROR_HEADER, error_header(err));
     response
+}
+
+/// `X-Portcullis-Error`: the cause, and for a refusal by a setting that setting as a parameter
+/// (`destination-denied; setting=upstream.deny_networks`, a structured-field token with a
+/// parameter, RFC 8941), so scripts that read the cause up to `;` keep working.
+fn error_header(err: &ProxyError) -> HeaderValue {
+    match err.setting() {
+        None => HeaderValue::from_static(err.cause()),
+        Some(setting) => HeaderValue::from_str(&format!("{}; setting={setting}", err.cause()))
+            .unwrap_or_else(|_| HeaderValue::from_static(err.cause())),
+    }
 }
 
 /// What a browser sees when it asks the proxy itself for a page (origin-form request): what
