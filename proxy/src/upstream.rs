@@ -137,16 +137,11 @@ impl Dialer {
         self
     }
 
-    /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
+    /// Resolves and connects to an origin; the whole of it is bounded by
+    /// `timeouts.upstream_connect`. Counted in the origin metrics (connect time, DNS failures).
     pub(crate) async fn dial(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
         let started = std::time::Instant::now();
-        let result =
-            match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::ConnectTimeout {
-                    host: format!("{host}:{port}"),
-                }),
-            };
+        let result = self.dial_uncounted(host, port).await;
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(_) => metrics.upstream_connected(started.elapsed()),
@@ -155,6 +150,21 @@ impl Dialer {
             }
         }
         result
+    }
+
+    /// [`Dialer::dial`] without the origin metrics, for the proxy's own requests (the Microsoft
+    /// 365 feed has its own counter): with no Internet, its failures are not origins' failures.
+    pub(crate) async fn dial_uncounted(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, ProxyError> {
+        match tokio::time::timeout(self.connect_timeout, self.dial_inner(host, port)).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        }
     }
 
     async fn dial_inner(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
