@@ -6,6 +6,7 @@
 //! What is done with an intercepted tunnel — deciding again on the SNI, serving its decrypted
 //! requests — is a request handler's job: `http/inspect.rs`.
 
+mod cert_errors;
 pub(crate) mod hello;
 pub(crate) mod refusals;
 pub(crate) mod session;
