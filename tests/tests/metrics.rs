@@ -391,6 +391,58 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
         .query_until("portcullis_build_info", |v| v == 1.0)
         .await;
     assert_eq!(info, Some(1.0));
+    let rss = prometheus
+        .query_until("process_resident_memory_bytes{job=\"portcullis\"}", |v| {
+            v > 0.0
+        })
+        .await;
+    assert!(
+        rss.is_some_and(|v| v > 0.0),
+        "prometheus log:\n{}",
+        prometheus.log()
+    );
+}
+
+/// The standard `process_*` series describe the proxy's own process, as `/proc` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_proxy_process() {
+    let proxy = TestProxy::start(NO_INSPECT);
+    let s = scrape(&proxy.admin_url()).await;
+    let pid = proxy.pid();
+    let rss = portcullis_e2e::proxy::proc_status_kib(pid as u32, "VmRSS:") as f64 * 1024.0;
+    let exported = s.value("process_resident_memory_bytes", &[]);
+    assert!(
+        exported > rss / 2.0 && exported < rss * 2.0,
+        "resident memory {exported} vs VmRSS {rss}"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    let open = s.value("process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && (open - fds).abs() <= 8.0,
+        "open fds {open} vs {fds}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let max: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(s.value("process_max_fds", &[]), max);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = s.value("process_start_time_seconds", &[]);
+    assert!(
+        (now - started).abs() < 120.0,
+        "start time {started}, now {now}"
+    );
+    assert!(s.has_family("process_cpu_seconds_total"));
+    assert!(s.value("process_threads", &[]) >= 2.0);
+    assert!(!s.has_family("portcullis_process_resident_memory_bytes"));
 }
 
 /// The example Prometheus files in `deploy/prometheus/` are valid for Prometheus' own checker,

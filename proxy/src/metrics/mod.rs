@@ -105,6 +105,11 @@ fn status_class(status: u16) -> &'static str {
 /// Every metric the proxy exports. Cheap to share (`Arc<Metrics>`); all methods take `&self`.
 pub(crate) struct Metrics {
     registry: Registry,
+    /// The standard `process_*` families (resident memory, CPU seconds, open and maximum file
+    /// descriptors, start time, threads), read from `/proc/self` at scrape time. Their own
+    /// registry, because the main one prefixes every name with `portcullis_` and these keep
+    /// the names every exporter uses, so stock dashboards and alerts work.
+    process: Registry,
     requests: Requests,
     connections: Connections,
     auth: AuthFamilies,
@@ -133,6 +138,7 @@ impl Metrics {
             config: ConfigFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
+            process: process_registry()?,
         };
         metrics.config_loaded();
         Ok(metrics)
@@ -289,8 +295,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
         self.sync_sources();
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
@@ -325,6 +333,16 @@ impl Metrics {
         t.cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
+}
+
+/// A registry holding only the process collector (Linux `/proc`; elsewhere it is empty).
+fn process_registry() -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(registry)
 }
 
 /// Keeps a gauge raised while it lives (an open connection or tunnel).

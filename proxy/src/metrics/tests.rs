@@ -143,12 +143,22 @@ fn every_family_is_present_from_the_start() {
         "portcullis_config_last_reload_success_timestamp_seconds",
         "portcullis_config_last_reload_successful",
         "portcullis_build_info",
+        // The standard process families, without the portcullis_ prefix.
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
             "{family} missing:\n{text}"
         );
     }
+    assert!(!text.contains("portcullis_process_"), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes", &[]) > 0.0);
     let version = format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"));
     assert_eq!(sample(&text, "portcullis_build_info", &[&version]), 1.0);
     assert_eq!(
