@@ -228,11 +228,25 @@ fn every_yaml_json_and_toml_file_in_deploy_parses() {
         serde_json::from_str::<serde_json::Value>(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
-    // Every TOML file is a config the binary accepts.
+    // Every TOML file is a config the binary accepts. check-config loads what a config names
+    // as `run` would, so the data directory (the CA an install would have) is a test one.
+    let data = tempfile::tempdir().unwrap();
+    let ca = Command::new(portcullis_e2e::portcullis_bin())
+        .args(["ca", "init", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        ca.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ca.stderr)
+    );
     for path in deploy_files(&["toml"]) {
         let out = Command::new(portcullis_e2e::portcullis_bin())
             .arg("check-config")
             .arg(&path)
+            .arg("--data-dir")
+            .arg(data.path())
             .output()
             .unwrap();
         assert!(

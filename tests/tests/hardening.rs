@@ -188,6 +188,9 @@ async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
     let effective = std::process::Command::new(portcullis_e2e::portcullis_bin())
         .arg("check-config")
         .arg(&empty)
+        // check-config loads what `run` would; a test data directory keeps it off /var/lib.
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     let effective: toml::Table =

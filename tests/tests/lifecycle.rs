@@ -45,6 +45,8 @@ fn check_config_prints_the_effective_config() {
     let out = Command::new(portcullis_bin())
         .arg("check-config")
         .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -16,6 +16,7 @@ mod sources;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use portcullis_policy::ExchangeClass;
 use prometheus::{Encoder as _, IntGauge, Registry, TextEncoder};
 
 pub(crate) use crate::error::Side;
@@ -91,6 +92,30 @@ fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The `exchange` label: the request's Exchange protocol, or `none`. A fixed list (index =
+/// [`exchange_index`]) whatever the policy learns, so the series stay bounded.
+const EXCHANGE_LABELS: [&str; 7] = [
+    "none",
+    "autodiscover",
+    "mapi",
+    "rpc-http",
+    "ews",
+    "eas",
+    "oab",
+];
+
+fn exchange_index(class: Option<ExchangeClass>) -> usize {
+    match class {
+        None => 0,
+        Some(ExchangeClass::Autodiscover) => 1,
+        Some(ExchangeClass::Mapi) => 2,
+        Some(ExchangeClass::RpcHttp) => 3,
+        Some(ExchangeClass::Ews) => 4,
+        Some(ExchangeClass::Eas) => 5,
+        Some(ExchangeClass::Oab) => 6,
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -150,14 +175,17 @@ impl Metrics {
     pub(crate) fn observe(&self, record: &Record) {
         let r = &self.requests;
         let kind = record.disposition();
+        let exchange = exchange_index(record.policy.as_ref().and_then(|p| p.exchange));
         r.requests
             .with_label_values(&[
                 method_label(&record.method),
                 kind.as_str(),
                 status_class(record.status),
+                EXCHANGE_LABELS[exchange],
             ])
             .inc();
-        r.duration[kind as usize].observe(record.elapsed_ms as f64 / 1000.0);
+        r.duration(kind, exchange)
+            .observe(record.elapsed_ms as f64 / 1000.0);
         if let Some(cause) = record.error {
             r.errors.with_label_values(&[cause]).inc();
         }
