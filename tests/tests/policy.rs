@@ -323,6 +323,16 @@ async fn the_pac_file_sends_direct_hosts_direct_and_the_rest_to_the_proxy() {
         assert!(pac.contains("corp.test"), "{pac}");
         assert!(pac.contains(&format!("PROXY {}", proxy.addr)), "{pac}");
     }
+    // The proxy's own pages are logged with a full URL, like every other line.
+    let log = proxy.access_log(2);
+    for path in ["/proxy.pac", "/wpad.dat"] {
+        let url = format!(" GET http://{}{path} ", proxy.addr);
+        assert!(
+            log.iter()
+                .any(|l| l.contains("NONE/200") && l.contains(&url)),
+            "{url} not in {log:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
