@@ -258,6 +258,44 @@ fn every_yaml_json_and_toml_file_in_deploy_parses() {
     }
 }
 
+/// deploy/README's "Sizing" quotes the benchmark: every figure in its "measured" column and its
+/// memory table is one `bench/RESULTS.md` reports, so the two cannot drift apart silently.
+#[test]
+fn the_sizing_figures_are_the_benchmark_results() {
+    let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    let results = std::fs::read_to_string(repo().join("bench/RESULTS.md")).unwrap();
+    let sizing = readme
+        .split("## Sizing")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let mut figures = Vec::new();
+    for row in sizing
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("|--"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // Throughput table: | workload | measured | CPU | per core |; memory: | what | figure |.
+        let figure = if cells.len() == 6 {
+            cells[2]
+        } else {
+            cells[cells.len() - 2]
+        };
+        let number = figure.split_whitespace().next().unwrap_or_default();
+        if number.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            figures.push(number.to_owned());
+        }
+    }
+    assert!(figures.len() >= 10, "{figures:?}");
+    for number in figures {
+        assert!(
+            results.contains(&format!("| {number} |")),
+            "deploy/README.md Sizing says {number}, bench/RESULTS.md does not"
+        );
+    }
+    assert!(!sizing.contains("no load-test harness"));
+}
+
 #[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     if Command::new("systemd-analyze")
