@@ -139,13 +139,10 @@ pub(crate) async fn run(
         client_slots: Arc::new(crate::limits::ClientSlots::default()),
         shutdown: shutdown.clone(),
     };
+    let bound = listeners_summary(&listeners, admin_addr);
     let accept_loops = start_accepting(listeners, &reloader, &admission);
     admin.set_listeners_bound();
-    tracing::info!(
-        "portcullis {} ready: {}",
-        env!("CARGO_PKG_VERSION"),
-        listeners_summary(&reloader.current().listen_addrs, &config, admin_addr)
-    );
+    tracing::info!("portcullis {} ready: {bound}", env!("CARGO_PKG_VERSION"));
     // systemd Type=notify: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot tell the service manager we are ready (NOTIFY_SOCKET)");
@@ -169,17 +166,12 @@ pub(crate) async fn run(
 
 /// Every bound address, as a person checking the start needs it: proxy listeners (PROXY
 /// protocol ones marked) and the admin listener, with the ports the OS chose for `:0`.
-fn listeners_summary(bound: &[SocketAddr], config: &Config, admin: Option<SocketAddr>) -> String {
-    let plain = config.server.listen.len();
-    let mut parts: Vec<String> = bound
+fn listeners_summary(listeners: &[Bound], admin: Option<SocketAddr>) -> String {
+    let mut parts: Vec<String> = listeners
         .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            if i < plain {
-                format!("proxy {addr}")
-            } else {
-                format!("proxy {addr} (PROXY protocol)")
-            }
+        .map(|l| match l.proxy_protocol {
+            false => format!("proxy {}", l.addr),
+            true => format!("proxy {} (PROXY protocol)", l.addr),
         })
         .collect();
     parts.push(match admin {
