@@ -355,13 +355,7 @@ async fn the_admin_listener_is_not_reachable_through_the_proxy() {
 /// it stored is positive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_admin_port() {
-    let Some(binary) = prometheus_binary() else {
-        assert!(
-            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is not installed (Debian package `prometheus`) but \
-             PORTCULLIS_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+    let Some(binary) = prometheus_or_skip() else {
         return;
     };
     let origin = TestOrigin::http().await;
@@ -503,13 +497,7 @@ async fn process_metrics_describe_the_proxy_process() {
 /// the `exchange` label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_run_on_a_real_prometheus() {
-    let Some(binary) = prometheus_binary() else {
-        assert!(
-            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is not installed (Debian package `prometheus`) but \
-             PORTCULLIS_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+    let Some(binary) = prometheus_or_skip() else {
         return;
     };
     let dashboard =
@@ -608,13 +596,7 @@ async fn the_grafana_dashboard_queries_run_on_a_real_prometheus() {
 /// and every metric their alert rules use is one the proxy exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_prometheus_examples_are_valid_and_use_real_metrics() {
-    let Some(prometheus) = prometheus_binary() else {
-        assert!(
-            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is not installed (Debian package `prometheus`) but \
-             PORTCULLIS_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("SKIPPED: prometheus (and promtool) are not installed");
+    let Some(prometheus) = prometheus_or_skip() else {
         return;
     };
     let promtool = prometheus.with_file_name("promtool");
@@ -683,6 +665,23 @@ async fn read_head(stream: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// The Prometheus binary, or `None` (the caller skips) when it is not installed; a failure
+/// instead when PORTCULLIS_REQUIRE_PROMETHEUS=1 says it must be.
+fn prometheus_or_skip() -> Option<PathBuf> {
+    let found = prometheus_binary();
+    if found.is_none() {
+        assert!(
+            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
+            "prometheus is not installed (Debian package `prometheus`) but \
+             PORTCULLIS_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!(
+            "SKIPPED: prometheus (and promtool) are not installed (apt-get install prometheus)"
+        );
+    }
+    found
 }
 
 fn prometheus_binary() -> Option<PathBuf> {
