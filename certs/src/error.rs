@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Reading a CA file failed.
+    /// Reading a CA file failed. The operating system's reason is the source, so callers that
+    /// print one line must print the error's source chain.
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -39,6 +40,10 @@ pub enum Error {
          (chmod 600 it, or explicitly allow insecure key permissions)"
     )]
     InsecureKeyFile { path: PathBuf, mode: u32 },
+
+    /// The CA key path names a directory or another non-regular file.
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
 
     /// A PEM file did not contain the block we need.
     #[error("{what}: no {label} PEM block found")]

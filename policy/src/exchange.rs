@@ -32,7 +32,7 @@
 
 use std::fmt;
 
-/// Exchange protocol of a request, for logs and the `*_exchange_requests_total{class}` metric.
+/// Exchange protocol of a request, for logs and the `exchange` label of the request metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExchangeClass {
     Autodiscover,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::{ca_cmd, netfilter_cmd, policy_cmd};
 
 /// Portcullis: a forward proxy that keeps Outlook working behind proxy authentication and TLS
@@ -22,10 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy. Without --config it uses the embedded default (listens on 127.0.0.1:3128).
     Run(RunArgs),
-    /// Validate a config file and print the effective configuration (defaults filled in).
+    /// Check a config file the way `run` loads it — the htpasswd and hosts files, the CA, the
+    /// upstream CA file and the keytab included — without listening; print the effective
+    /// configuration (defaults filled in). Fails with the message `run` would fail with.
     CheckConfig {
         /// The TOML config file to check.
         file: PathBuf,
+        /// Data directory, as `run --data-dir` would use it; replaces `server.data_dir`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Render, check, apply or remove the netfilter rules that let mail, LDAP, DNS and Kerberos
     /// pass directly while web traffic must use the proxy.
@@ -90,6 +95,10 @@ pub struct RunArgs {
     /// Data directory (CA, caches); replaces `server.data_dir` from the config.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Admin listener for /metrics, /healthz, /readyz, /config and /reload (default
+    /// 127.0.0.1:9464); replaces `admin.listen` from the config. `off` disables it.
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<AdminListen>,
 }
 
 /// Loads the config named on the command line, or the embedded default.
@@ -100,13 +109,23 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn run_proxy(config: Config, source: crate::reload::ConfigSource) -> anyhow::Result<()> {
-    crate::telemetry::init(&config.log);
+/// Process-wide settings taken from the config, made before any thread starts (the only time
+/// changing the environment is sound). `run` and `check-config` both need them.
+fn prepare_process(config: &Config) {
     if let Some(keytab) = &config.auth.negotiate.keytab {
-        // MIT krb5 reads the acceptor keytab from KRB5_KTNAME. Set it here, before the runtime
-        // starts any thread, which is the only time changing the environment is sound.
+        // MIT krb5 reads the acceptor keytab from KRB5_KTNAME.
         std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
     }
+}
+
+fn run_proxy(config: Config, source: crate::reload::ConfigSource) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.log);
+    tracing::info!(
+        config = config.origin(),
+        "portcullis {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    prepare_process(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,6 +135,46 @@ fn run_proxy(config: Config, source: crate::reload::ConfigSource) -> anyhow::Res
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         crate::server::run(config, source, shutdown).await
     })?;
+    Ok(())
+}
+
+/// `check-config`: everything `run` loads before it listens, loaded the same way
+/// ([`crate::reload::load`]) but without writing anything; the same error if it fails.
+fn check_config(file: PathBuf, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let source = crate::reload::ConfigSource {
+        path: Some(file.clone()),
+        data_dir,
+        ..Default::default()
+    };
+    let config = source.load()?;
+    // Warnings found while loading (an htpasswd file without users, a damaged Microsoft 365
+    // cache) are worth showing; progress messages are not.
+    crate::telemetry::init(&crate::config::LogConfig {
+        level: "warn".to_owned(),
+        ..config.log.clone()
+    });
+    prepare_process(&config);
+    let metrics = crate::metrics::Metrics::new()?;
+    crate::reload::load(
+        config.clone(),
+        None,
+        &metrics,
+        crate::reload::LoadMode::Check,
+    )?;
+    print!("{}", config.to_toml());
+    if config.tls.inspect
+        && !config
+            .server
+            .data_dir
+            .join(portcullis_certs::CA_CERT_FILE)
+            .exists()
+    {
+        eprintln!(
+            "note: there is no CA in {} yet; `portcullis run` will create one (tls.auto_init_ca)",
+            config.server.data_dir.display()
+        );
+    }
+    eprintln!("{}: OK", file.display());
     Ok(())
 }
 
@@ -144,16 +203,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 path: args.config,
                 listen: args.listen,
                 data_dir: args.data_dir,
+                admin_listen: args.admin_listen,
             };
             let config = source.load()?;
             run_proxy(config, source)
         }
-        Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
-            print!("{}", config.to_toml());
-            eprintln!("{}: OK", file.display());
-            Ok(())
-        }
+        Command::CheckConfig { file, data_dir } => check_config(file, data_dir),
         Command::Netfilter(cmd) => netfilter_cmd::run(cmd).context("netfilter"),
         Command::Ca(cmd) => ca_cmd::run(cmd).context("ca"),
         Command::Policy(cmd) => policy_cmd::run(cmd),

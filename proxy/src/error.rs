@@ -5,6 +5,26 @@ use std::net::SocketAddr;
 
 use http::StatusCode;
 
+/// An error and its sources on one line, `context: cause: root cause`, for errors from crates
+/// that keep the cause in [`std::error::Error::source`] (the certs crate, libgssapi) when they
+/// are shown where only `Display` is printed (a log field, an admin answer, a wrapping error).
+///
+/// The proxy's own errors that wrap one print it through this and do not expose it as their
+/// source again, so that `anyhow`'s `{:#}` at the binary's edge says each cause once.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// Which side of an intercepted connection a TLS handshake failed on (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -118,6 +138,19 @@ impl ProxyError {
             | ProxyError::ClientTlsAborted(_)
             | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
             ProxyError::CertificateMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The setting that refused the request, for refusals an administrator may mean to lift
+    /// (a lab on localhost meets both): named on the error page and in `X-Portcullis-Error`.
+    pub(crate) fn setting(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::PortNotAllowed {
+                what: "CONNECT", ..
+            } => Some("server.connect_ports"),
+            ProxyError::PortNotAllowed { .. } => Some("server.http_ports"),
+            ProxyError::DestinationDenied { .. } => Some("upstream.deny_networks"),
+            _ => None,
         }
     }
 

@@ -30,12 +30,21 @@ use crate::reload::Reloader;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Checks the service every `check_interval` until shutdown; a new list triggers a reload.
+///
+/// An installation without Internet access fails every check. That is said once, at INFO, when
+/// the first check fails (with the setting that stops asking); later failures are counted in
+/// `portcullis_m365_fetches_total{result="failed"}` and logged at DEBUG. Losing a service that
+/// answered before is a WARN, once per outage.
 pub(crate) async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    // Whether the last check reached the service; `None` before the first check.
+    let mut reached: Option<bool> = None;
     loop {
         let proxy = reloader.current();
         let settings = proxy.config.m365.clone();
         if settings.fetch {
-            match check(&proxy).await {
+            let result = check(&proxy).await;
+            let ok = !matches!(result, Err(Failure::Other(_)));
+            match result {
                 Ok(Checked::Unchanged) => proxy.metrics.m365_fetched("unchanged"),
                 Ok(Checked::Updated { version, sets }) => {
                     proxy.metrics.m365_fetched("updated");
@@ -50,15 +59,39 @@ pub(crate) async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
                 }
                 Err(Failure::Other(e)) => {
                     proxy.metrics.m365_fetched("failed");
-                    tracing::warn!(url = %settings.url, error = %e, "cannot refresh the Microsoft 365 endpoint list; keeping the one in use (cached or built in)");
+                    log_failure(reached, &settings.url, &e);
                 }
             }
+            if ok && reached == Some(false) {
+                tracing::info!(url = %settings.url, "the Microsoft 365 endpoints service is reachable again");
+            }
+            reached = Some(ok);
         }
         drop(proxy);
         tokio::select! {
             _ = tokio::time::sleep(settings.check_interval) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// One failed check, logged by what came before it (see [`run`]).
+fn log_failure(reached: Option<bool>, url: &str, error: &str) {
+    match reached {
+        None => tracing::info!(
+            url,
+            error,
+            "the Microsoft 365 endpoints service cannot be reached; using the cached or built-in \
+             endpoint list. Without Internet access set m365.fetch = false (and import a list \
+             with `portcullis m365 import`); further failures are only counted \
+             (portcullis_m365_fetches_total{{result=\"failed\"}})"
+        ),
+        Some(true) => tracing::warn!(
+            url,
+            error,
+            "cannot refresh the Microsoft 365 endpoint list; keeping the one in use (cached or built in)"
+        ),
+        Some(false) => tracing::debug!(url, error, "the Microsoft 365 endpoints service is still unreachable"),
     }
 }
 
@@ -127,7 +160,7 @@ async fn get(
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = proxy
         .dialer
-        .dial(&host, port)
+        .dial_uncounted(&host, port)
         .await
         .map_err(|e| e.to_string())?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use portcullis_policy::ExchangeClass;
 use serde::{Serialize, Serializer};
 
 /// Squid's result code (`%Ss`).
@@ -167,6 +168,13 @@ fn as_str_hierarchy<S: Serializer>(code: &Hierarchy, s: S) -> Result<S::Ok, S::E
     s.serialize_str(code.as_str())
 }
 
+fn as_str_exchange<S: Serializer>(class: &Option<ExchangeClass>, s: S) -> Result<S::Ok, S::Error> {
+    match class {
+        Some(class) => s.serialize_str(class.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
 /// The policy's decision as the access log and metrics see it: an operator can tell "tunnelled
 /// by the Outlook profile" from "inspected by default".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,9 +183,13 @@ pub(crate) struct PolicyNote {
     pub(crate) action: &'static str,
     /// The rule that decided: its `name`, `rules[3]`, `outlook:…`, `default`.
     pub(crate) rule: Arc<str>,
-    /// The Exchange protocol of the request (autodiscover, mapi, rpc-http, ews, eas, oab).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) exchange: Option<&'static str>,
+    /// The Exchange protocol of the request (autodiscover, mapi, rpc-http, ews, eas, oab): the
+    /// JSON log's `exchange` and the metrics' `exchange` label.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_str_exchange"
+    )]
+    pub(crate) exchange: Option<ExchangeClass>,
     /// The rule's `log_tag`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tag: Option<Arc<str>>,
@@ -189,7 +201,7 @@ impl PolicyNote {
             action: decision.action.as_str(),
             // Shared with the compiled policy: no allocation per request.
             rule: Arc::clone(&decision.rule.name),
-            exchange: decision.class.map(|c| c.as_str()),
+            exchange: decision.class,
             tag: decision.tag.clone(),
         }
     }

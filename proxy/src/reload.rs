@@ -29,9 +29,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::auth::{Auth, AuthSetupError};
-use crate::config::{Config, ConfigError};
+use crate::config::{AdminListen, Config, ConfigError};
 use crate::context::Proxy;
-use crate::intercept::{InterceptError, Interceptor};
+use crate::intercept::{CaInit, InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
 use crate::upstream::{http_client, Dialer, Resolver};
 
@@ -45,6 +45,8 @@ pub(crate) struct ConfigSource {
     pub listen: Vec<SocketAddr>,
     /// `--data-dir`, replacing `server.data_dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--admin-listen`, replacing `admin.listen` (or turning the admin listener off).
+    pub admin_listen: Option<AdminListen>,
 }
 
 impl ConfigSource {
@@ -60,23 +62,58 @@ impl ConfigSource {
         if let Some(dir) = &self.data_dir {
             config.server.data_dir = dir.clone();
         }
+        if let Some(choice) = self.admin_listen {
+            config.admin.apply(choice);
+        }
         Ok(config)
     }
 }
 
-/// Why a configuration could not be loaded (at start or on reload). Each names the key to fix.
+/// Why a configuration could not be loaded (at start, on reload, or by `check-config`). Each
+/// names the config file and the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
+    /// The config file itself cannot be read or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("invalid config: key `upstream.hosts_file`: {0}")]
-    HostsFile(std::io::Error),
-    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
-    Auth(AuthSetupError),
-    #[error("invalid config: key `{key}`: {0}", key = .0.key())]
-    Intercept(InterceptError),
+    /// The config is valid, but a file it names (or the CA in its data directory) is missing or
+    /// unusable.
+    #[error("{origin}: key `{key}`: {error}", key = .error.key())]
+    File { origin: String, error: FileError },
     #[error("the reload task failed: {0}")]
     Task(String),
+}
+
+/// A file named by a valid config that could not be used. The cause is part of the message
+/// (not a source), so it is printed once wherever the error is shown.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FileError {
+    #[error("{0}")]
+    HostsFile(std::io::Error),
+    #[error("{0}")]
+    Auth(AuthSetupError),
+    #[error("{0}")]
+    Intercept(InterceptError),
+}
+
+impl FileError {
+    /// The config key naming the file.
+    pub(crate) fn key(&self) -> &'static str {
+        match self {
+            FileError::HostsFile(_) => "upstream.hosts_file",
+            FileError::Auth(e) => e.key(),
+            FileError::Intercept(e) => e.key(),
+        }
+    }
+}
+
+/// What loading may do besides reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadMode {
+    /// Start or reload: a missing CA is created when `tls.auto_init_ca` says so.
+    Serve,
+    /// `check-config`: the same reads and checks, and nothing written.
+    Check,
 }
 
 /// Everything a snapshot needs that is read from files: built off the async workers, and only
@@ -97,9 +134,14 @@ pub(crate) fn load(
     config: Config,
     previous: Option<&Config>,
     metrics: &Metrics,
+    mode: LoadMode,
 ) -> Result<Loaded, LoadError> {
-    let resolver = Resolver::new(&config).map_err(LoadError::HostsFile)?;
-    let auth = Auth::new(&config.auth).map_err(LoadError::Auth)?;
+    let file_error = |error| LoadError::File {
+        origin: config.origin().to_owned(),
+        error,
+    };
+    let resolver = Resolver::new(&config).map_err(|e| file_error(FileError::HostsFile(e)))?;
+    let auth = Auth::new(&config.auth).map_err(|e| file_error(FileError::Auth(e)))?;
     let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
@@ -119,9 +161,13 @@ pub(crate) fn load(
     let interceptor = if tls_unchanged {
         None
     } else {
+        let init = match mode {
+            LoadMode::Serve => CaInit::Write,
+            LoadMode::Check => CaInit::DryRun,
+        };
         Some(
-            Interceptor::new(&config, metrics.cert_mint_observer())
-                .map_err(LoadError::Intercept)?,
+            Interceptor::new(&config, init, metrics.cert_mint_observer())
+                .map_err(|e| file_error(FileError::Intercept(e)))?,
         )
     };
     Ok(Loaded {
@@ -296,7 +342,8 @@ impl Reloader {
         let loaded = tokio::task::spawn_blocking(move || {
             let mut config = source.load()?;
             let needs_restart = keep_restart_only(&mut config, &running_config);
-            load(config, Some(&running_config), &metrics).map(|loaded| (loaded, needs_restart))
+            load(config, Some(&running_config), &metrics, LoadMode::Serve)
+                .map(|loaded| (loaded, needs_restart))
         })
         .await
         .unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));

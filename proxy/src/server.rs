@@ -21,26 +21,53 @@ use crate::metrics::Metrics;
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 use crate::rewind::Rewind;
 
+/// Why the proxy could not start. Every cause is part of its message and none is exposed as a
+/// source as well, so the one line printed at exit says each reason once.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {error}{hint}", hint = listen_hint(.key, .error))]
     Listen {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        /// The setting the address comes from (`server.listen`, `admin.listen`, …).
+        key: &'static str,
+        error: std::io::Error,
     },
     #[error("{0}")]
-    Setup(#[from] std::io::Error),
+    Setup(std::io::Error),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot set up metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("cannot write the pid file {path}: {source}")]
+    Metrics(prometheus::Error),
+    #[error("cannot write the pid file {} (admin.pid_file): {error}", path.display())]
     PidFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Setup(e)
+    }
+}
+
+impl From<prometheus::Error> for StartError {
+    fn from(e: prometheus::Error) -> Self {
+        StartError::Metrics(e)
+    }
+}
+
+/// What to do about an address in use: another proxy (or a second instance) holds it.
+fn listen_hint(key: &str, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::AddrInUse {
+        return String::new();
+    }
+    let option = match key {
+        "admin.listen" => " (or --admin-listen ADDR, or --admin-listen off)",
+        "server.listen" => " (or --listen ADDR)",
+        _ => "",
+    };
+    format!("; another process uses this address: stop it or change {key}{option}")
 }
 
 /// Starts with `config` (already loaded from `source`), serves until `shutdown` is cancelled,
@@ -63,16 +90,22 @@ pub(crate) async fn run(
     let metrics = Arc::new(Metrics::new()?);
     let admin = Arc::new(AdminState::new(Arc::clone(&metrics)));
     let mut own_addrs = Vec::new();
-    if config.admin.enabled {
-        own_addrs.push(start_admin(&config, &admin, &shutdown).await?);
-    }
+    let admin_addr = if config.admin.enabled {
+        let addr = start_admin(&config, &admin, &shutdown).await?;
+        own_addrs.push(addr);
+        Some(addr)
+    } else {
+        None
+    };
     // Files (htpasswd, hosts file, CA, keytab) are read off the async workers.
     let loaded = {
         let config = config.clone();
         let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || crate::reload::load(config, None, &metrics))
-            .await
-            .map_err(|e| LoadError::Task(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            crate::reload::load(config, None, &metrics, crate::reload::LoadMode::Serve)
+        })
+        .await
+        .map_err(|e| LoadError::Task(e.to_string()))??
     };
     let listeners = bind_listeners(&config).await?;
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
@@ -106,8 +139,10 @@ pub(crate) async fn run(
         client_slots: Arc::new(crate::limits::ClientSlots::default()),
         shutdown: shutdown.clone(),
     };
+    let bound = listeners_summary(&listeners, admin_addr);
     let accept_loops = start_accepting(listeners, &reloader, &admission);
     admin.set_listeners_bound();
+    tracing::info!("portcullis {} ready: {bound}", env!("CARGO_PKG_VERSION"));
     // systemd Type=notify: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot tell the service manager we are ready (NOTIFY_SOCKET)");
@@ -127,6 +162,23 @@ pub(crate) async fn run(
     remove_pid_file(pid_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every bound address, as a person checking the start needs it: proxy listeners (PROXY
+/// protocol ones marked) and the admin listener, with the ports the OS chose for `:0`.
+fn listeners_summary(listeners: &[Bound], admin: Option<SocketAddr>) -> String {
+    let mut parts: Vec<String> = listeners
+        .iter()
+        .map(|l| match l.proxy_protocol {
+            false => format!("proxy {}", l.addr),
+            true => format!("proxy {} (PROXY protocol)", l.addr),
+        })
+        .collect();
+    parts.push(match admin {
+        Some(addr) => format!("admin {addr}"),
+        None => "admin off".to_owned(),
+    });
+    parts.join(", ")
 }
 
 /// One accept loop per listener.
@@ -149,11 +201,9 @@ fn start_accepting(
 }
 
 fn write_pid_file(path: &Path) -> Result<(), StartError> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
-        StartError::PidFile {
-            path: path.to_owned(),
-            source,
-        }
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|error| StartError::PidFile {
+        path: path.to_owned(),
+        error,
     })
 }
 
@@ -166,7 +216,11 @@ async fn start_admin(
     let addr = config.admin.listen;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen { addr, source })?;
+        .map_err(|error| StartError::Listen {
+            addr,
+            key: "admin.listen",
+            error,
+        })?;
     let bound = listener.local_addr()?;
     crate::admin::log_bound(bound);
     tokio::spawn(crate::admin::serve(
@@ -192,11 +246,17 @@ async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
     let proxied = server.proxy_protocol_listen.iter().map(|a| (a, true));
     let mut bound = Vec::new();
     for (addr, proxy_protocol) in plain.chain(proxied) {
+        let key = if proxy_protocol {
+            "server.proxy_protocol_listen"
+        } else {
+            "server.listen"
+        };
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Listen {
+            .map_err(|error| StartError::Listen {
                 addr: *addr,
-                source,
+                key,
+                error,
             })?;
         bound.push(Bound {
             addr: listener.local_addr()?,

@@ -140,7 +140,8 @@ impl Dialer {
         self
     }
 
-    /// Resolves and connects; the whole of it is bounded by `timeouts.upstream_connect`.
+    /// Resolves and connects to an origin; the whole of it is bounded by
+    /// `timeouts.upstream_connect`. Counted in the origin metrics (connect time, DNS failures).
     pub(crate) async fn dial(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
         self.dial_with(host, port, None).await
     }
@@ -176,19 +177,7 @@ impl Dialer {
         resolved: Option<&Resolution>,
     ) -> Result<TcpStream, ProxyError> {
         let started = std::time::Instant::now();
-        let dial = async {
-            let addrs = match resolved {
-                Some(resolved) => resolved.clone()?,
-                None => self.resolver.resolve(host, port).await?,
-            };
-            self.connect(host, port, addrs).await
-        };
-        let result = match tokio::time::timeout(self.connect_timeout, dial).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::ConnectTimeout {
-                host: format!("{host}:{port}"),
-            }),
-        };
+        let result = self.dial_timed(host, port, resolved).await;
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(_) => metrics.upstream_connected(started.elapsed()),
@@ -197,6 +186,38 @@ impl Dialer {
             }
         }
         result
+    }
+
+    /// [`Dialer::dial`] without the origin metrics, for the proxy's own requests (the Microsoft
+    /// 365 feed has its own counter): with no Internet, its failures are not origins' failures.
+    pub(crate) async fn dial_uncounted(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, ProxyError> {
+        self.dial_timed(host, port, None).await
+    }
+
+    /// Resolves (unless `resolved` is given) and connects, under `timeouts.upstream_connect`.
+    async fn dial_timed(
+        &self,
+        host: &Host,
+        port: u16,
+        resolved: Option<&Resolution>,
+    ) -> Result<TcpStream, ProxyError> {
+        let dial = async {
+            let addrs = match resolved {
+                Some(resolved) => resolved.clone()?,
+                None => self.resolver.resolve(host, port).await?,
+            };
+            self.connect(host, port, addrs).await
+        };
+        match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        }
     }
 
     async fn connect(

@@ -57,6 +57,8 @@ pub enum OriginCert {
     WrongHost,
     /// A self-signed leaf; the trust anchor handed out is an unrelated CA.
     SelfSigned,
+    /// A self-signed leaf with `CA:TRUE`, as `openssl req -x509` makes one by default.
+    SelfSignedCa,
     /// Signed by an intermediate the server does not send; the anchor is the root.
     IncompleteChain,
 }
@@ -94,6 +96,11 @@ pub fn origin_certificate_kind(
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let chain = match kind {
         OriginCert::SelfSigned => {
+            let leaf = params.self_signed(&leaf_key).unwrap_or_else(|e| fail(e));
+            vec![leaf.der().clone()]
+        }
+        OriginCert::SelfSignedCa => {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             let leaf = params.self_signed(&leaf_key).unwrap_or_else(|e| fail(e));
             vec![leaf.der().clone()]
         }

@@ -1,5 +1,6 @@
 //! A real browser through interception: headless Chromium trusting the proxy CA in its NSS
-//! database loads an HTTPS page from a test origin (recipe 4 of shared/recipes/LAB.md).
+//! database loads an HTTPS page from a test origin (recipe 4 of shared/recipes/LAB.md); and the
+//! proxy's own information page as Chromium renders it (a screenshot kept for a look by eye).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -21,6 +22,21 @@ fn chromium_available() -> bool {
     ok
 }
 
+/// Headless Chromium without background traffic (shared/recipes/LAB.md, "Chromium flags").
+const BASE_FLAGS: [&str; 11] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-features=NetworkTimeServiceQuerying",
+    "--gaia-url=http://127.0.0.1:9",
+    "--component-updater=url-source=http://127.0.0.1:9/",
+];
+
 /// Runs `chromium --headless --dump-dom URL` through `proxy` with `home` as $HOME (its NSS
 /// database decides what is trusted). Returns (DOM, stderr).
 fn dump_dom(proxy: &TestProxy, home: &Path, url: &str) -> (String, String) {
@@ -28,19 +44,7 @@ fn dump_dom(proxy: &TestProxy, home: &Path, url: &str) -> (String, String) {
     let out = Command::new("timeout")
         .arg("60")
         .arg("/usr/bin/chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            "--disable-features=NetworkTimeServiceQuerying",
-            "--gaia-url=http://127.0.0.1:9",
-            "--component-updater=url-source=http://127.0.0.1:9/",
-        ])
+        .args(BASE_FLAGS)
         .arg(format!("--proxy-server=http://{}", proxy.addr))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
@@ -113,6 +117,101 @@ async fn chromium_loads_an_inspected_https_page() {
         stderr.contains("ERR_CERT_AUTHORITY_INVALID"),
         "{}",
         tail(&stderr)
+    );
+}
+
+/// The proxy's own page at `/`, as a person sees it in a real browser: styled without external
+/// assets, linking the CA downloads and the PAC file, showing the CA's fingerprint. The
+/// screenshot is kept and its path printed, for a look by eye.
+#[test]
+fn chromium_renders_the_info_page() {
+    if !chromium_available() {
+        return;
+    }
+    let proxy = TestProxy::start("");
+    let url = format!("http://{}/", proxy.addr);
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("info-page.png");
+    let _ = std::fs::remove_file(&png);
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = |extra: &[&str]| {
+        Command::new("timeout")
+            .arg("60")
+            .arg("/usr/bin/chromium")
+            .args(BASE_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    // A loopback page is fetched directly (Chromium never proxies loopback): the proxy answers
+    // the origin-form request itself.
+    let shot = chromium(&[
+        "--window-size=1000,1700",
+        "--hide-scrollbars",
+        &format!("--screenshot={}", png.display()),
+    ]);
+    eprintln!("screenshot of the info page: {}", png.display());
+    let image = std::fs::read(&png).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}); chromium: {}",
+            tail(&String::from_utf8_lossy(&shot.stderr))
+        )
+    });
+    assert_eq!(&image[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let width = u32::from_be_bytes(image[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(image[20..24].try_into().unwrap());
+    assert_eq!((width, height), (1000, 1700));
+    // A blank or unstyled white page compresses to a few KiB; text, buttons and panels do not.
+    assert!(
+        image.len() > 40_000,
+        "{} bytes: is the page empty?",
+        image.len()
+    );
+
+    let dom = chromium(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let fingerprint = {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(proxy.dir.path().join("data/ca.pem"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.trim().rsplit('=').next().unwrap().to_owned()
+    };
+    assert!(
+        dom.contains(&fingerprint),
+        "fingerprint {fingerprint} missing:\n{dom}"
+    );
+    for link in [
+        "href=\"/ca.pem\"",
+        "href=\"/ca.der\"",
+        "href=\"/proxy.pac\"",
+    ] {
+        assert!(dom.contains(link), "{link} missing:\n{dom}");
+    }
+    for os in ["Windows", "macOS", "Linux", "Firefox"] {
+        assert!(
+            dom.contains(&format!("<h3>{os}</h3>")),
+            "{os} steps missing"
+        );
+    }
+    assert!(dom.contains("<style>"), "unstyled:\n{dom}");
+    // Nothing loaded from elsewhere: the page must work before the device can use the proxy.
+    for external in ["src=", "<link", "@import", "url("] {
+        assert!(
+            !dom.contains(external),
+            "external asset ({external}):\n{dom}"
+        );
+    }
+    let log = proxy.access_log(2);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("NONE/200") && l.contains("GET http://127.0.0.1:")),
+        "{log:?}"
     );
 }
 

@@ -50,10 +50,13 @@ async fn connect_to_a_port_not_allowed_is_403() {
     let r = curl(&["-x", &proxy.url(), "-p", "-k", &url]).await;
     assert_ne!(r.exit, 0);
     assert!(r.headers.starts_with("HTTP/1.1 403"), "{}", r.headers);
-    assert!(r
-        .headers
-        .to_ascii_lowercase()
-        .contains("x-portcullis-error: port-not-allowed"));
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("x-portcullis-error: port-not-allowed; setting=server.connect_ports"),
+        "{}",
+        r.headers
+    );
     assert_eq!(origin.connections(), 0);
     let log = proxy.access_log(1);
     assert!(log[0].contains("TCP_DENIED/403"), "{log:?}");

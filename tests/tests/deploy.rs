@@ -228,11 +228,25 @@ fn every_yaml_json_and_toml_file_in_deploy_parses() {
         serde_json::from_str::<serde_json::Value>(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
-    // Every TOML file is a config the binary accepts.
+    // Every TOML file is a config the binary accepts. check-config loads what a config names
+    // as `run` would, so the data directory (the CA an install would have) is a test one.
+    let data = tempfile::tempdir().unwrap();
+    let ca = Command::new(portcullis_e2e::portcullis_bin())
+        .args(["ca", "init", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        ca.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ca.stderr)
+    );
     for path in deploy_files(&["toml"]) {
         let out = Command::new(portcullis_e2e::portcullis_bin())
             .arg("check-config")
             .arg(&path)
+            .arg("--data-dir")
+            .arg(data.path())
             .output()
             .unwrap();
         assert!(
@@ -242,6 +256,44 @@ fn every_yaml_json_and_toml_file_in_deploy_parses() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// deploy/README's "Sizing" quotes the benchmark: every figure in its "measured" column and its
+/// memory table is one `bench/RESULTS.md` reports, so the two cannot drift apart silently.
+#[test]
+fn the_sizing_figures_are_the_benchmark_results() {
+    let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    let results = std::fs::read_to_string(repo().join("bench/RESULTS.md")).unwrap();
+    let sizing = readme
+        .split("## Sizing")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let mut figures = Vec::new();
+    for row in sizing
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("|--"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // Throughput table: | workload | measured | CPU | per core |; memory: | what | figure |.
+        let figure = if cells.len() == 6 {
+            cells[2]
+        } else {
+            cells[cells.len() - 2]
+        };
+        let number = figure.split_whitespace().next().unwrap_or_default();
+        if number.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            figures.push(number.to_owned());
+        }
+    }
+    assert!(figures.len() >= 10, "{figures:?}");
+    for number in figures {
+        assert!(
+            results.contains(&format!("| {number} |")),
+            "deploy/README.md Sizing says {number}, bench/RESULTS.md does not"
+        );
+    }
+    assert!(!sizing.contains("no load-test harness"));
 }
 
 #[test]

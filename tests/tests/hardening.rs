@@ -188,6 +188,9 @@ async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
     let effective = std::process::Command::new(portcullis_e2e::portcullis_bin())
         .arg("check-config")
         .arg(&empty)
+        // check-config loads what `run` would; a test data directory keeps it off /var/lib.
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     let effective: toml::Table =
@@ -208,10 +211,17 @@ async fn loopback_link_local_and_metadata_destinations_are_denied_by_default() {
     ] {
         let r = curl(&["-x", &proxy.url(), &url]).await;
         assert_eq!(r.status, 403, "{url}: {r:?}");
+        // The header and the page name the setting a lab on localhost has to change.
         assert_eq!(
             r.header("x-portcullis-error").as_deref(),
-            Some("destination-denied"),
+            Some("destination-denied; setting=upstream.deny_networks"),
             "{url}"
+        );
+        assert!(
+            r.body_text()
+                .contains("setting <code>upstream.deny_networks</code>"),
+            "{url}: {}",
+            r.body_text()
         );
     }
     let connect = first_status(

@@ -178,7 +178,7 @@ async fn plain_http_goes_only_to_safe_ports() {
         assert_eq!(r.status, 403, "port {port}: {r:?}");
         assert_eq!(
             r.header("x-portcullis-error").as_deref(),
-            Some("port-not-allowed"),
+            Some("port-not-allowed; setting=server.http_ports"),
             "port {port}"
         );
     }

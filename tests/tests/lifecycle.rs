@@ -45,6 +45,8 @@ fn check_config_prints_the_effective_config() {
     let out = Command::new(portcullis_bin())
         .arg("check-config")
         .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -94,11 +96,18 @@ fn help_and_version() {
 
 #[test]
 fn runs_with_no_config_file_on_cli_listen_address() {
-    // `portcullis run` without --config uses the embedded default; --listen overrides it.
-    // (The default admin listener, 127.0.0.1:9464, must be free for this test.)
+    // `portcullis run` without --config uses the embedded default; --listen overrides it, and
+    // --admin-listen keeps the test off the default admin port 9464.
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(portcullis_bin())
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(data.path())
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -234,6 +234,58 @@ async fn the_feed_exempts_its_hosts_survives_bad_answers_and_outlives_the_servic
     assert!(other.starts_with("HTTP/1.1 407"), "{other}");
 }
 
+/// An installation without Internet access: the first failed check is one INFO line naming
+/// `m365.fetch`, later ones are only counted, and the feed's failures never count as origins'
+/// (`portcullis_dns_failures_total` is about origin names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_proxy_says_so_once_and_counts_the_feed_apart_from_origins() {
+    let proxy = TestProxy::start(
+        "[m365]\nfetch = true\nurl = \"https://endpoints.offline.test\"\ncheck_interval = \"1s\"\n\
+         [upstream]\nsystem_resolver = false\n[tls]\ninspect = false\n",
+    );
+    let admin = proxy.admin_url();
+    let failed = [r#"result="failed""#];
+    let s = scrape_until(&admin, |s| {
+        s.value("portcullis_m365_fetches_total", &failed) >= 3.0
+    })
+    .await;
+    assert!(
+        s.value("portcullis_m365_fetches_total", &failed) >= 3.0,
+        "{}",
+        proxy.stderr()
+    );
+    assert_eq!(s.value("portcullis_dns_failures_total", &[]), 0.0);
+    assert_eq!(
+        s.value("portcullis_upstream_connect_duration_seconds_count", &[]),
+        0.0
+    );
+    let log = proxy.stderr();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Microsoft 365 endpoints service cannot be reached"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(
+        said[0].contains(" INFO ") && said[0].contains("m365.fetch = false"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("Microsoft 365")),
+        "{log}"
+    );
+
+    // An origin name that does not resolve is still counted.
+    let r = portcullis_e2e::curl(&["-x", &proxy.url(), "http://nowhere.offline.test/"]).await;
+    assert_eq!(r.status, 502);
+    let s = scrape_until(&admin, |s| {
+        s.value("portcullis_dns_failures_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(s.value("portcullis_dns_failures_total", &[]), 1.0);
+}
+
 #[test]
 fn import_validates_and_stores_the_list() {
     let dir = tempfile::tempdir().unwrap();

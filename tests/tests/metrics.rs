@@ -77,7 +77,7 @@ async fn request_counters_move_by_the_right_amounts() {
     let denied = curl(&["-p", "-x", &proxy.url(), &origin.url("/")]).await;
     assert_eq!(
         denied.header("x-portcullis-error").as_deref(),
-        Some("port-not-allowed")
+        Some("port-not-allowed; setting=server.connect_ports")
     );
     let unknown = curl(&["-x", &proxy.url(), "http://nowhere.test/"]).await;
     assert_eq!(unknown.status, 502, "{unknown:?}");
@@ -355,13 +355,7 @@ async fn the_admin_listener_is_not_reachable_through_the_proxy() {
 /// it stored is positive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_admin_port() {
-    let Some(binary) = prometheus_binary() else {
-        assert!(
-            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is not installed (Debian package `prometheus`) but \
-             PORTCULLIS_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+    let Some(binary) = prometheus_or_skip() else {
         return;
     };
     let origin = TestOrigin::http().await;
@@ -391,19 +385,218 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
         .query_until("portcullis_build_info", |v| v == 1.0)
         .await;
     assert_eq!(info, Some(1.0));
+    let rss = prometheus
+        .query_until("process_resident_memory_bytes{job=\"portcullis\"}", |v| {
+            v > 0.0
+        })
+        .await;
+    assert!(
+        rss.is_some_and(|v| v > 0.0),
+        "prometheus log:\n{}",
+        prometheus.log()
+    );
+}
+
+/// Requests carry their Exchange protocol as the `exchange` label of the request counter and
+/// the duration histogram; anything else is `none`, and no other value can appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_labelled_with_their_exchange_class() {
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(NO_INSPECT);
+    let admin = proxy.admin_url();
+    for (path, times) in [
+        ("/EWS/Exchange.asmx", 2),
+        ("/mapi/emsmdb/?MailboxId=x", 1),
+        ("/autodiscover/autodiscover.xml", 1),
+        ("/Microsoft-Server-ActiveSync?Cmd=Ping", 1),
+        ("/OAB/x/oab.xml", 1),
+        ("/rpc/rpcproxy.dll?mail:6001", 1),
+        ("/plain", 1),
+    ] {
+        for _ in 0..times {
+            let r = curl(&["-x", &proxy.url(), &origin.url(path)]).await;
+            assert_eq!(r.status, 200, "{path}: {r:?}");
+        }
+    }
+    let s = scrape_until(&admin, |s| s.value("portcullis_requests_total", &[]) >= 8.0).await;
+    let count = |class: &str| {
+        s.value(
+            "portcullis_requests_total",
+            &[&format!("exchange=\"{class}\"")],
+        )
+    };
+    assert_eq!(count("ews"), 2.0);
+    for class in ["mapi", "autodiscover", "eas", "oab", "rpc-http", "none"] {
+        assert_eq!(count(class), 1.0, "{class}");
+    }
+    let ews = [r#"decision="plain""#, r#"exchange="ews""#];
+    assert_eq!(
+        s.value("portcullis_request_duration_seconds_count", &ews),
+        2.0
+    );
+    let allowed = [
+        "none",
+        "autodiscover",
+        "mapi",
+        "rpc-http",
+        "ews",
+        "eas",
+        "oab",
+    ];
+    for line in s.0.lines().filter(|l| l.contains("exchange=\"")) {
+        let value = line.split("exchange=\"").nth(1).unwrap();
+        let value = value.split('"').next().unwrap();
+        assert!(allowed.contains(&value), "{line}");
+    }
+}
+
+/// The standard `process_*` series describe the proxy's own process, as `/proc` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_proxy_process() {
+    let proxy = TestProxy::start(NO_INSPECT);
+    let s = scrape(&proxy.admin_url()).await;
+    let pid = proxy.pid();
+    let rss = portcullis_e2e::proxy::proc_status_kib(pid as u32, "VmRSS:") as f64 * 1024.0;
+    let exported = s.value("process_resident_memory_bytes", &[]);
+    assert!(
+        exported > rss / 2.0 && exported < rss * 2.0,
+        "resident memory {exported} vs VmRSS {rss}"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    let open = s.value("process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && (open - fds).abs() <= 8.0,
+        "open fds {open} vs {fds}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let max: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(s.value("process_max_fds", &[]), max);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = s.value("process_start_time_seconds", &[]);
+    assert!(
+        (now - started).abs() < 120.0,
+        "start time {started}, now {now}"
+    );
+    assert!(s.has_family("process_cpu_seconds_total"));
+    assert!(s.value("process_threads", &[]) >= 2.0);
+    assert!(!s.has_family("portcullis_process_resident_memory_bytes"));
+}
+
+/// Every query of the Grafana dashboard (`deploy/grafana/`) is valid PromQL for a real
+/// Prometheus scraping a real proxy, uses only exported series, and the Exchange panels show
+/// the `exchange` label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_run_on_a_real_prometheus() {
+    let Some(binary) = prometheus_or_skip() else {
+        return;
+    };
+    let dashboard =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/portcullis-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() > 20, "{exprs:?}");
+    assert!(
+        exprs.iter().any(|e| e.contains("sum by (exchange)")),
+        "no panel shows the exchange label"
+    );
+
+    // Families with labels appear with their first sample: a success, an Exchange request and
+    // an error.
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&format!(
+        "{NO_INSPECT}[upstream]\nsystem_resolver = false\n"
+    ));
+    for path in ["/EWS/Exchange.asmx", "/plain"] {
+        assert_eq!(
+            curl(&["-x", &proxy.url(), &origin.url(path)]).await.status,
+            200
+        );
+    }
+    let failed = curl(&["-x", &proxy.url(), "http://nowhere.test/"]).await;
+    assert_eq!(failed.status, 502);
+    let exported = scrape_until(&proxy.admin_url(), |s| {
+        s.has_family("portcullis_request_errors_total")
+    })
+    .await;
+    // Exported only once a Microsoft 365 list is loaded, which this proxy never does.
+    let later = ["portcullis_m365_endpoints_version_info"];
+    for expr in &exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("portcullis_") || w.starts_with("process_"))
+            .filter(|w| !later.contains(w))
+        {
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                exported.has_family(family),
+                "the dashboard uses {name}: {expr}"
+            );
+        }
+    }
+
+    let prometheus = Prometheus::start(&binary, &proxy.admin_addr().to_string());
+    let grafana = |expr: &str| {
+        expr.replace("$instance", ".*")
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+    };
+    let ews = exprs
+        .iter()
+        .find(|e| e.starts_with("sum by (exchange) (rate(portcullis_requests_total"))
+        .unwrap();
+    // A rate needs requests between two scrapes: keep Outlook busy until the panel shows it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let series = loop {
+        let r = curl(&["-x", &proxy.url(), &origin.url("/EWS/Exchange.asmx")]).await;
+        assert_eq!(r.status, 200);
+        let answer = prometheus.query(&grafana(ews)).await;
+        let result = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !result.is_empty() || Instant::now() > deadline {
+            break result;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        series.len(),
+        1,
+        "{series:?}\nprometheus log:\n{}",
+        prometheus.log()
+    );
+    assert_eq!(series[0]["metric"]["exchange"], "ews", "{series:?}");
+    for expr in &exprs {
+        let answer = prometheus.query(&grafana(expr)).await;
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    }
 }
 
 /// The example Prometheus files in `deploy/prometheus/` are valid for Prometheus' own checker,
 /// and every metric their alert rules use is one the proxy exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_prometheus_examples_are_valid_and_use_real_metrics() {
-    let Some(prometheus) = prometheus_binary() else {
-        assert!(
-            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is not installed (Debian package `prometheus`) but \
-             PORTCULLIS_REQUIRE_PROMETHEUS=1"
-        );
-        eprintln!("SKIPPED: prometheus (and promtool) are not installed");
+    let Some(prometheus) = prometheus_or_skip() else {
         return;
     };
     let promtool = prometheus.with_file_name("promtool");
@@ -472,6 +665,23 @@ async fn read_head(stream: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// The Prometheus binary, or `None` (the caller skips) when it is not installed; a failure
+/// instead when PORTCULLIS_REQUIRE_PROMETHEUS=1 says it must be.
+fn prometheus_or_skip() -> Option<PathBuf> {
+    let found = prometheus_binary();
+    if found.is_none() {
+        assert!(
+            std::env::var("PORTCULLIS_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
+            "prometheus is not installed (Debian package `prometheus`) but \
+             PORTCULLIS_REQUIRE_PROMETHEUS=1"
+        );
+        eprintln!(
+            "SKIPPED: prometheus (and promtool) are not installed (apt-get install prometheus)"
+        );
+    }
+    found
 }
 
 fn prometheus_binary() -> Option<PathBuf> {
@@ -581,6 +791,18 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         last
+    }
+
+    /// One instant query; the API's whole answer (`status`, `data` or `error`).
+    async fn query(&self, query: &str) -> serde_json::Value {
+        let r = curl(&[
+            "-G",
+            "--data-urlencode",
+            &format!("query={query}"),
+            &format!("{}/api/v1/query", self.url),
+        ])
+        .await;
+        serde_json::from_slice(&r.body).unwrap_or_default()
     }
 
     fn log(&self) -> String {

@@ -311,8 +311,10 @@ async fn an_origin_401_passes_through_and_is_not_the_proxy_407() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pac_file_sends_direct_hosts_direct_and_the_rest_to_the_proxy() {
     let proxy = TestProxy::start("[policy]\ndirect = [\"*.corp.test\"]\n");
+    let mut body_len = 0;
     for path in ["/proxy.pac", "/wpad.dat"] {
         let r = curl(&[&format!("http://{}{path}", proxy.addr)]).await;
+        body_len = r.body.len();
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(
             r.header("content-type").as_deref(),
@@ -322,6 +324,18 @@ async fn the_pac_file_sends_direct_hosts_direct_and_the_rest_to_the_proxy() {
         assert!(pac.contains("function FindProxyForURL"), "{pac}");
         assert!(pac.contains("corp.test"), "{pac}");
         assert!(pac.contains(&format!("PROXY {}", proxy.addr)), "{pac}");
+    }
+    // The proxy's own pages are logged with a full URL, like every other line, and the size
+    // field is the body's (the README says how that differs from Squid's).
+    let log = proxy.access_log(2);
+    for path in ["/proxy.pac", "/wpad.dat"] {
+        let url = format!(" GET http://{}{path} ", proxy.addr);
+        let line = log
+            .iter()
+            .find(|l| l.contains("NONE/200") && l.contains(&url))
+            .unwrap_or_else(|| panic!("{url} not in {log:?}"));
+        let bytes: usize = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert_eq!(bytes, body_len, "{line}");
     }
 }
 

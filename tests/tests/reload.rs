@@ -303,7 +303,10 @@ async fn the_reload_command_uses_the_admin_endpoint_or_the_pid_file() {
         .parse()
         .unwrap();
     assert_eq!(pid, proxy.pid());
-    let refused = (0, Some("port-not-allowed".to_owned()));
+    let refused = (
+        0,
+        Some("port-not-allowed; setting=server.connect_ports".to_owned()),
+    );
     assert_eq!(tunnel(&proxy, &origin).await, refused);
 
     let with_port = format!("{base}[server]\nconnect_ports = [{}]\n", origin.addr.port());

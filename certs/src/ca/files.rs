@@ -1,7 +1,7 @@
 //! The CA on disk: `<data_dir>/ca.pem` (0644) and `<data_dir>/ca.key` (0600).
 
 use std::fs::{self, OpenOptions, Permissions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -34,29 +34,18 @@ impl CertificateAuthority {
         Self::load(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE), check)
     }
 
-    /// Loads a CA from a certificate PEM file and a PKCS#8 key PEM file. The key's permissions are
-    /// checked before its contents are read.
+    /// Loads a CA from a certificate PEM file and a PKCS#8 key PEM file.
+    ///
+    /// The key file is opened once: it must be a regular file, and its permissions are checked
+    /// on the open file before its contents are read from it, so the check and the read are
+    /// about the same file.
     pub fn load(cert_path: &Path, key_path: &Path, check: KeyFileCheck) -> Result<Self, Error> {
-        if check == KeyFileCheck::OwnerOnly {
-            let mode = fs::metadata(key_path)
-                .map_err(|source| Error::Read {
-                    path: key_path.to_owned(),
-                    source,
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(Error::InsecureKeyFile {
-                    path: key_path.to_owned(),
-                    mode: mode & 0o7777,
-                });
-            }
-        }
+        let key_pem = read_key_file(key_path, check)?;
         let cert_der = cert_der_from_pem(
             &read(cert_path)?,
             PemSource::Certificate(Some(cert_path.to_owned())),
         )?;
-        let key = key_from_pem(&read(key_path)?, PemSource::Key(Some(key_path.to_owned())))?;
+        let key = key_from_pem(&key_pem, PemSource::Key(Some(key_path.to_owned())))?;
         Self::new(cert_der, key)
     }
 
@@ -109,6 +98,32 @@ pub fn read_ca_cert(path: &Path) -> Result<CertificateDer<'static>, Error> {
         &read(path)?,
         PemSource::Certificate(Some(path.to_owned())),
     )?)
+}
+
+/// Reads the CA key file: a regular file, accessible by its owner only unless `check` allows
+/// more.
+fn read_key_file(path: &Path, check: KeyFileCheck) -> Result<String, Error> {
+    let read_error = |source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode();
+    if check == KeyFileCheck::OwnerOnly && mode & 0o077 != 0 {
+        return Err(Error::InsecureKeyFile {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text)
 }
 
 fn read(path: &Path) -> Result<String, Error> {

@@ -215,6 +215,35 @@ fn a_key_readable_by_others_is_refused_unless_allowed() {
     assert!(CertificateAuthority::load_from_dir(dir.path(), KeyFileCheck::OwnerOnly).is_ok());
 }
 
+/// A key path that is a directory is said to be one (not "has mode 0755"), and a key that
+/// cannot be opened keeps the operating system's reason as the error's source.
+#[test]
+fn a_key_that_is_not_a_readable_file_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = test_ca().write_to_dir(dir.path(), false).unwrap();
+    fs::remove_file(&files.key).unwrap();
+    fs::create_dir(&files.key).unwrap();
+    for check in [KeyFileCheck::OwnerOnly, KeyFileCheck::AllowInsecure] {
+        match CertificateAuthority::load_from_dir(dir.path(), check) {
+            Err(e @ Error::NotAFile { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    format!("{} is not a regular file", files.key.display())
+                );
+            }
+            other => panic!("a directory as key: {other:?}"),
+        }
+    }
+    fs::remove_dir(&files.key).unwrap();
+    let err = CertificateAuthority::load_from_dir(dir.path(), KeyFileCheck::OwnerOnly).unwrap_err();
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(matches!(err, Error::Read { .. }), "{err:?}");
+    assert_eq!(
+        source.as_deref(),
+        Some("No such file or directory (os error 2)")
+    );
+}
+
 #[test]
 fn read_ca_cert_checks_the_certificate_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,8 +22,13 @@ pub(crate) enum HashError {
     ShaNotBase64,
     #[error("malformed {{SHA}} hash (not 20 bytes)")]
     ShaLength,
-    #[error("unsupported hash format {prefix:?} (use htpasswd -B, -m, -2, -5 or -s)")]
-    Unsupported { prefix: String },
+    /// Plaintext, DES crypt, or a scheme we do not verify (yescrypt, Argon2). Nothing of the
+    /// value is shown: it may be the password itself.
+    #[error(
+        "not a supported password hash (plaintext, DES crypt or an unsupported scheme; use \
+         htpasswd -B, -m, -2, -5 or -s)"
+    )]
+    Unsupported,
 }
 
 /// Why a line of an htpasswd file was refused; the line number counts from 1.
@@ -91,9 +96,7 @@ impl Hash {
                 return Ok(Hash::Crypt(stored.to_owned()));
             }
         }
-        Err(HashError::Unsupported {
-            prefix: stored.chars().take(6).collect(),
-        })
+        Err(HashError::Unsupported)
     }
 
     /// What verifying against this hash costs, in rough microseconds: enough to tell which of
@@ -410,8 +413,14 @@ mod tests {
                 .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "line 3 (user bob): unsupported hash format \"plaint\" (use htpasswd -B, -m, -2, -5 or -s)"
+            "line 3 (user bob): not a supported password hash (plaintext, DES crypt or an \
+             unsupported scheme; use htpasswd -B, -m, -2, -5 or -s)"
         );
+        // Nothing of a refused value is repeated: it may be a password.
+        for secret in ["plaintext", "$ecret$pw", "$y$j9T$salt$hash", "{SHX}pw"] {
+            let err = Hash::parse(secret).err().map(|e| e.to_string());
+            assert_eq!(err, Some(HashError::Unsupported.to_string()), "{secret}");
+        }
         let err = Users::parse("nocolon\n").unwrap_err();
         assert_eq!(err, EntryError::NoColon { line: 1 });
         assert_eq!(err.to_string(), "line 1: expected user:hash");

@@ -13,20 +13,18 @@ use libgssapi::oid::GSS_NT_KRB5_PRINCIPAL;
 use crate::config::NegotiateConfig;
 
 /// Why acceptor credentials cannot be acquired (`auth.negotiate`).
+///
+/// GSS-API's reasons are turned into text where they happen: MIT krb5 keeps the detailed
+/// message ("Keytab FILE:/etc/krb5.keytab is nonexistent or empty") per thread, and a
+/// `libgssapi` error formatted later on another thread only says "Key table entry not found".
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NegotiateError {
     #[error("no acceptor credentials in the keytab: {0}")]
-    NoCredentials(libgssapi::error::Error),
-    #[error("invalid service principal {principal:?}: {error}")]
-    Principal {
-        principal: String,
-        error: libgssapi::error::Error,
-    },
-    #[error("no key for {principal} in the keytab: {error}")]
-    NoKey {
-        principal: String,
-        error: libgssapi::error::Error,
-    },
+    NoCredentials(String),
+    #[error("invalid service principal {principal:?}: {reason}")]
+    Principal { principal: String, reason: String },
+    #[error("no key for {principal} in the keytab: {reason}")]
+    NoKey { principal: String, reason: String },
 }
 
 pub(super) struct Negotiate {
@@ -63,21 +61,21 @@ impl Negotiate {
         let Some(principal) = &self.principal else {
             // No principal: accept tickets for any service principal in the keytab.
             Cred::acquire(None, None, CredUsage::Accept, None)
-                .map_err(NegotiateError::NoCredentials)?;
+                .map_err(|e| NegotiateError::NoCredentials(e.to_string()))?;
             return Ok(None);
         };
         let name =
             Name::new(principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL)).map_err(|error| {
                 NegotiateError::Principal {
                     principal: principal.clone(),
-                    error,
+                    reason: error.to_string(),
                 }
             })?;
         Cred::acquire(Some(&name), None, CredUsage::Accept, None)
             .map(Some)
             .map_err(|error| NegotiateError::NoKey {
                 principal: principal.clone(),
-                error,
+                reason: error.to_string(),
             })
     }
 

@@ -6,12 +6,9 @@ use portcullis_policy::CompileError;
 /// A configuration that could not be loaded; `Display` names the file, the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {file}: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS reason is part of the message (and not the error's source), so it is said once.
+    #[error("cannot read config file {file}: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("invalid config {file}: {error}")]
     Invalid { file: String, error: KeyError },
 }

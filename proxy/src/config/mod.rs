@@ -31,8 +31,8 @@ pub(crate) use auth::NegotiateConfig;
 pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use sections::{
-    AccessLogConfig, AccessLogFormat, AdminConfig, ForwardedFor, LogConfig, LogFormat, M365Config,
-    ServerConfig, Timeouts, UpstreamConfig,
+    AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
+    M365Config, ServerConfig, Timeouts, UpstreamConfig,
 };
 pub(crate) use tls::TlsConfig;
 pub(crate) use upgrade::UpgradeProtocol;
@@ -114,9 +114,9 @@ impl fmt::Debug for Validated {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             file: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(&text, &path.display().to_string())
     }
@@ -157,6 +157,12 @@ impl Config {
         Policy::compile_with_m365(&self.policy, sets)
             .map(Arc::new)
             .map_err(|e| ConfigError::invalid(&self.validated.origin, e))
+    }
+
+    /// The file this config was read from (`<embedded default>` for the built-in one), to name
+    /// it in errors found after parsing, such as a missing htpasswd file.
+    pub(crate) fn origin(&self) -> &str {
+        &self.validated.origin
     }
 
     /// The effective configuration as TOML (for `check-config`).

@@ -292,6 +292,39 @@ impl Default for AdminConfig {
     }
 }
 
+/// `portcullis run --admin-listen`: an address for the admin listener, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminListen::Off);
+        }
+        s.parse()
+            .map(AdminListen::On)
+            .map_err(|_| format!("{s:?} is neither an address such as 127.0.0.1:9464 nor `off`"))
+    }
+}
+
+impl AdminConfig {
+    /// Applies `--admin-listen`.
+    pub(crate) fn apply(&mut self, choice: AdminListen) {
+        match choice {
+            AdminListen::Off => self.enabled = false,
+            AdminListen::On(addr) => {
+                self.enabled = true;
+                self.listen = addr;
+            }
+        }
+    }
+}
+
 impl fmt::Display for ForwardedFor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

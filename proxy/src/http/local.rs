@@ -15,13 +15,18 @@ use crate::context::{ConnCtx, Proxy};
 pub(super) fn handle(
     proxy: &Proxy,
     conn: &ConnCtx,
-    txn: Txn,
+    mut txn: Txn,
     in_flight: InFlight,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let ca = proxy.interceptor.as_ref().map(|i| &i.ca);
+    let authority = client_authority(conn, &req);
+    // Logged with a full URL like every other line (Squid logs its own pages the same way).
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    txn.set_url(format!("http://{authority}{target}"));
     let page = match (req.method(), req.uri().path(), ca) {
         (&Method::GET | &Method::HEAD, "/", _) => pages::info_page(
+            &authority,
             &proxy.listen_label(),
             ca.map(|ca| (ca.subject(), ca.fingerprint())),
         ),
@@ -36,7 +41,7 @@ pub(super) fn handle(
             "portcullis-ca.cer",
         ),
         (&Method::GET | &Method::HEAD, "/proxy.pac" | "/wpad.dat", _) => {
-            let pac = portcullis_policy::pac::render(&proxy.policy, &pac_proxy(conn, &req));
+            let pac = portcullis_policy::pac::render(&proxy.policy, &authority);
             let mut page = Response::new(body::full(pac.into_bytes()));
             page.headers_mut().insert(
                 CONTENT_TYPE,
@@ -49,10 +54,11 @@ pub(super) fn handle(
     txn.respond(proxy, in_flight, page, Outcome::LOCAL)
 }
 
-/// The `host:port` a PAC file tells clients to use when `policy.pac.proxy` is unset: the name
+/// The `host:port` the client reached the proxy as, for the PAC file (when `policy.pac.proxy`
+/// is unset), the info page and the access log: the name
 /// the client itself used to fetch the file (so a proxy reached as `proxy.corp:3128` hands out
 /// that name, which Kerberos needs), else the address the connection arrived on.
-fn pac_proxy(conn: &ConnCtx, req: &Request<Incoming>) -> String {
+fn client_authority(conn: &ConnCtx, req: &Request<Incoming>) -> String {
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -115,6 +115,11 @@ impl Txn {
         self.user.as_deref()
     }
 
+    /// Replaces the logged URL (the proxy's own pages: origin-form targets made absolute).
+    pub(super) fn set_url(&mut self, url: String) {
+        self.url = url;
+    }
+
     pub(super) fn set_user(&mut self, user: String) {
         self.user = Some(user);
     }

@@ -6,12 +6,13 @@
 //! What is done with an intercepted tunnel — deciding again on the SNI, serving its decrypted
 //! requests — is a request handler's job: `http/inspect.rs`.
 
+mod cert_errors;
 pub(crate) mod hello;
 pub(crate) mod refusals;
 pub(crate) mod session;
 pub(crate) mod upstream_tls;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,22 +24,46 @@ use portcullis_policy::host::{normalise, HostPattern};
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
+use crate::error::Chain;
 use upstream_tls::{UpstreamTls, UpstreamTlsError};
 
 /// Why interception could not be set up; [`InterceptError::key`] names the key to fix.
+///
+/// The certs crate keeps the operating system's reason as an error's source; these messages
+/// print the whole chain ([`Chain`]), so "cannot read /var/lib/portcullis/ca.key" never
+/// loses its "Permission denied".
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum InterceptError {
-    #[error("{0}")]
+    #[error("cannot create the interception CA: {}", Chain(.0))]
     CaGenerate(portcullis_certs::Error),
-    #[error("cannot create the interception CA: {0}")]
+    #[error("cannot create the interception CA: {}", Chain(.0))]
     CaWrite(portcullis_certs::Error),
-    #[error("{0}")]
+    #[error("{}", ca_load_message(.0))]
     CaLoad(portcullis_certs::Error),
+    /// No CA in the data directory, and `tls.auto_init_ca` is off.
+    #[error(
+        "no interception CA in {}: create one with `portcullis ca init`, or set \
+         tls.auto_init_ca = true",
+        .0.display()
+    )]
+    CaMissing(PathBuf),
     /// The leaf issuer refused its settings.
-    #[error("{0}")]
+    #[error("{}", Chain(.0))]
     Issuer(portcullis_certs::Error),
     #[error("{0}")]
     UpstreamTls(UpstreamTlsError),
+}
+
+/// A CA that does not load; a key others can read names the setting that would accept it.
+fn ca_load_message(error: &portcullis_certs::Error) -> String {
+    match error {
+        portcullis_certs::Error::InsecureKeyFile { path, mode } => format!(
+            "the CA key {} has mode {mode:04o}: it must not be accessible by group or others \
+             (chmod 600 it, or set tls.allow_insecure_key_permissions = true to accept it)",
+            path.display()
+        ),
+        other => Chain(other).to_string(),
+    }
 }
 
 impl InterceptError {
@@ -46,7 +71,9 @@ impl InterceptError {
     pub(crate) fn key(&self) -> &'static str {
         match self {
             InterceptError::CaGenerate(_) => "tls",
-            InterceptError::CaWrite(_) | InterceptError::CaLoad(_) => "server.data_dir",
+            InterceptError::CaWrite(_)
+            | InterceptError::CaLoad(_)
+            | InterceptError::CaMissing(_) => "server.data_dir",
             InterceptError::Issuer(_) => "tls.leaf_key",
             InterceptError::UpstreamTls(_) => "tls.upstream_ca_file",
         }
@@ -70,6 +97,7 @@ impl Interceptor {
     /// `mint_observer` hears how long each certificate took to mint (a metrics histogram).
     pub(crate) fn new(
         config: &Config,
+        init: CaInit,
         mint_observer: impl Fn(Duration) + Send + Sync + 'static,
     ) -> Result<Option<Interceptor>, InterceptError> {
         let tls = &config.tls;
@@ -77,7 +105,7 @@ impl Interceptor {
             return Ok(None);
         }
         let dir = &config.server.data_dir;
-        let ca = load_or_create_ca(dir, tls.auto_init_ca, tls.allow_insecure_key_permissions)?;
+        let ca = load_or_create_ca(dir, tls, init)?;
         let ca = Arc::new(ca);
         let issuer = Issuer::new(
             Arc::clone(&ca),
@@ -159,27 +187,64 @@ impl crate::metrics::CertCacheStats for Interceptor {
     }
 }
 
+/// What to do when there is no CA yet and `tls.auto_init_ca` asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CaInit {
+    /// Create it in the data directory (start and reload).
+    Write,
+    /// `check-config`: generate one in memory only, after checking that the data directory
+    /// could take it, so that checking a config never writes anything.
+    DryRun,
+}
+
 fn load_or_create_ca(
     dir: &Path,
-    auto_init: bool,
-    allow_insecure: bool,
+    tls: &crate::config::TlsConfig,
+    init: CaInit,
 ) -> Result<CertificateAuthority, InterceptError> {
-    let check = if allow_insecure {
+    let check = if tls.allow_insecure_key_permissions {
         KeyFileCheck::AllowInsecure
     } else {
         KeyFileCheck::OwnerOnly
     };
     let cert = dir.join(portcullis_certs::CA_CERT_FILE);
-    if !cert.exists() && auto_init {
+    let key = dir.join(portcullis_certs::CA_KEY_FILE);
+    let missing = |path: &Path| matches!(path.try_exists(), Ok(false));
+    if missing(&cert) && missing(&key) {
+        if !tls.auto_init_ca {
+            return Err(InterceptError::CaMissing(dir.to_owned()));
+        }
         let ca = CertificateAuthority::generate(&CaParams::default())
             .map_err(InterceptError::CaGenerate)?;
-        ca.write_to_dir(dir, false)
-            .map_err(InterceptError::CaWrite)?;
-        tracing::warn!(
-            path = %cert.display(),
-            "created a new interception CA; clients must trust it (download it from http://<proxy>/ca.pem or run `portcullis ca export`)"
-        );
+        match init {
+            CaInit::Write => {
+                ca.write_to_dir(dir, false)
+                    .map_err(InterceptError::CaWrite)?;
+                tracing::warn!(
+                    path = %cert.display(),
+                    "created a new interception CA; clients must trust it (download it from http://<proxy>/ca.pem or run `portcullis ca export`)"
+                );
+            }
+            CaInit::DryRun => writable(dir).map_err(InterceptError::CaWrite)?,
+        }
         return Ok(ca);
     }
     CertificateAuthority::load_from_dir(dir, check).map_err(InterceptError::CaLoad)
+}
+
+/// Whether `dir` could be created (its nearest existing ancestor is writable) or written to,
+/// asked without writing: the error [`CertificateAuthority::write_to_dir`] would meet.
+fn writable(dir: &Path) -> Result<(), portcullis_certs::Error> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    nix::unistd::access(
+        existing,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|errno| portcullis_certs::Error::Write {
+        path: dir.to_owned(),
+        source: errno.into(),
+    })
 }

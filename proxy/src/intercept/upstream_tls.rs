@@ -7,9 +7,7 @@ use std::sync::Arc;
 use portcullis_certs::crypto_provider;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::TlsConfig;
 use crate::error::ProxyError;
@@ -145,41 +143,7 @@ impl UpstreamTls {
     }
 }
 
-/// Names what is wrong with an origin's certificate, for the page the user sees.
-pub(crate) fn classify_handshake_error(err: &std::io::Error, host: &str) -> ProxyError {
-    let rustls_error = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(rustls::Error::InvalidCertificate(cert)) => {
-            let (cause, reason): (&'static str, String) = match cert {
-                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                    ("upstream-certificate-expired", "its certificate has expired".into())
-                }
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                    ("upstream-certificate-not-yet-valid", "its certificate is not valid yet".into())
-                }
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => (
-                    "upstream-certificate-wrong-host",
-                    format!("its certificate is not valid for {host}"),
-                ),
-                CertificateError::UnknownIssuer => (
-                    "upstream-certificate-untrusted",
-                    "its certificate is not signed by a trusted CA (self-signed, a private CA, or an incomplete chain)".into(),
-                ),
-                CertificateError::Revoked => ("upstream-certificate-revoked", "its certificate is revoked".into()),
-                other => ("upstream-certificate-invalid", format!("its certificate is invalid: {other:?}")),
-            };
-            ProxyError::UpstreamCertificate {
-                cause,
-                host: host.to_owned(),
-                reason,
-            }
-        }
-        Some(other) => ProxyError::UpstreamTls(format!("{host}: {other}")),
-        None => ProxyError::UpstreamTls(format!("{host}: {err}")),
-    }
-}
+pub(crate) use super::cert_errors::classify_handshake_error;
 
 pub(crate) fn server_name(
     sni: Option<&str>,

@@ -1,12 +1,14 @@
 //! The metric families, registered in groups by what they describe. Names, help texts and
 //! label sets are the exported interface (dashboards, alerts): change them only on purpose.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
-use super::{Side, TlsTunnelReason};
+use super::{Side, TlsTunnelReason, EXCHANGE_LABELS};
 use crate::record::Disposition;
 
 type Result<T> = std::result::Result<T, prometheus::Error>;
@@ -35,8 +37,13 @@ pub(super) struct Requests {
     pub(super) client_received: IntCounter,
     pub(super) upstream_sent: IntCounter,
     pub(super) upstream_received: IntCounter,
-    /// `request_duration_seconds` by [`Disposition`], in [`Disposition::ALL`] order.
-    pub(super) duration: [Histogram; 4],
+    /// `request_duration_seconds`.
+    duration: HistogramVec,
+    /// Its children by [`Disposition`] (in [`Disposition::ALL`] order) and Exchange class (in
+    /// [`EXCHANGE_LABELS`] order), each resolved at its first sample: a scrape shows only the
+    /// combinations that happened (most decisions never see an Exchange class), and after that
+    /// a sample costs no label lookup.
+    duration_children: [[OnceLock<Histogram>; EXCHANGE_LABELS.len()]; Disposition::ALL.len()],
 }
 
 impl Requests {
@@ -44,18 +51,18 @@ impl Requests {
         let requests = counter_vec(
             r,
             "requests_total",
-            "Finished transactions (requests and whole CONNECT tunnels) by method, decision and status class.",
-            &["method", "decision", "status_class"],
+            "Finished transactions (requests and whole CONNECT tunnels) by method, decision, status class and Exchange protocol.",
+            &["method", "decision", "status_class", "exchange"],
         )?;
         let duration = register(
             r,
             HistogramVec::new(
                 HistogramOpts::new(
                     "request_duration_seconds",
-                    "Time from the request head to the last response byte (a tunnel's whole life).",
+                    "Time from the request head to the last response byte (a tunnel's whole life), by decision and Exchange protocol.",
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
-                &["decision"],
+                &["decision", "exchange"],
             )?,
         )?;
         let errors = counter_vec(
@@ -90,7 +97,16 @@ impl Requests {
             client_received: client_bytes.with_label_values(&["received"]),
             upstream_sent: upstream_bytes.with_label_values(&["sent"]),
             upstream_received: upstream_bytes.with_label_values(&["received"]),
-            duration: Disposition::ALL.map(|d| duration.with_label_values(&[d.as_str()])),
+            duration,
+            duration_children: Default::default(),
+        })
+    }
+
+    /// The duration histogram for `decision` and the Exchange class at `exchange`.
+    pub(super) fn duration(&self, decision: Disposition, exchange: usize) -> &Histogram {
+        self.duration_children[decision as usize][exchange].get_or_init(|| {
+            self.duration
+                .with_label_values(&[decision.as_str(), EXCHANGE_LABELS[exchange]])
         })
     }
 }
@@ -317,15 +333,25 @@ impl ConfigFamilies {
                     &["instance", "version"],
                 )?,
             )?,
-            m365_fetches: counter_vec(
-                r,
-                "m365_fetches_total",
-                "Requests to the Microsoft 365 endpoints web service by result (unchanged, updated, throttled, failed).",
-                &["result"],
-            )?,
+            m365_fetches: {
+                let fetches = counter_vec(
+                    r,
+                    "m365_fetches_total",
+                    "Requests to the Microsoft 365 endpoints web service by result (unchanged, updated, throttled, failed).",
+                    &["result"],
+                )?;
+                for result in M365_FETCH_RESULTS {
+                    fetches.with_label_values(&[result]);
+                }
+                fetches
+            },
         })
     }
 }
+
+/// The `result` values of `m365_fetches_total`, exported at zero from the start so that an
+/// offline installation's alert on `failed` has a series to watch.
+pub(super) const M365_FETCH_RESULTS: [&str; 4] = ["unchanged", "updated", "throttled", "failed"];
 
 fn features() -> &'static str {
     if cfg!(feature = "negotiate") {

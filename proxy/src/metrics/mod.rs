@@ -16,6 +16,7 @@ mod sources;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use portcullis_policy::ExchangeClass;
 use prometheus::{Encoder as _, IntGauge, Registry, TextEncoder};
 
 pub(crate) use crate::error::Side;
@@ -91,6 +92,30 @@ fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The `exchange` label: the request's Exchange protocol, or `none`. A fixed list (index =
+/// [`exchange_index`]) whatever the policy learns, so the series stay bounded.
+const EXCHANGE_LABELS: [&str; 7] = [
+    "none",
+    "autodiscover",
+    "mapi",
+    "rpc-http",
+    "ews",
+    "eas",
+    "oab",
+];
+
+fn exchange_index(class: Option<ExchangeClass>) -> usize {
+    match class {
+        None => 0,
+        Some(ExchangeClass::Autodiscover) => 1,
+        Some(ExchangeClass::Mapi) => 2,
+        Some(ExchangeClass::RpcHttp) => 3,
+        Some(ExchangeClass::Ews) => 4,
+        Some(ExchangeClass::Eas) => 5,
+        Some(ExchangeClass::Oab) => 6,
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -105,6 +130,11 @@ fn status_class(status: u16) -> &'static str {
 /// Every metric the proxy exports. Cheap to share (`Arc<Metrics>`); all methods take `&self`.
 pub(crate) struct Metrics {
     registry: Registry,
+    /// The standard `process_*` families (resident memory, CPU seconds, open and maximum file
+    /// descriptors, start time, threads), read from `/proc/self` at scrape time. Their own
+    /// registry, because the main one prefixes every name with `portcullis_` and these keep
+    /// the names every exporter uses, so stock dashboards and alerts work.
+    process: Registry,
     requests: Requests,
     connections: Connections,
     auth: AuthFamilies,
@@ -133,6 +163,7 @@ impl Metrics {
             config: ConfigFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
+            process: process_registry()?,
         };
         metrics.config_loaded();
         Ok(metrics)
@@ -144,14 +175,17 @@ impl Metrics {
     pub(crate) fn observe(&self, record: &Record) {
         let r = &self.requests;
         let kind = record.disposition();
+        let exchange = exchange_index(record.policy.as_ref().and_then(|p| p.exchange));
         r.requests
             .with_label_values(&[
                 method_label(&record.method),
                 kind.as_str(),
                 status_class(record.status),
+                EXCHANGE_LABELS[exchange],
             ])
             .inc();
-        r.duration[kind as usize].observe(record.elapsed_ms as f64 / 1000.0);
+        r.duration(kind, exchange)
+            .observe(record.elapsed_ms as f64 / 1000.0);
         if let Some(cause) = record.error {
             r.errors.with_label_values(&[cause]).inc();
         }
@@ -289,8 +323,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
         self.sync_sources();
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
@@ -325,6 +361,16 @@ impl Metrics {
         t.cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
+}
+
+/// A registry holding only the process collector (Linux `/proc`; elsewhere it is empty).
+fn process_registry() -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(registry)
 }
 
 /// Keeps a gauge raised while it lives (an open connection or tunnel).

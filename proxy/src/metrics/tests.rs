@@ -152,6 +152,44 @@ fn failed_interceptions_count_as_inspect_with_their_cause() {
     }
 }
 
+#[test]
+fn the_exchange_class_labels_requests_and_durations() {
+    use portcullis_policy::ExchangeClass;
+    let m = Metrics::new().unwrap();
+    let mut ews = record("POST", "TCP_MISS", 200);
+    ews.policy = Some(crate::record::PolicyNote {
+        action: "inspect",
+        rule: "default".into(),
+        exchange: Some(ExchangeClass::Ews),
+        tag: None,
+    });
+    m.observe(&ews);
+    m.observe(&ews);
+    m.observe(&record("GET", "TCP_MISS", 200));
+    let text = m.render().unwrap();
+    let requests = "portcullis_requests_total";
+    assert_eq!(sample(&text, requests, &[r#"exchange="ews""#]), 2.0);
+    assert_eq!(sample(&text, requests, &[r#"exchange="none""#]), 1.0);
+    let count = "portcullis_request_duration_seconds_count";
+    assert_eq!(sample(&text, count, &[r#"exchange="ews""#]), 2.0);
+    assert_eq!(sample(&text, count, &[r#"exchange="none""#]), 1.0);
+    // Only combinations that happened are exported.
+    assert!(!text.contains(r#"exchange="mapi""#), "{text}");
+    // Every class has its own label value, and none is "none".
+    let classes = [
+        ExchangeClass::Autodiscover,
+        ExchangeClass::Mapi,
+        ExchangeClass::RpcHttp,
+        ExchangeClass::Ews,
+        ExchangeClass::Eas,
+        ExchangeClass::Oab,
+    ];
+    for class in classes {
+        assert_eq!(EXCHANGE_LABELS[exchange_index(Some(class))], class.as_str());
+    }
+    assert_eq!(EXCHANGE_LABELS[exchange_index(None)], "none");
+}
+
 /// Families whose label values are known up front are exported at zero from the start, so
 /// dashboards and `rate()` see them before the first event; request families (whose label
 /// combinations are many) appear with their first sample.
@@ -179,13 +217,24 @@ fn every_family_is_present_from_the_start() {
         "portcullis_config_reloads_total",
         "portcullis_config_last_reload_success_timestamp_seconds",
         "portcullis_config_last_reload_successful",
+        "portcullis_m365_fetches_total",
         "portcullis_build_info",
+        // The standard process families, without the portcullis_ prefix.
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
             "{family} missing:\n{text}"
         );
     }
+    assert!(!text.contains("portcullis_process_"), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes", &[]) > 0.0);
     let version = format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"));
     assert_eq!(sample(&text, "portcullis_build_info", &[&version]), 1.0);
     assert_eq!(

@@ -26,10 +26,20 @@ fn overrides_apply_to_every_load() {
         path: None,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir: Some("/tmp/x".into()),
+        admin_listen: Some("off".parse().unwrap()),
     };
     let config = source.load().unwrap();
     assert_eq!(config.server.listen, source.listen);
     assert_eq!(config.server.data_dir, PathBuf::from("/tmp/x"));
+    assert!(!config.admin.enabled);
+    let source = ConfigSource {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ConfigSource::default()
+    };
+    let config = source.load().unwrap();
+    assert!(config.admin.enabled);
+    assert_eq!(config.admin.listen, "127.0.0.1:0".parse().unwrap());
+    assert!("9464".parse::<AdminListen>().is_err());
 }
 
 #[test]
@@ -42,16 +52,20 @@ fn a_broken_file_named_by_the_config_is_a_keyed_error() {
             "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[tls]\ninspect = false\n",
             htpasswd.display()
         ),
-        "t",
+        "lab.toml",
     )
     .unwrap();
     let metrics = Metrics::new().unwrap();
-    let err = load(config, None, &metrics).err().unwrap().to_string();
+    let err = load(config, None, &metrics, LoadMode::Serve)
+        .err()
+        .unwrap()
+        .to_string();
     assert_eq!(
         err,
         format!(
-            "invalid config: key `auth.htpasswd`: {}: line 1 (user alice): unsupported hash \
-             format \"plaint\" (use htpasswd -B, -m, -2, -5 or -s)",
+            "lab.toml: key `auth.htpasswd`: {}: line 1 (user alice): not a supported password \
+             hash (plaintext, DES crypt or an unsupported scheme; use htpasswd -B, -m, -2, -5 or \
+             -s)",
             htpasswd.display()
         )
     );
@@ -70,7 +84,10 @@ fn a_policy_error_found_at_load_names_the_file_and_the_full_key_path() {
     // Only code can change a config after validation; the load still catches it.
     config.policy.rules[0].host = vec!["*".to_owned()];
     let metrics = Metrics::new().unwrap();
-    let err = load(config, None, &metrics).err().unwrap().to_string();
+    let err = load(config, None, &metrics, LoadMode::Serve)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.starts_with(&format!(
             "invalid config {}: key `policy.rules[0].host`: invalid pattern \"*\"",
@@ -84,14 +101,14 @@ fn a_policy_error_found_at_load_names_the_file_and_the_full_key_path() {
 fn the_interceptor_is_kept_while_its_settings_are_equal() {
     let config = Config::parse("[tls]\ninspect = false\n", "t").unwrap();
     let metrics = Metrics::new().unwrap();
-    let same = load(config.clone(), Some(&config), &metrics).unwrap();
+    let same = load(config.clone(), Some(&config), &metrics, LoadMode::Serve).unwrap();
     assert!(
         same.interceptor.is_none(),
         "unchanged [tls]: keep the interceptor"
     );
     let mut changed = config.clone();
     changed.tls.cert_cache_size += 1;
-    let rebuilt = load(changed, Some(&config), &metrics).unwrap();
+    let rebuilt = load(changed, Some(&config), &metrics, LoadMode::Serve).unwrap();
     assert!(
         rebuilt.interceptor.is_some(),
         "changed [tls]: build it again"
@@ -112,14 +129,23 @@ fn interception_setup_errors_name_their_key() {
     )
     .unwrap();
     let metrics = Metrics::new().unwrap();
-    let err = load(config, None, &metrics).err().unwrap();
-    assert!(matches!(err, LoadError::Intercept(_)), "{err:?}");
-    let err = err.to_string();
+    let err = load(config, None, &metrics, LoadMode::Serve).err().unwrap();
     assert!(
-        err.starts_with(&format!(
-            "invalid config: key `tls.upstream_ca_file`: {}: ",
+        matches!(
+            err,
+            LoadError::File {
+                error: FileError::Intercept(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert_eq!(
+        err,
+        format!(
+            "t: key `tls.upstream_ca_file`: {}: No such file or directory (os error 2)",
             missing.display()
-        )),
-        "{err}"
+        )
     );
 }
