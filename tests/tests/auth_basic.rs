@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use portcullis_e2e::{curl, htpasswd, raw, TestOrigin, TestProxy};
 
-/// An htpasswd file with one user per supported hash format: u_<format> / pw-<format>.
+/// An htpasswd file with one user per supported hash format and tool: u_<format> / pw-<format>.
 fn users_file(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("users.htpasswd");
     htpasswd(&file, "-B", "u_bcrypt", "pw-bcrypt");
@@ -16,17 +16,55 @@ fn users_file(dir: &Path) -> std::path::PathBuf {
     htpasswd(&file, "-5", "u_sha512", "pw-sha512");
     htpasswd(&file, "-s", "u_sha1", "pw-sha1");
     htpasswd(&file, "-B", "colon", "pa:ss:word");
-    let md5 = Command::new("openssl")
-        .args(["passwd", "-1", "pw-md5crypt"])
-        .output()
-        .unwrap();
-    let line = format!("u_md5crypt:{}", String::from_utf8_lossy(&md5.stdout).trim());
+    // Hashes with parameters other than the defaults, and MD5 crypt from openssl: both magics.
     let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str(&line);
-    text.push('\n');
+    for (user, program, args) in [
+        (
+            "u_bcrypt7",
+            "htpasswd",
+            &["-nbB", "-C", "7", "u", "pw-bcrypt7"][..],
+        ),
+        (
+            "u_sha256r",
+            "htpasswd",
+            &["-nb2", "-r", "1234", "u", "pw-sha256r"],
+        ),
+        (
+            "u_sha512r",
+            "htpasswd",
+            &["-nb5", "-r", "12000", "u", "pw-sha512r"],
+        ),
+        ("u_md5crypt", "openssl", &["passwd", "-1", "pw-md5crypt"]),
+        (
+            "u_apr1openssl",
+            "openssl",
+            &["passwd", "-apr1", "pw-apr1openssl"],
+        ),
+    ] {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        // htpasswd -n prints `u:hash`, openssl only the hash.
+        let hash = stdout.trim().trim_start_matches("u:");
+        text.push_str(&format!("{user}:{hash}\n"));
+    }
     std::fs::write(&file, text).unwrap();
     file
 }
+
+/// Every format `users_file` writes.
+const FORMATS: [&str; 10] = [
+    "bcrypt",
+    "bcrypt7",
+    "apr1",
+    "apr1openssl",
+    "sha256",
+    "sha256r",
+    "sha512",
+    "sha512r",
+    "sha1",
+    "md5crypt",
+];
 
 fn basic_config(file: &Path, extra: &str) -> String {
     format!(
@@ -40,9 +78,10 @@ async fn every_hash_format_right_wrong_and_missing() {
     let dir = tempfile::tempdir().unwrap();
     let file = users_file(dir.path());
     let origin = TestOrigin::http().await;
-    let proxy = TestProxy::start(&basic_config(&file, ""));
+    // A wrong password per format: more failures than the throttle lets through undelayed.
+    let proxy = TestProxy::start(&basic_config(&file, "[auth.throttle]\nfailures = 100\n"));
     let url = origin.url("/");
-    for format in ["bcrypt", "apr1", "sha256", "sha512", "sha1", "md5crypt"] {
+    for format in FORMATS {
         let good = curl(&[
             "-x",
             &proxy.url(),
@@ -71,13 +110,13 @@ async fn every_hash_format_right_wrong_and_missing() {
         Some("auth-required")
     );
 
-    // Seven users authenticated; the origin never saw credentials.
-    assert_eq!(origin.seen().len(), 7);
+    // One user per format and the colon user authenticated; the origin never saw credentials.
+    assert_eq!(origin.seen().len(), FORMATS.len() + 1);
     assert!(origin
         .seen()
         .iter()
         .all(|s| s.headers.get("proxy-authorization").is_none()));
-    let log = proxy.access_log(19);
+    let log = proxy.access_log(2 * FORMATS.len() + 3);
     assert!(
         log.iter().any(|l| l.contains(" u_bcrypt HIER_DIRECT")),
         "{log:?}"

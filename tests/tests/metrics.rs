@@ -218,6 +218,36 @@ async fn tunnel_bytes_and_active_gauges() {
     );
 }
 
+/// `auth_attempts_total{scheme, result}` for one series: the scheme and result labels.
+fn attempt(scheme: &'static str, result: &'static str) -> [String; 2] {
+    [
+        format!(r#"scheme="{scheme}""#),
+        format!(r#"result="{result}""#),
+    ]
+}
+
+/// Every `scheme`/`result` pair of `auth_attempts_total`, as dashboards rely on.
+const ATTEMPT_SERIES: [(&str, &str); 6] = [
+    ("basic", "success"),
+    ("basic", "failure"),
+    ("negotiate", "success"),
+    ("negotiate", "failure"),
+    ("other", "success"),
+    ("other", "failure"),
+];
+
+/// The change of one `auth_attempts_total` series between two scrapes.
+fn attempts_delta(
+    after: &Scrape,
+    before: &Scrape,
+    scheme: &'static str,
+    result: &'static str,
+) -> f64 {
+    let labels = attempt(scheme, result);
+    let labels = [labels[0].as_str(), labels[1].as_str()];
+    delta(after, before, "portcullis_auth_attempts_total", &labels)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_attempts_and_credential_cache_are_exported() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,6 +260,16 @@ async fn auth_attempts_and_credential_cache_are_exported() {
     ));
     let admin = proxy.admin_url();
     let before = scrape(&admin).await;
+    // Every series is there before the first attempt, at zero.
+    for (scheme, result) in ATTEMPT_SERIES {
+        let labels = attempt(scheme, result);
+        let present = before.0.lines().any(|l| {
+            l.starts_with("portcullis_auth_attempts_total{")
+                && l.ends_with(" 0")
+                && labels.iter().all(|label| l.contains(label.as_str()))
+        });
+        assert!(present, "{labels:?} missing:\n{}", before.0);
+    }
     for (user, status) in [
         ("alice:secret-pw", 200),
         ("alice:secret-pw", 200),
@@ -238,24 +278,34 @@ async fn auth_attempts_and_credential_cache_are_exported() {
         let r = curl(&["-x", &proxy.url(), "-U", user, &origin.url("/")]).await;
         assert_eq!(r.status, status, "{user}: {r:?}");
     }
+    // NTLM, which this proxy does not speak (Windows offers it when it has no Kerberos ticket).
+    let ntlm = "Proxy-Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==";
+    let r = curl(&["-x", &proxy.url(), "-H", ntlm, &origin.url("/")]).await;
+    assert_eq!(r.status, 407, "{r:?}");
     let after = scrape_until(&admin, |s| {
-        delta(s, &before, "portcullis_requests_total", &[]) >= 3.0
+        delta(s, &before, "portcullis_requests_total", &[]) >= 4.0
     })
     .await;
     let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
-    assert_eq!(
-        d("portcullis_auth_attempts_total", &[r#"result="success""#]),
-        2.0
-    );
-    assert_eq!(
-        d("portcullis_auth_attempts_total", &[r#"result="failure""#]),
-        1.0
-    );
+    for (scheme, result, n) in [
+        ("basic", "success", 2.0),
+        ("basic", "failure", 1.0),
+        ("negotiate", "success", 0.0),
+        ("negotiate", "failure", 0.0),
+        ("other", "success", 0.0),
+        ("other", "failure", 1.0),
+    ] {
+        assert_eq!(
+            attempts_delta(&after, &before, scheme, result),
+            n,
+            "{scheme} {result}"
+        );
+    }
     // The second good login came from the cache; the first and the wrong one were hashed.
     assert_eq!(d("portcullis_auth_credential_cache_hits_total", &[]), 1.0);
     assert_eq!(d("portcullis_auth_hash_verifications_total", &[]), 2.0);
     let denied = [r#"decision="deny""#, r#"status_class="4xx""#];
-    assert_eq!(d("portcullis_requests_total", &denied), 1.0);
+    assert_eq!(d("portcullis_requests_total", &denied), 2.0);
     assert_eq!(
         d(
             "portcullis_request_errors_total",
@@ -264,6 +314,70 @@ async fn auth_attempts_and_credential_cache_are_exported() {
         1.0
     );
     assert!(!after.0.contains("alice"), "a user name became a label");
+}
+
+/// Kerberos through a real MIT KDC and Basic on one proxy: each login lands on its scheme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_attempts_are_counted_per_scheme_with_kerberos_and_basic() {
+    use portcullis_e2e::kdc::{self, Kdc};
+    if !kdc::available() {
+        return;
+    }
+    let kdc = Kdc::start(&["localhost"]);
+    let ccache = kdc.kinit_alice();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    portcullis_e2e::htpasswd(&file, "-B", "bob", "bob-pw");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start_with_env(
+        &format!(
+            "{NO_INSPECT}[auth]\nschemes = [\"negotiate\", \"basic\"]\nhtpasswd = \"{}\"\n\
+             [auth.negotiate]\nkeytab = \"{}\"\n",
+            file.display(),
+            kdc.keytab().display()
+        ),
+        &[
+            ("KRB5_CONFIG", kdc.krb5_conf().display().to_string()),
+            ("KRB5RCACHEDIR", kdc.rcache().display().to_string()),
+        ],
+    );
+    let admin = proxy.admin_url();
+    let before = scrape(&admin).await;
+    // curl asks for HTTP/localhost, the principal the KDC made.
+    let proxy_url = format!("http://localhost:{}", proxy.addr.port());
+    let env = [
+        ("KRB5_CONFIG", kdc.krb5_conf().display().to_string()),
+        ("KRB5CCNAME", format!("FILE:{}", ccache.display())),
+    ];
+    let negotiate = ["--proxy-negotiate", "-U", ":", "-x", &proxy_url];
+    let r = portcullis_e2e::curl_env(&[&negotiate[..], &[&origin.url("/")]].concat(), &env).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", proxy.stderr());
+    // A token the KDC never issued.
+    let forged = "Proxy-Authorization: Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXagDTALBgkqhkiG9xIBAgI=";
+    let r = curl(&["-x", &proxy_url, "-H", forged, &origin.url("/")]).await;
+    assert_eq!(r.status, 407, "{r:?}");
+    let r = curl(&["-x", &proxy_url, "-U", "bob:bob-pw", &origin.url("/")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let after = scrape_until(&admin, |s| {
+        delta(s, &before, "portcullis_requests_total", &[]) >= 3.0
+    })
+    .await;
+    for (scheme, result, n) in [
+        ("basic", "success", 1.0),
+        ("basic", "failure", 0.0),
+        ("negotiate", "success", 1.0),
+        ("negotiate", "failure", 1.0),
+        ("other", "success", 0.0),
+        ("other", "failure", 0.0),
+    ] {
+        assert_eq!(
+            attempts_delta(&after, &before, scheme, result),
+            n,
+            "{scheme} {result}\n{}",
+            after.0
+        );
+    }
 }
 
 /// The admin listener is up before the proxy listeners: while a file the config names is still

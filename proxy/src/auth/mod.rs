@@ -24,6 +24,7 @@ use http::header::{HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
 use ipnet::IpNet;
 
 use crate::config::{AuthConfig, AuthScheme};
+use crate::metrics::{AuthAttemptScheme, AuthCounts};
 
 pub(crate) use error::AuthSetupError;
 
@@ -32,9 +33,18 @@ pub(crate) use error::AuthSetupError;
 pub(crate) struct AuthStats {
     pub hash_verifications: AtomicU64,
     pub cache_hits: AtomicU64,
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
+    /// `[successes, failures]` per scheme presented, in [`AuthAttemptScheme::ALL`] order.
+    attempts: [[AtomicU64; 2]; 3],
     pub throttled: AtomicU64,
+}
+
+impl AuthStats {
+    /// Counts one attempt that presented credentials in `scheme`.
+    pub(crate) fn attempt(&self, scheme: AuthAttemptScheme, success: bool) {
+        let [successes, failures] = &self.attempts[scheme as usize];
+        let counter = if success { successes } else { failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What one client connection knows about its user.
@@ -87,16 +97,18 @@ pub(crate) struct Auth {
 }
 
 impl crate::metrics::AuthCounters for Auth {
-    fn auth_counts(&self) -> [u64; 5] {
+    fn auth_counts(&self) -> AuthCounts {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.stats;
-        [
-            s.successes.load(Relaxed),
-            s.failures.load(Relaxed),
-            s.throttled.load(Relaxed),
-            s.hash_verifications.load(Relaxed),
-            s.cache_hits.load(Relaxed),
-        ]
+        AuthCounts {
+            attempts: s
+                .attempts
+                .each_ref()
+                .map(|[ok, failed]| [ok.load(Relaxed), failed.load(Relaxed)]),
+            throttled: s.throttled.load(Relaxed),
+            hash_verifications: s.hash_verifications.load(Relaxed),
+            credential_cache_hits: s.cache_hits.load(Relaxed),
+        }
     }
 }
 
@@ -205,7 +217,7 @@ impl Auth {
             }
             return Outcome::failed("auth-required");
         }
-        let (mut outcome, presented_user) = self
+        let (mut outcome, scheme, presented_user) = self
             .check_credentials(
                 conn,
                 presented.map(HeaderValue::as_bytes).unwrap_or_default(),
@@ -213,7 +225,7 @@ impl Auth {
             .await;
         match &mut outcome {
             Outcome::Authenticated { user, .. } => {
-                self.stats.successes.fetch_add(1, Ordering::Relaxed);
+                self.stats.attempt(scheme, true);
                 self.throttle.success(client, user);
                 tracing::debug!(%client, %user, "authenticated");
             }
@@ -222,7 +234,7 @@ impl Auth {
                 negotiate_token: None,
                 delay,
             } => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.attempt(scheme, false);
                 *delay = self.throttle.failure(client, presented_user.as_deref());
                 tracing::info!(%client, cause, "proxy authentication failed");
                 if !delay.is_zero() {
@@ -235,35 +247,41 @@ impl Auth {
         outcome
     }
 
-    /// Checks a `Proxy-Authorization` value; also returns the Basic user name it presented
-    /// (right or wrong), which the throttle counts failures for.
-    async fn check_credentials(&self, conn: &ConnAuth, value: &[u8]) -> (Outcome, Option<String>) {
-        let failed = |cause| (Outcome::failed(cause), None);
+    /// Checks a `Proxy-Authorization` value; also returns the scheme it presented (for the
+    /// metrics) and the Basic user name it presented (right or wrong), which the throttle
+    /// counts failures for.
+    async fn check_credentials(
+        &self,
+        conn: &ConnAuth,
+        value: &[u8],
+    ) -> (Outcome, AuthAttemptScheme, Option<String>) {
+        use AuthAttemptScheme::{Basic, Negotiate, Other};
+        let failed = |scheme, cause| (Outcome::failed(cause), scheme, None);
         if value.len() > MAX_CREDENTIALS {
-            return failed("auth-malformed");
+            return failed(Other, "auth-malformed");
         }
         let Ok(value) = std::str::from_utf8(value) else {
-            return failed("auth-malformed");
+            return failed(Other, "auth-malformed");
         };
         let (scheme, param) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
         let param = param.trim();
         if scheme.eq_ignore_ascii_case("basic") {
             let Some(basic) = &self.basic else {
-                return failed("auth-scheme-not-enabled");
+                return failed(Basic, "auth-scheme-not-enabled");
             };
             let Some((user, password)) = decode_basic(param) else {
-                return failed("auth-malformed");
+                return failed(Basic, "auth-malformed");
             };
             let outcome = match basic.verify(&user, &password, &self.stats).await {
                 Some(user) => Outcome::Authenticated { user, reply: None },
                 None => Outcome::failed("auth-failed"),
             };
-            return (outcome, Some(user));
+            return (outcome, Basic, Some(user));
         }
         if scheme.eq_ignore_ascii_case("negotiate") {
-            return (self.negotiate(conn, param).await, None);
+            return (self.negotiate(conn, param).await, Negotiate, None);
         }
-        failed("auth-scheme-not-enabled")
+        failed(Other, "auth-scheme-not-enabled")
     }
 
     #[cfg(feature = "negotiate")]
@@ -340,6 +358,50 @@ pub(crate) fn decode_basic(param: &str) -> Option<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each attempt is counted under the scheme it presented; anything unreadable or in a
+    /// scheme the proxy does not implement is `Other`, so the label values stay a fixed set.
+    #[tokio::test]
+    async fn attempts_are_counted_by_the_scheme_presented() {
+        use crate::metrics::AuthCounters as _;
+        let config = AuthConfig {
+            schemes: vec![AuthScheme::Basic],
+            htpasswd: Some(std::path::PathBuf::from("/dev/null")),
+            ..AuthConfig::default()
+        };
+        let Ok(Some(auth)) = Auth::new(&config) else {
+            panic!("an authenticator")
+        };
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let presented = [
+            format!("Basic {}", enc("nobody:pw")),
+            "basic !!!".to_owned(),
+            "Negotiate YIIB".to_owned(),
+            "NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==".to_owned(),
+            "Digest username=\"x\"".to_owned(),
+            "x".repeat(MAX_CREDENTIALS + 1),
+        ];
+        let conn = ConnAuth::default();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        for value in presented {
+            let mut headers = HeaderMap::new();
+            let Ok(value) = HeaderValue::from_str(&value) else {
+                panic!("a header value")
+            };
+            headers.insert(PROXY_AUTHORIZATION, value);
+            let outcome = auth.authenticate(&conn, client, false, &headers).await;
+            assert!(matches!(outcome, Outcome::Challenge { .. }));
+        }
+        // No credentials at all: not an attempt.
+        let _ = auth
+            .authenticate(&conn, client, false, &HeaderMap::new())
+            .await;
+        assert_eq!(
+            auth.auth_counts().attempts,
+            [[0, 2], [0, 1], [0, 3]],
+            "[basic, negotiate, other] × [success, failure]"
+        );
+    }
 
     #[test]
     fn basic_decoding() {

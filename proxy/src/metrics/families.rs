@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use super::{Side, TlsTunnelReason, EXCHANGE_LABELS};
+use super::{AuthAttemptScheme, Side, TlsTunnelReason, EXCHANGE_LABELS};
 use crate::record::Disposition;
 
 type Result<T> = std::result::Result<T, prometheus::Error>;
@@ -176,11 +176,13 @@ impl AuthFamilies {
         let attempts = counter_vec(
             r,
             "auth_attempts_total",
-            "Proxy authentication attempts that presented credentials, by result.",
-            &["result"],
+            "Proxy authentication attempts that presented credentials, by scheme and result.",
+            &["scheme", "result"],
         )?;
-        for result in ["success", "failure"] {
-            attempts.with_label_values(&[result]);
+        for scheme in AuthAttemptScheme::ALL {
+            for result in ["success", "failure"] {
+                attempts.with_label_values(&[scheme.as_str(), result]);
+            }
         }
         Ok(AuthFamilies {
             attempts,

@@ -23,7 +23,7 @@ pub(crate) use crate::error::Side;
 use crate::record::{Disposition, Record};
 use families::{AuthFamilies, ConfigFamilies, Connections, Requests, Tls};
 use sources::{raise, Sources};
-pub(crate) use sources::{AuthCounters, CertCacheStats};
+pub(crate) use sources::{AuthAttemptScheme, AuthCounters, AuthCounts, CertCacheStats};
 
 /// Why a CONNECT tunnel's TLS was passed through instead of intercepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,12 +336,18 @@ impl Metrics {
             return;
         };
         let a = &self.auth;
-        let [successes, failures, throttled, verifications, cache_hits] = sources.auth.totals();
-        raise(&a.attempts.with_label_values(&["success"]), successes);
-        raise(&a.attempts.with_label_values(&["failure"]), failures);
-        raise(&a.throttled, throttled);
-        raise(&a.hash_verifications, verifications);
-        raise(&a.cache_hits, cache_hits);
+        let auth = sources.auth_totals();
+        for (scheme, counts) in AuthAttemptScheme::ALL.into_iter().zip(auth.attempts) {
+            for (result, total) in ["success", "failure"].into_iter().zip(counts) {
+                raise(
+                    &a.attempts.with_label_values(&[scheme.as_str(), result]),
+                    total,
+                );
+            }
+        }
+        raise(&a.throttled, auth.throttled);
+        raise(&a.hash_verifications, auth.hash_verifications);
+        raise(&a.cache_hits, auth.credential_cache_hits);
 
         let t = &self.tls;
         let [hits, coalesced, misses, mints, mint_failures] = sources.cert_cache.totals();

@@ -17,14 +17,76 @@ impl CertCacheStats for CertCache {
     }
 }
 
-/// The authenticator's own counters: successes, failures, throttled failures, hash
-/// verifications, credential cache hits.
+/// The authenticator's own counters.
 pub(crate) trait AuthCounters: Send + Sync {
-    fn auth_counts(&self) -> [u64; 5];
+    fn auth_counts(&self) -> AuthCounts;
+}
+
+/// The scheme of the credentials an authentication attempt presented: the `scheme` label of
+/// `auth_attempts_total`. A fixed set, whatever clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthAttemptScheme {
+    Basic,
+    Negotiate,
+    /// A scheme the proxy does not implement (NTLM, Digest, …) or an unreadable header.
+    Other,
+}
+
+impl AuthAttemptScheme {
+    pub(crate) const ALL: [AuthAttemptScheme; 3] = [
+        AuthAttemptScheme::Basic,
+        AuthAttemptScheme::Negotiate,
+        AuthAttemptScheme::Other,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AuthAttemptScheme::Basic => "basic",
+            AuthAttemptScheme::Negotiate => "negotiate",
+            AuthAttemptScheme::Other => "other",
+        }
+    }
+}
+
+/// One reading of [`AuthCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AuthCounts {
+    /// `[successes, failures]` of attempts that presented credentials, indexed by
+    /// [`AuthAttemptScheme`] (in [`AuthAttemptScheme::ALL`] order).
+    pub(crate) attempts: [[u64; 2]; 3],
+    /// Failures answered late because the client kept failing.
+    pub(crate) throttled: u64,
+    pub(crate) hash_verifications: u64,
+    pub(crate) credential_cache_hits: u64,
+}
+
+/// How many numbers an [`AuthCounts`] holds, flattened for [`Accumulated`].
+const AUTH_COUNTS: usize = 9;
+
+impl AuthCounts {
+    fn to_array(self) -> [u64; AUTH_COUNTS] {
+        let [[bs, bf], [ns, nf], [os, of]] = self.attempts;
+        let (t, h, c) = (
+            self.throttled,
+            self.hash_verifications,
+            self.credential_cache_hits,
+        );
+        [bs, bf, ns, nf, os, of, t, h, c]
+    }
+
+    fn from_array(a: [u64; AUTH_COUNTS]) -> AuthCounts {
+        let [bs, bf, ns, nf, os, of, throttled, hash_verifications, credential_cache_hits] = a;
+        AuthCounts {
+            attempts: [[bs, bf], [ns, nf], [os, of]],
+            throttled,
+            hash_verifications,
+            credential_cache_hits,
+        }
+    }
 }
 
 pub(super) struct Sources {
-    pub(super) auth: Accumulated<dyn AuthCounters, 5>,
+    pub(super) auth: Accumulated<dyn AuthCounters, AUTH_COUNTS>,
     pub(super) cert_cache: Accumulated<dyn CertCacheStats, 5>,
 }
 
@@ -35,10 +97,15 @@ impl Sources {
             cert_cache: Accumulated::new(cert_cache_counts),
         }
     }
+
+    /// The authenticators' totals, over every instance (see [`Accumulated`]).
+    pub(super) fn auth_totals(&mut self) -> AuthCounts {
+        AuthCounts::from_array(self.auth.totals())
+    }
 }
 
-fn auth_counts(auth: &dyn AuthCounters) -> [u64; 5] {
-    auth.auth_counts()
+fn auth_counts(auth: &dyn AuthCounters) -> [u64; AUTH_COUNTS] {
+    auth.auth_counts().to_array()
 }
 
 fn cert_cache_counts(cache: &dyn CertCacheStats) -> [u64; 5] {

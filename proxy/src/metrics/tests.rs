@@ -336,29 +336,84 @@ fn auth() -> Arc<Auth> {
     Arc::new(Auth::new(&config).unwrap().unwrap())
 }
 
+/// Every scheme × result series exists at zero from the start, and each attempt lands on its
+/// own scheme's series.
+#[test]
+fn auth_attempts_are_labelled_by_scheme_and_result() {
+    let attempts = |text: &str, scheme: &str, result: &str| {
+        let labels = [
+            format!(r#"scheme="{scheme}""#),
+            format!(r#"result="{result}""#),
+        ];
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        sample(text, "portcullis_auth_attempts_total", &labels)
+    };
+    let m = Metrics::new().unwrap();
+    let text = m.render().unwrap();
+    for scheme in ["basic", "negotiate", "other"] {
+        for result in ["success", "failure"] {
+            assert_eq!(attempts(&text, scheme, result), 0.0, "{scheme} {result}");
+        }
+    }
+    let auth = auth();
+    m.watch_auth(Some(Arc::clone(&auth) as Arc<dyn AuthCounters>));
+    let stats = &auth.stats;
+    stats.attempt(AuthAttemptScheme::Basic, true);
+    for _ in 0..2 {
+        stats.attempt(AuthAttemptScheme::Basic, false);
+    }
+    for _ in 0..3 {
+        stats.attempt(AuthAttemptScheme::Negotiate, true);
+    }
+    for _ in 0..4 {
+        stats.attempt(AuthAttemptScheme::Negotiate, false);
+    }
+    for _ in 0..5 {
+        stats.attempt(AuthAttemptScheme::Other, false);
+    }
+    let text = m.render().unwrap();
+    for (scheme, result, n) in [
+        ("basic", "success", 1.0),
+        ("basic", "failure", 2.0),
+        ("negotiate", "success", 3.0),
+        ("negotiate", "failure", 4.0),
+        ("other", "success", 0.0),
+        ("other", "failure", 5.0),
+    ] {
+        assert_eq!(attempts(&text, scheme, result), n, "{scheme} {result}");
+    }
+}
+
 /// A reload replaces the authenticator while old connections still use the old one: totals
 /// must include both, and must not drop when the old one is finally released.
 #[test]
 fn auth_totals_survive_replacement() {
+    use AuthAttemptScheme::{Basic, Negotiate};
     let m = Metrics::new().unwrap();
     let first = auth();
     m.watch_auth(Some(Arc::clone(&first) as Arc<dyn AuthCounters>));
-    first.stats.successes.fetch_add(3, Ordering::Relaxed);
-    first.stats.failures.fetch_add(1, Ordering::Relaxed);
+    for _ in 0..3 {
+        first.stats.attempt(Basic, true);
+    }
+    first.stats.attempt(Negotiate, false);
+    first.stats.throttled.fetch_add(1, Ordering::Relaxed);
     let attempts = "portcullis_auth_attempts_total";
-    let ok = [r#"result="success""#];
+    let ok = [r#"scheme="basic""#, r#"result="success""#];
+    let failed = [r#"scheme="negotiate""#, r#"result="failure""#];
     assert_eq!(sample(&m.render().unwrap(), attempts, &ok), 3.0);
 
     let second = auth();
     m.watch_auth(Some(Arc::clone(&second) as Arc<dyn AuthCounters>));
     // An in-flight request on the old snapshot still counts.
-    first.stats.successes.fetch_add(1, Ordering::Relaxed);
-    second.stats.successes.fetch_add(2, Ordering::Relaxed);
+    first.stats.attempt(Basic, true);
+    second.stats.attempt(Basic, true);
+    second.stats.attempt(Basic, true);
     assert_eq!(sample(&m.render().unwrap(), attempts, &ok), 6.0);
     drop(first);
     let text = m.render().unwrap();
     assert_eq!(sample(&text, attempts, &ok), 6.0);
-    assert_eq!(sample(&text, attempts, &[r#"result="failure""#]), 1.0);
+    assert_eq!(sample(&text, attempts, &failed), 1.0);
+    assert_eq!(sample(&text, "portcullis_auth_throttled_total", &[]), 1.0);
     assert_eq!(
         m.sources.lock().unwrap().auth.retired.len(),
         0,
@@ -368,5 +423,7 @@ fn auth_totals_survive_replacement() {
     // Auth switched off by a reload: the totals stay.
     m.watch_auth(None);
     drop(second);
-    assert_eq!(sample(&m.render().unwrap(), attempts, &ok), 6.0);
+    let text = m.render().unwrap();
+    assert_eq!(sample(&text, attempts, &ok), 6.0);
+    assert_eq!(sample(&text, attempts, &failed), 1.0);
 }
