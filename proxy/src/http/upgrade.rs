@@ -73,17 +73,7 @@ pub(crate) fn switched_to_offered(response: &HeaderMap, offer: &HeaderValue) -> 
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::headers::tests::headers;
 
     #[test]
     fn only_allowed_protocols_are_offered() {
