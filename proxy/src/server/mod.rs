@@ -6,20 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminState;
 use crate::config::Config;
-use crate::context::ConnCtx;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
-use crate::rewind::Rewind;
+
+mod accept;
+
+use accept::{start_accepting, Admission};
 
 /// Why the proxy could not start. Every cause is part of its message and none is exposed as a
 /// source as well, so the one line printed at exit says each reason once.
@@ -97,16 +96,7 @@ pub(crate) async fn run(
     } else {
         None
     };
-    // Files (htpasswd, hosts file, CA, keytab) are read off the async workers.
-    let loaded = {
-        let config = config.clone();
-        let metrics = Arc::clone(&metrics);
-        tokio::task::spawn_blocking(move || {
-            crate::reload::load(config, None, &metrics, crate::reload::LoadMode::Serve)
-        })
-        .await
-        .map_err(|e| LoadError::Task(e.to_string()))??
-    };
+    let loaded = load_files(&config, &metrics).await?;
     let listeners = bind_listeners(&config).await?;
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     own_addrs.extend(&listen_addrs);
@@ -134,19 +124,12 @@ pub(crate) async fn run(
     if let Some(path) = pid_file {
         write_pid_file(path)?;
     }
-    let admission = Admission {
-        slots: Arc::new(Semaphore::new(config.server.max_connections)),
-        client_slots: Arc::new(crate::limits::ClientSlots::default()),
-        shutdown: shutdown.clone(),
-    };
+    let admission = Admission::new(config.server.max_connections, shutdown.clone());
     let bound = listeners_summary(&listeners, admin_addr);
     let accept_loops = start_accepting(listeners, &reloader, &admission);
     admin.set_listeners_bound();
     tracing::info!("portcullis {} ready: {bound}", env!("CARGO_PKG_VERSION"));
-    // systemd Type=notify: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot tell the service manager we are ready (NOTIFY_SOCKET)");
-    }
+    notify_ready();
 
     shutdown.cancelled().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -181,23 +164,27 @@ fn listeners_summary(listeners: &[Bound], admin: Option<SocketAddr>) -> String {
     parts.join(", ")
 }
 
-/// One accept loop per listener.
-fn start_accepting(
-    listeners: Vec<Bound>,
-    reloader: &Arc<Reloader>,
-    admission: &Admission,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    listeners
-        .into_iter()
-        .map(|bound| {
-            if bound.proxy_protocol {
-                tracing::info!("PROXY protocol listener on {}", bound.addr);
-            } else {
-                tracing::info!("listening on {}", bound.addr);
-            }
-            tokio::spawn(accept_loop(Arc::clone(reloader), bound, admission.clone()))
-        })
-        .collect()
+/// Reads every file the configuration names (htpasswd, hosts file, CA, keytab) off the async
+/// workers, exactly as a reload does.
+async fn load_files(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<crate::reload::Loaded, StartError> {
+    let config = config.clone();
+    let metrics = Arc::clone(metrics);
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::reload::load(config, None, &metrics, crate::reload::LoadMode::Serve)
+    })
+    .await
+    .map_err(|e| LoadError::Task(e.to_string()))??;
+    Ok(loaded)
+}
+
+/// systemd `Type=notify`: ready once the listeners are bound (a no-op without NOTIFY_SOCKET).
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell the service manager we are ready (NOTIFY_SOCKET)");
+    }
 }
 
 fn write_pid_file(path: &Path) -> Result<(), StartError> {
@@ -308,124 +295,4 @@ fn spawn_reopen_on_sigusr1(log: AccessLog, shutdown: CancellationToken) {
             }
         }
     });
-}
-
-/// What every accepted connection is admitted against.
-#[derive(Clone)]
-struct Admission {
-    slots: Arc<Semaphore>,
-    client_slots: Arc<crate::limits::ClientSlots>,
-    shutdown: CancellationToken,
-}
-
-/// Accepts connections; each starts with the snapshot current at its accept (for its
-/// connection-level limits), and each request on it takes the snapshot current at its start.
-/// On a PROXY protocol listener the header is read first (in the connection's own task, so a
-/// slow load balancer delays nobody else) and names the client.
-async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission) {
-    let Bound {
-        listener,
-        addr: local,
-        proxy_protocol,
-    } = bound;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = admission.shutdown.cancelled() => break,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        if !proxy_protocol {
-            admit(
-                &reloader,
-                Rewind::new(Bytes::new(), stream),
-                peer,
-                local,
-                &admission,
-            );
-            continue;
-        }
-        let proxy = reloader.current();
-        let (reloader, admission) = (Arc::clone(&reloader), admission.clone());
-        proxy.tasks.spawn(async move {
-            let proxy = reloader.current();
-            let server = &proxy.config.server;
-            let wait = proxy.config.timeouts.client_header;
-            match crate::proxy_protocol::read_header(&mut stream, peer, &server.proxy_protocol_trusted, wait).await {
-                Ok((client, rest)) => {
-                    tracing::trace!(%peer, %client, "PROXY protocol header");
-                    admit(&reloader, Rewind::new(rest, stream), client, local, &admission);
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "closing a connection on a PROXY protocol listener");
-                }
-            }
-        });
-    }
-}
-
-/// Admits one client connection against the limits and serves it.
-fn admit(
-    reloader: &Arc<Reloader>,
-    stream: Rewind<TcpStream>,
-    client: SocketAddr,
-    local: SocketAddr,
-    admission: &Admission,
-) {
-    let proxy = reloader.current();
-    let Ok(slot) = Arc::clone(&admission.slots).try_acquire_owned() else {
-        tracing::warn!(%client, "max_connections reached; refusing a connection");
-        proxy.metrics.connection_refused();
-        proxy.tasks.spawn(refuse_busy(stream, "max_connections"));
-        return;
-    };
-    let per_client = proxy.config.server.max_connections_per_client;
-    let Some(client_slot) = admission.client_slots.try_take(client.ip(), per_client) else {
-        tracing::warn!(%client, limit = per_client, "max_connections_per_client reached; refusing a connection");
-        proxy.metrics.connection_refused();
-        proxy
-            .tasks
-            .spawn(refuse_busy(stream, "max_connections_per_client"));
-        return;
-    };
-    let ctx = Arc::new(ConnCtx::new(
-        client,
-        local,
-        slot,
-        client_slot,
-        &proxy.metrics,
-    ));
-    let tasks = proxy.tasks.clone();
-    tasks.spawn(crate::conn::serve(
-        proxy,
-        Arc::clone(reloader),
-        stream,
-        ctx,
-        admission.shutdown.clone(),
-    ));
-}
-
-async fn refuse_busy<S>(mut stream: S, limit: &'static str)
-where
-    S: tokio::io::AsyncWrite + Unpin,
-{
-    let body = format!("proxy is at {limit}.\r\n");
-    let busy = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-         X-Portcullis-Error: too-many-connections\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(busy.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
 }

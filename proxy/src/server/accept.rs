@@ -1,0 +1,168 @@
+//! The accept loops and admission: each accepted connection takes a slot under
+//! `server.max_connections` and one under `max_connections_per_client` (none left: a canned
+//! 503), then is served by [`crate::conn`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::Bound;
+use crate::context::ConnCtx;
+use crate::reload::Reloader;
+use crate::rewind::Rewind;
+
+/// One accept loop per listener.
+pub(super) fn start_accepting(
+    listeners: Vec<Bound>,
+    reloader: &Arc<Reloader>,
+    admission: &Admission,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .map(|bound| {
+            if bound.proxy_protocol {
+                tracing::info!("PROXY protocol listener on {}", bound.addr);
+            } else {
+                tracing::info!("listening on {}", bound.addr);
+            }
+            tokio::spawn(accept_loop(Arc::clone(reloader), bound, admission.clone()))
+        })
+        .collect()
+}
+
+/// What every accepted connection is admitted against.
+#[derive(Clone)]
+pub(super) struct Admission {
+    slots: Arc<Semaphore>,
+    client_slots: Arc<crate::limits::ClientSlots>,
+    shutdown: CancellationToken,
+}
+
+impl Admission {
+    /// `max_connections` slots in all; accept loops stop when `shutdown` is cancelled.
+    pub(super) fn new(max_connections: usize, shutdown: CancellationToken) -> Admission {
+        Admission {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            client_slots: Arc::new(crate::limits::ClientSlots::default()),
+            shutdown,
+        }
+    }
+}
+
+/// Accepts connections; each starts with the snapshot current at its accept (for its
+/// connection-level limits), and each request on it takes the snapshot current at its start.
+/// On a PROXY protocol listener the header is read first (in the connection's own task, so a
+/// slow load balancer delays nobody else) and names the client.
+async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission) {
+    let Bound {
+        listener,
+        addr: local,
+        proxy_protocol,
+    } = bound;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = admission.shutdown.cancelled() => break,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if !proxy_protocol {
+            admit(
+                &reloader,
+                Rewind::new(Bytes::new(), stream),
+                peer,
+                local,
+                &admission,
+            );
+            continue;
+        }
+        let proxy = reloader.current();
+        let (reloader, admission) = (Arc::clone(&reloader), admission.clone());
+        proxy.tasks.spawn(async move {
+            let proxy = reloader.current();
+            let server = &proxy.config.server;
+            let wait = proxy.config.timeouts.client_header;
+            match crate::proxy_protocol::read_header(&mut stream, peer, &server.proxy_protocol_trusted, wait).await {
+                Ok((client, rest)) => {
+                    tracing::trace!(%peer, %client, "PROXY protocol header");
+                    admit(&reloader, Rewind::new(rest, stream), client, local, &admission);
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing a connection on a PROXY protocol listener");
+                }
+            }
+        });
+    }
+}
+
+/// Admits one client connection against the limits and serves it.
+fn admit(
+    reloader: &Arc<Reloader>,
+    stream: Rewind<TcpStream>,
+    client: SocketAddr,
+    local: SocketAddr,
+    admission: &Admission,
+) {
+    let proxy = reloader.current();
+    let Ok(slot) = Arc::clone(&admission.slots).try_acquire_owned() else {
+        tracing::warn!(%client, "max_connections reached; refusing a connection");
+        proxy.metrics.connection_refused();
+        proxy.tasks.spawn(refuse_busy(stream, "max_connections"));
+        return;
+    };
+    let per_client = proxy.config.server.max_connections_per_client;
+    let Some(client_slot) = admission.client_slots.try_take(client.ip(), per_client) else {
+        tracing::warn!(%client, limit = per_client, "max_connections_per_client reached; refusing a connection");
+        proxy.metrics.connection_refused();
+        proxy
+            .tasks
+            .spawn(refuse_busy(stream, "max_connections_per_client"));
+        return;
+    };
+    let ctx = Arc::new(ConnCtx::new(
+        client,
+        local,
+        slot,
+        client_slot,
+        &proxy.metrics,
+    ));
+    let tasks = proxy.tasks.clone();
+    tasks.spawn(crate::conn::serve(
+        proxy,
+        Arc::clone(reloader),
+        stream,
+        ctx,
+        admission.shutdown.clone(),
+    ));
+}
+
+async fn refuse_busy<S>(mut stream: S, limit: &'static str)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let body = format!("proxy is at {limit}.\r\n");
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+         X-Portcullis-Error: too-many-connections\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(busy.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
