@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use super::{AuthAttemptScheme, Side, TlsTunnelReason, EXCHANGE_LABELS};
+use super::{AuthAttemptScheme, Side, TlsTunnelReason, EXCHANGE_VALUES};
 use crate::record::Disposition;
 
 type Result<T> = std::result::Result<T, prometheus::Error>;
@@ -40,10 +40,10 @@ pub(super) struct Requests {
     /// `request_duration_seconds`.
     duration: HistogramVec,
     /// Its children by [`Disposition`] (in [`Disposition::ALL`] order) and Exchange class (in
-    /// [`EXCHANGE_LABELS`] order), each resolved at its first sample: a scrape shows only the
+    /// `exchange_label` order), each resolved at its first sample: a scrape shows only the
     /// combinations that happened (most decisions never see an Exchange class), and after that
     /// a sample costs no label lookup.
-    duration_children: [[OnceLock<Histogram>; EXCHANGE_LABELS.len()]; Disposition::ALL.len()],
+    duration_children: [[OnceLock<Histogram>; EXCHANGE_VALUES]; Disposition::ALL.len()],
 }
 
 impl Requests {
@@ -102,12 +102,11 @@ impl Requests {
         })
     }
 
-    /// The duration histogram for `decision` and the Exchange class at `exchange`.
-    pub(super) fn duration(&self, decision: Disposition, exchange: usize) -> &Histogram {
-        self.duration_children[decision as usize][exchange].get_or_init(|| {
-            self.duration
-                .with_label_values(&[decision.as_str(), EXCHANGE_LABELS[exchange]])
-        })
+    /// The duration histogram for `decision` and the `exchange` label (index, value).
+    pub(super) fn duration(&self, decision: Disposition, exchange: (usize, &str)) -> &Histogram {
+        let (index, label) = exchange;
+        self.duration_children[decision as usize][index]
+            .get_or_init(|| self.duration.with_label_values(&[decision.as_str(), label]))
     }
 }
 

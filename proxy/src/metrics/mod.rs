@@ -92,28 +92,23 @@ fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// The `exchange` label: the request's Exchange protocol, or `none`. A fixed list (index =
-/// [`exchange_index`]) whatever the policy learns, so the series stay bounded.
-const EXCHANGE_LABELS: [&str; 7] = [
-    "none",
-    "autodiscover",
-    "mapi",
-    "rpc-http",
-    "ews",
-    "eas",
-    "oab",
-];
+/// How many values the `exchange` label has: the Exchange classes and `none`.
+const EXCHANGE_VALUES: usize = 7;
 
-fn exchange_index(class: Option<ExchangeClass>) -> usize {
-    match class {
-        None => 0,
+/// The `exchange` label of a request — its Exchange protocol (the policy's own name for it),
+/// or `none` — and its index among [`EXCHANGE_VALUES`]. The match is exhaustive, so a new
+/// class cannot be added without a slot here, and the series stay bounded.
+fn exchange_label(class: Option<ExchangeClass>) -> (usize, &'static str) {
+    let index = match class {
+        None => return (0, "none"),
         Some(ExchangeClass::Autodiscover) => 1,
         Some(ExchangeClass::Mapi) => 2,
         Some(ExchangeClass::RpcHttp) => 3,
         Some(ExchangeClass::Ews) => 4,
         Some(ExchangeClass::Eas) => 5,
         Some(ExchangeClass::Oab) => 6,
-    }
+    };
+    (index, class.map_or("none", ExchangeClass::as_str))
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -175,13 +170,13 @@ impl Metrics {
     pub(crate) fn observe(&self, record: &Record) {
         let r = &self.requests;
         let kind = record.disposition();
-        let exchange = exchange_index(record.policy.as_ref().and_then(|p| p.exchange));
+        let exchange = exchange_label(record.policy.as_ref().and_then(|p| p.exchange));
         r.requests
             .with_label_values(&[
                 method_label(&record.method),
                 kind.as_str(),
                 status_class(record.status),
-                EXCHANGE_LABELS[exchange],
+                exchange.1,
             ])
             .inc();
         r.duration(kind, exchange)

@@ -184,10 +184,17 @@ fn the_exchange_class_labels_requests_and_durations() {
         ExchangeClass::Eas,
         ExchangeClass::Oab,
     ];
+    let mut seen = vec![exchange_label(None)];
     for class in classes {
-        assert_eq!(EXCHANGE_LABELS[exchange_index(Some(class))], class.as_str());
+        assert_eq!(exchange_label(Some(class)).1, class.as_str());
+        seen.push(exchange_label(Some(class)));
     }
-    assert_eq!(EXCHANGE_LABELS[exchange_index(None)], "none");
+    // One slot each, all within the table the duration children are kept in.
+    let mut indexes: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes, (0..EXCHANGE_VALUES).collect::<Vec<_>>());
+    assert_eq!(exchange_label(None).1, "none");
 }
 
 /// Families whose label values are known up front are exported at zero from the start, so
