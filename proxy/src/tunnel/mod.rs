@@ -118,7 +118,7 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
 }
 
 /// A tunnel between two TCP sockets is spliced ([`splice`]); the copying relay is the
-/// fallback when the client's socket cannot be recovered or no pipes can be had.
+/// fallback when the client's socket cannot be recovered.
 pub(crate) async fn relay_tunnel(
     client: TunnelClient,
     upstream: TcpStream,
@@ -142,13 +142,7 @@ pub(crate) async fn relay_tunnel(
             all
         })
         .freeze();
-    match splice::Pipes::new() {
-        Ok(pipes) => splice::relay(tcp, prefix, upstream, idle, pipes).await,
-        Err(e) => {
-            tracing::debug!(error = %e, "no pipes for splice(2); copying the tunnel instead");
-            relay(Rewind::new(prefix, tcp), upstream, idle).await
-        }
-    }
+    splice::relay(tcp, prefix, upstream, idle).await
 }
 
 /// Drives `relay` to its end, or stops it once nothing has moved (`last`, on the [`now_ms`]

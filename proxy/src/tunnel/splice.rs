@@ -9,11 +9,12 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -24,25 +25,42 @@ use crate::activity::now_ms;
 /// pipe full.
 const CHUNK: usize = 64 * 1024;
 
+/// Empty pipes kept for the next burst: enough for the directions that are moving at once on
+/// a busy gateway, small against the descriptors an idle tunnel would otherwise hold forever.
+const POOL_MAX: usize = 64;
+
+/// Empty pipes shared by all tunnels. A direction takes one when its socket has data and
+/// gives it back once the pipe is drained and the socket has nothing more, so an idle tunnel
+/// holds its two sockets and no pipe (Outlook keeps tens of thousands of tunnels idle for
+/// hours; with a pipe pair per direction each would cost six descriptors instead of two).
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        Ok(Pipe { read, write })
+    /// A pipe from the pool, or a new one.
+    fn take() -> io::Result<Pipe> {
+        let pooled = POOL.lock().ok().and_then(|mut idle| idle.pop());
+        match pooled {
+            Some(pipe) => Ok(pipe),
+            None => {
+                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+                Ok(Pipe { read, write })
+            }
+        }
     }
-}
 
-/// The pipes a spliced tunnel needs, created before the tunnel starts so that running out of
-/// descriptors means falling back to the copying relay rather than failing the tunnel.
-pub(crate) struct Pipes([Pipe; 2]);
-
-impl Pipes {
-    pub(crate) fn new() -> io::Result<Pipes> {
-        Ok(Pipes([Pipe::new()?, Pipe::new()?]))
+    /// Returns an empty pipe to the pool (a pipe still holding bytes is dropped instead: the
+    /// next tunnel would send them to the wrong peer).
+    fn give_back(self) {
+        if let Ok(mut idle) = POOL.lock() {
+            if idle.len() < POOL_MAX {
+                idle.push(self);
+            }
+        }
     }
 }
 
@@ -53,22 +71,20 @@ pub(crate) async fn relay(
     prefix: Bytes,
     upstream: TcpStream,
     idle: Duration,
-    pipes: Pipes,
 ) -> RelayStats {
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     let last = AtomicU64::new(now_ms());
     let (client_read, client_write) = client.into_split();
     let (upstream_read, mut upstream_write) = upstream.into_split();
-    let [up, down] = pipes.0;
     let both = async {
         if !prefix.is_empty() {
             upstream_write.write_all(&prefix).await?;
             from_client.fetch_add(prefix.len() as u64, Ordering::Relaxed);
         }
         tokio::try_join!(
-            pump(client_read, upstream_write, up, &from_client, &last),
-            pump(upstream_read, client_write, down, &to_client, &last),
+            pump(client_read, upstream_write, &from_client, &last),
+            pump(upstream_read, client_write, &to_client, &last),
         )
     };
     let end = until_idle(both, &last, idle).await;
@@ -79,51 +95,116 @@ pub(crate) async fn relay(
     }
 }
 
-/// One direction: splice what `from` has into the pipe, then all of it out to `to`; at EOF,
-/// half-close `to`.
+/// What one splice into the pipe found.
+enum Spliced {
+    /// This many bytes are in the pipe.
+    Moved(usize),
+    /// The socket has nothing right now.
+    Empty,
+    /// End of stream.
+    Eof,
+}
+
+/// One direction: while `from` has data, splice it into a pipe and all of it out to `to`;
+/// when `from` runs dry the pipe goes back to the pool until the socket is readable again. At
+/// EOF, half-close `to`.
 async fn pump(
-    from: OwnedReadHalf,
+    mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    pipe: Pipe,
+    moved: &AtomicU64,
+    last: &AtomicU64,
+) -> io::Result<()> {
+    loop {
+        from.as_ref().readable().await?;
+        let pipe = match Pipe::take() {
+            Ok(pipe) => pipe,
+            // Out of descriptors: this burst goes through user space instead of failing the
+            // tunnel.
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splice(2); copying a burst");
+                if copy_burst(&mut from, &mut to, moved, last).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        loop {
+            match splice_in(from.as_ref(), &pipe)? {
+                Spliced::Moved(n) => {
+                    splice_out(&pipe, to.as_ref(), n, moved, last).await?;
+                }
+                Spliced::Empty => {
+                    pipe.give_back();
+                    break;
+                }
+                Spliced::Eof => {
+                    pipe.give_back();
+                    to.shutdown().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Splices what `from` has (up to [`CHUNK`]) into the empty `pipe`, without waiting.
+fn splice_in(from: &TcpStream, pipe: &Pipe) -> io::Result<Spliced> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    match from.try_io(Interest::READABLE, || {
+        splice(from.as_fd(), None, pipe.write.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+    }) {
+        Ok(0) => Ok(Spliced::Eof),
+        Ok(n) => Ok(Spliced::Moved(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Spliced::Empty),
+        Err(e) => Err(e),
+    }
+}
+
+/// Splices the `n` bytes in `pipe` out to `to`, waiting for room as needed. An error leaves
+/// bytes in the pipe, which is then dropped with the relay rather than pooled.
+async fn splice_out(
+    pipe: &Pipe,
+    to: &TcpStream,
+    n: usize,
     moved: &AtomicU64,
     last: &AtomicU64,
 ) -> io::Result<()> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let from: &TcpStream = from.as_ref();
-    loop {
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, pipe.write.as_fd(), None, CHUNK, flags)
-                    .map_err(io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+    let mut left = n;
+    while left > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
+        }) {
+            Ok(m) => {
+                left -= m;
+                moved.fetch_add(m as u64, Ordering::Relaxed);
+                last.store(now_ms(), Ordering::Relaxed);
             }
-        };
-        if n == 0 {
-            to.shutdown().await?;
-            return Ok(());
-        }
-        let mut left = n;
-        while left > 0 {
-            let out: &TcpStream = to.as_ref();
-            out.writable().await?;
-            match out.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_fd(), None, out.as_fd(), None, left, flags)
-                    .map_err(io::Error::from)
-            }) {
-                Ok(m) => {
-                    left -= m;
-                    moved.fetch_add(m as u64, Ordering::Relaxed);
-                    last.store(now_ms(), Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Copies one read's worth through user space; true at EOF (after half-closing `to`).
+async fn copy_burst(
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    moved: &AtomicU64,
+    last: &AtomicU64,
+) -> io::Result<bool> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = from.read(&mut buf).await?;
+    if n == 0 {
+        to.shutdown().await?;
+        return Ok(true);
+    }
+    to.write_all(&buf[..n]).await?;
+    moved.fetch_add(n as u64, Ordering::Relaxed);
+    last.store(now_ms(), Ordering::Relaxed);
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -151,7 +232,6 @@ mod tests {
             Bytes::from_static(b"hello "),
             upstream_side,
             Duration::from_secs(5),
-            Pipes::new().unwrap(),
         ));
         // More than one pipe's worth, so the loop turns.
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -187,7 +267,6 @@ mod tests {
             Bytes::new(),
             upstream_side,
             Duration::from_millis(50),
-            Pipes::new().unwrap(),
         )
         .await;
         assert_eq!(stats.end, RelayEnd::Idle);
@@ -205,7 +284,6 @@ mod tests {
             Bytes::new(),
             upstream_side,
             Duration::from_secs(5),
-            Pipes::new().unwrap(),
         ));
         // Writing towards the reset origin fails the relay.
         for _ in 0..50 {
