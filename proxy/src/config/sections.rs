@@ -52,6 +52,11 @@ pub struct ServerConfig {
     /// Source networks of the load balancers allowed to send PROXY protocol headers; any other
     /// connection to a PROXY protocol listener is closed with a log line.
     pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+    /// Connections the kernel may queue on each proxy listener before the proxy accepts them
+    /// (`listen(2)` backlog). After a network blip every Outlook client reconnects at once;
+    /// a short queue overflows and each dropped SYN costs its client a 1 s retransmit. The
+    /// kernel caps it at `net.core.somaxconn` (4096 on current kernels).
+    pub listen_backlog: u32,
     /// Where persistent state (CA, caches) lives.
     pub data_dir: PathBuf,
     /// Client connections served at once; further connections get a 503 and are closed.
@@ -87,6 +92,7 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             proxy_protocol_listen: Vec::new(),
             proxy_protocol_trusted: Vec::new(),
+            listen_backlog: 4096,
             data_dir: PathBuf::from("/var/lib/portcullis"),
             max_connections: 10_000,
             max_connections_per_client: 1_000,

@@ -54,6 +54,12 @@ fn validate_server(s: &ServerConfig) -> Result<(), KeyError> {
             "must be at least 1",
         ));
     }
+    if s.listen_backlog == 0 || s.listen_backlog > i32::MAX as u32 {
+        return Err(KeyError::new(
+            "server.listen_backlog",
+            format!("{} is outside 1..=2147483647", s.listen_backlog),
+        ));
+    }
     if s.via_pseudonym.is_empty()
         || !s
             .via_pseudonym

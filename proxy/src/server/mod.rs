@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 
 mod accept;
+mod listen;
 
 use accept::{start_accepting, Admission};
 
@@ -96,8 +97,9 @@ pub(crate) async fn run(
     } else {
         None
     };
+    listen::raise_fd_limit(config.server.max_connections);
     let loaded = load_files(&config, &metrics).await?;
-    let listeners = bind_listeners(&config).await?;
+    let listeners = bind_listeners(&config)?;
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     own_addrs.extend(&listen_addrs);
 
@@ -227,7 +229,7 @@ struct Bound {
 }
 
 /// Binds `server.listen`, then `server.proxy_protocol_listen`.
-async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
+fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
     let server = &config.server;
     let plain = server.listen.iter().map(|a| (a, false));
     let proxied = server.proxy_protocol_listen.iter().map(|a| (a, true));
@@ -238,9 +240,8 @@ async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
         } else {
             "server.listen"
         };
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|error| StartError::Listen {
+        let listener =
+            listen::bind(*addr, server.listen_backlog).map_err(|error| StartError::Listen {
                 addr: *addr,
                 key,
                 error,

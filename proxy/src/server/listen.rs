@@ -1,0 +1,69 @@
+//! The kernel's side of listening: the accept queue's length and the process's descriptor
+//! limit, the two things that decide whether a reconnect storm after a network blip is
+//! answered or dropped.
+
+use std::net::SocketAddr;
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use tokio::net::TcpListener;
+
+/// Binds `addr` with a listen queue of `backlog` (tokio's `TcpListener::bind` uses 128, which
+/// a burst of reconnecting clients overflows), warning when the kernel caps it lower.
+pub(super) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind`: a restarted proxy can bind again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    if let Some(cap) = somaxconn().filter(|&cap| cap < backlog) {
+        tracing::warn!(
+            %addr, backlog, somaxconn = cap,
+            "the kernel caps server.listen_backlog at net.core.somaxconn; raise it with sysctl"
+        );
+    }
+    socket.listen(backlog)
+}
+
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Descriptors per admitted client connection: its socket and the origin's. (Splice pipes
+/// are pooled and held only while bytes move, see `tunnel::splice`.)
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors for everything else: listeners, files, the resolver, pooled pipes.
+const FDS_RESERVE: u64 = 256;
+
+/// Raises the soft descriptor limit to the hard one (as nginx's `worker_rlimit_nofile` and
+/// Squid's `max_filedescriptors` do: a shell's default soft limit of 1024 would cap the proxy
+/// at a few hundred tunnels while the administrator's `LimitNOFILE` allows far more), and
+/// warns when even the hard limit cannot hold `server.max_connections`.
+pub(super) fn raise_fd_limit(max_connections: usize) {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        tracing::debug!(from = soft, to = hard, "raised the open-file limit to its hard limit");
+        hard
+    } else {
+        soft
+    };
+    let needed = (max_connections as u64)
+        .saturating_mul(FDS_PER_CONNECTION)
+        .saturating_add(FDS_RESERVE);
+    if limit < needed {
+        tracing::warn!(
+            limit, needed, max_connections,
+            "the open-file limit cannot hold server.max_connections (2 descriptors each); \
+             raise LimitNOFILE (systemd) or the container's nofile limit, or lower server.max_connections"
+        );
+    }
+}
