@@ -50,6 +50,20 @@ impl TestProxy {
         TestProxy::spawn(dir, &args, env, true)
     }
 
+    /// Like [`TestProxy::start`], inside the network namespace `netns` (`ip netns exec`, which
+    /// execs the proxy: the child's pid is the proxy's).
+    pub fn start_in_netns(netns: &str, extra_toml: &str) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config = merged_config(extra_toml, dir.path());
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
+        let bin = portcullis_bin().display().to_string();
+        let config_path = config_path.display().to_string();
+        let args = ["netns", "exec", netns, &bin, "run", "--config", &config_path];
+        TestProxy::spawn_program(Path::new("ip"), dir, &args, &[], true)
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
+    }
+
     /// Starts the proxy and returns as soon as its admin listener is up, without waiting for
     /// the proxy listeners (`addr` is unset until [`TestProxy::wait_listening`]).
     pub fn start_until_admin(extra_toml: &str) -> TestProxy {
@@ -91,7 +105,17 @@ impl TestProxy {
         env: &[(&str, String)],
         wait_for_listeners: bool,
     ) -> Result<TestProxy, String> {
-        let mut child = Command::new(portcullis_bin())
+        TestProxy::spawn_program(&portcullis_bin(), dir, args, env, wait_for_listeners)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, String)],
+        wait_for_listeners: bool,
+    ) -> Result<TestProxy, String> {
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "portcullis=debug,info")
@@ -99,7 +123,7 @@ impl TestProxy {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", portcullis_bin().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let admin = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel();
