@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 
 mod accept;
+mod transparent;
 
 use accept::{start_accepting, Admission};
 
@@ -152,9 +153,10 @@ pub(crate) async fn run(
 fn listeners_summary(listeners: &[Bound], admin: Option<SocketAddr>) -> String {
     let mut parts: Vec<String> = listeners
         .iter()
-        .map(|l| match l.proxy_protocol {
-            false => format!("proxy {}", l.addr),
-            true => format!("proxy {} (PROXY protocol)", l.addr),
+        .map(|l| match (l.proxy_protocol, l.transparent) {
+            (_, Some(kind)) => format!("{} {}", kind.as_str(), l.addr),
+            (false, None) => format!("proxy {}", l.addr),
+            (true, None) => format!("proxy {} (PROXY protocol)", l.addr),
         })
         .collect();
     parts.push(match admin {
@@ -224,9 +226,11 @@ struct Bound {
     addr: SocketAddr,
     /// Every connection starts with a PROXY protocol header naming the client.
     proxy_protocol: bool,
+    /// A transparent listener: connections were redirected by netfilter.
+    transparent: Option<crate::original_dst::TransparentKind>,
 }
 
-/// Binds `server.listen`, then `server.proxy_protocol_listen`.
+/// Binds `server.listen`, then `server.proxy_protocol_listen`, then the transparent listeners.
 async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
     let server = &config.server;
     let plain = server.listen.iter().map(|a| (a, false));
@@ -249,8 +253,10 @@ async fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
             addr: listener.local_addr()?,
             listener,
             proxy_protocol,
+            transparent: None,
         });
     }
+    bound.extend(transparent::bind(server)?);
     Ok(bound)
 }
 
