@@ -74,7 +74,7 @@ pub(super) async fn connect_origin(
             }
         }
         Err(e) => {
-            if !matches!(e, ProxyError::Denied { .. }) {
+            if !matches!(e, ProxyError::Denied { .. } | ProxyError::TransparentAuth) {
                 proxy.metrics.tls_handshake_failed(Side::Upstream);
             }
             tracing::info!(host = %origin_name, error = %e, "no origin connection; the client gets an error page");
@@ -106,7 +106,7 @@ pub(super) fn log_failed_interception(
     failure: HandshakeFailure,
 ) {
     let cause = match &origin.error {
-        Some(e) if !matches!(e, ProxyError::Denied { .. }) => e,
+        Some(e) if !matches!(e, ProxyError::Denied { .. } | ProxyError::TransparentAuth) => e,
         _ => &failure.error,
     };
     tracing::info!(error = %failure.error, cause = cause.cause(), "intercepted tunnel failed before its first request");
