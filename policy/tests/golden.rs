@@ -26,6 +26,8 @@ struct GoldenInput {
 #[serde(default)]
 struct Server {
     listen: Vec<SocketAddr>,
+    transparent_http_listen: Vec<SocketAddr>,
+    transparent_tls_listen: Vec<SocketAddr>,
 }
 
 impl Default for Server {
@@ -33,6 +35,8 @@ impl Default for Server {
     fn default() -> Self {
         Server {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            transparent_http_listen: Vec::new(),
+            transparent_tls_listen: Vec::new(),
         }
     }
 }
@@ -46,6 +50,8 @@ fn spec_for(toml_file: &Path) -> NetfilterSpec {
     let input: GoldenInput = toml::from_str(&text).unwrap();
     let facts = NetfilterFacts {
         proxy_listen: input.server.listen,
+        transparent_http: input.server.transparent_http_listen,
+        transparent_tls: input.server.transparent_tls_listen,
     };
     compile(&input.netfilter, &facts, None)
         .unwrap_or_else(|e| panic!("{}: {e}", toml_file.display()))

@@ -357,6 +357,7 @@ mod tests {
             error: None,
             channel: crate::record::Channel::Plain,
             policy: None,
+            transparent: None,
         }
     }
 

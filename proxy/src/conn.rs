@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::activity::ActivityIo;
 use crate::context::{ConnCtx, Proxy};
 use crate::driver::{drive, http1_builder, request_span, Closed};
+use crate::original_dst::TransparentKind;
 use crate::record::{Channel, Hierarchy, Record, ResultCode};
 use crate::reload::Reloader;
 use crate::rewind::Rewind;
@@ -27,6 +28,11 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let span = tracing::debug_span!("conn", client = %ctx.client, listener = %ctx.local);
+    if let Some(dst) = ctx.original_dst.filter(|d| d.kind == TransparentKind::Tls) {
+        // A redirected TLS connection: no HTTP runs on it until the ClientHello is settled.
+        let serve = crate::http::serve_transparent_tls(proxy, ctx, stream, dst.addr);
+        return serve.instrument(span).await;
+    }
     serve_in_span(proxy, reloader, stream, ctx, shutdown)
         .instrument(span)
         .await;
@@ -114,5 +120,6 @@ fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
         error: None,
         channel: Channel::Plain,
         policy: None,
+        transparent: ctx.original_dst.map(|d| d.kind),
     });
 }

@@ -90,6 +90,8 @@ pub(crate) struct ConnCtx {
     pub(crate) auth: ConnAuth,
     /// This connection's private origin connection after NTLM/Negotiate to an origin.
     pub(crate) pinned: crate::pinned::PinnedOrigin,
+    /// Set on a transparent listener: where netfilter's redirect says the client was going.
+    pub(crate) original_dst: Option<crate::original_dst::OriginalDst>,
     _slot: OwnedSemaphorePermit,
     _client_slot: ClientSlot,
     /// Keeps `portcullis_active_client_connections` raised while the connection (or a tunnel
@@ -116,11 +118,21 @@ impl ConnCtx {
             activity: Activity::new(),
             auth: ConnAuth::default(),
             pinned: Default::default(),
+            original_dst: None,
             _slot: slot,
             _client_slot: client_slot,
             _active: metrics.connection_opened(),
             tunnel: OnceLock::new(),
         }
+    }
+
+    /// A connection a transparent listener accepted, redirected from `original_dst`.
+    pub(crate) fn with_original_dst(
+        mut self,
+        original_dst: Option<crate::original_dst::OriginalDst>,
+    ) -> ConnCtx {
+        self.original_dst = original_dst;
+        self
     }
 
     /// The connection now carries a tunnel (CONNECT or upgrade) until it is dropped.

@@ -99,6 +99,10 @@ pub(crate) enum ProxyError {
     /// a certificate).
     #[error("cannot mint a certificate: {0}")]
     CertificateMint(String),
+    /// Proxy authentication is on, and a transparently intercepted connection cannot be asked
+    /// for credentials (the client does not know it is talking to a proxy).
+    #[error("this network requires proxy authentication, which a connection without proxy settings cannot give: configure this device to use the proxy, or ask the administrator to exempt it (auth.exempt_clients)")]
+    TransparentAuth,
 }
 
 impl ProxyError {
@@ -120,7 +124,8 @@ impl ProxyError {
             ProxyError::PortNotAllowed { .. }
             | ProxyError::Loop(_)
             | ProxyError::Denied { .. }
-            | ProxyError::DestinationDenied { .. } => StatusCode::FORBIDDEN,
+            | ProxyError::DestinationDenied { .. }
+            | ProxyError::TransparentAuth => StatusCode::FORBIDDEN,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -150,6 +155,7 @@ impl ProxyError {
             } => Some("server.connect_ports"),
             ProxyError::PortNotAllowed { .. } => Some("server.http_ports"),
             ProxyError::DestinationDenied { .. } => Some("upstream.deny_networks"),
+            ProxyError::TransparentAuth => Some("server.transparent_auth"),
             _ => None,
         }
     }
@@ -179,6 +185,7 @@ impl ProxyError {
             ProxyError::ClientTlsAborted(_) => "client-tls-aborted",
             ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
             ProxyError::CertificateMint(_) => "certificate-mint-failed",
+            ProxyError::TransparentAuth => "transparent-auth-required",
         }
     }
 }

@@ -28,6 +28,7 @@ mod limits;
 mod m365_cache;
 mod m365_feed;
 mod metrics;
+mod original_dst;
 mod netfilter_cmd;
 mod pinned;
 mod policy_cmd;

@@ -162,6 +162,8 @@ fn spec(common: &Common) -> anyhow::Result<NetfilterSpec> {
     let config = load_config(common.config.as_deref())?;
     let facts = NetfilterFacts {
         proxy_listen: config.server.listen.clone(),
+        transparent_http: config.server.transparent_http_listen.clone(),
+        transparent_tls: config.server.transparent_tls_listen.clone(),
     };
     let mode = common.mode.map(|m| match m {
         ModeArg::Gateway => Mode::Gateway,

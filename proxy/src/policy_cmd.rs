@@ -46,6 +46,13 @@ pub struct ExplainArgs {
     /// config's `[resolve]`, `upstream.hosts_file`, then the system resolver.
     #[arg(long, value_name = "IP")]
     pub resolved: Vec<IpAddr>,
+    /// Explain a connection redirected to a transparent listener whose original destination
+    /// is this address: the URL's host is then what the client named (the `Host` header for
+    /// http, the SNI for https), used only if it resolves to this address as the proxy would
+    /// resolve it; otherwise the decision is on the address alone. Shows what happens with
+    /// authentication, which such a connection cannot be asked for.
+    #[arg(long, value_name = "DEST_IP")]
+    pub transparent: Option<IpAddr>,
 }
 
 /// Looks a host up as the proxy would; `Err` says why it could not.
@@ -70,7 +77,14 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                     .map(|addrs| addrs.iter().map(|a| a.ip()).collect())
                     .map_err(|e| e.to_string())
             };
-            print!("{}", explain(&policy, &args, &lookup)?);
+            let text = match args.transparent {
+                Some(dest) => {
+                    let auth = transparent::AuthView::new(&config, args.client);
+                    transparent::explain(&policy, &args, &lookup, dest, auth)?
+                }
+                None => explain(&policy, &args, &lookup)?,
+            };
+            print!("{text}");
             Ok(())
         }
     }
@@ -251,20 +265,20 @@ fn join(addrs: &[IpAddr]) -> String {
         .join(", ")
 }
 
-fn indent(text: &str) -> String {
+pub(crate) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 /// The parts of `--url` a decision needs.
-struct Url {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
+pub(crate) struct Url {
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
 }
 
 impl Url {
-    fn parse(url: &str) -> anyhow::Result<Url> {
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Url> {
         let bad = |why: &str| anyhow::anyhow!("--url {url:?}: {why}");
         let (tls, rest) = match url.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
@@ -294,3 +308,4 @@ impl Url {
 
 #[cfg(test)]
 mod tests;
+mod transparent;

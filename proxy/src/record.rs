@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use portcullis_policy::ExchangeClass;
+
+use crate::original_dst::TransparentKind;
 use serde::{Serialize, Serializer};
 
 /// Squid's result code (`%Ss`).
@@ -54,6 +56,9 @@ pub(crate) enum Hierarchy {
     Direct,
     /// Answered without an origin (error pages, 407, the proxy's own pages).
     None,
+    /// A transparently intercepted connection's origin: its original destination (Squid's
+    /// `ORIGINAL_DST`), whatever name the client gave.
+    OriginalDst,
 }
 
 impl Hierarchy {
@@ -61,6 +66,7 @@ impl Hierarchy {
         match self {
             Hierarchy::Direct => "HIER_DIRECT",
             Hierarchy::None => "HIER_NONE",
+            Hierarchy::OriginalDst => "ORIGINAL_DST",
         }
     }
 }
@@ -139,6 +145,14 @@ pub(crate) struct Record {
     /// the policy ran (malformed, 407 challenges).
     #[serde(flatten)]
     pub(crate) policy: Option<PolicyNote>,
+    /// Set for transactions from a transparent listener: the JSON log's `listener` and the
+    /// metrics' `listener` label.
+    #[serde(
+        rename = "listener",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_str_listener"
+    )]
+    pub(crate) transparent: Option<TransparentKind>,
 }
 
 impl Record {
@@ -156,7 +170,7 @@ impl Record {
 
     /// Whether bytes moved between the proxy and an origin (the upstream byte counters).
     pub(crate) fn reached_origin(&self) -> bool {
-        self.hierarchy == Hierarchy::Direct
+        matches!(self.hierarchy, Hierarchy::Direct | Hierarchy::OriginalDst)
     }
 }
 
@@ -166,6 +180,13 @@ fn as_str_result<S: Serializer>(code: &ResultCode, s: S) -> Result<S::Ok, S::Err
 
 fn as_str_hierarchy<S: Serializer>(code: &Hierarchy, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(code.as_str())
+}
+
+fn as_str_listener<S: Serializer>(kind: &Option<TransparentKind>, s: S) -> Result<S::Ok, S::Error> {
+    match kind {
+        Some(kind) => s.serialize_str(kind.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_str_exchange<S: Serializer>(class: &Option<ExchangeClass>, s: S) -> Result<S::Ok, S::Error> {
@@ -241,6 +262,7 @@ mod tests {
             error: None,
             channel,
             policy: None,
+            transparent: None,
         }
     }
 
@@ -305,11 +327,18 @@ mod tests {
         }
         assert_eq!(Hierarchy::Direct.as_str(), "HIER_DIRECT");
         assert_eq!(Hierarchy::None.as_str(), "HIER_NONE");
+        assert_eq!(Hierarchy::OriginalDst.as_str(), "ORIGINAL_DST");
         let mut r = record(ResultCode::TcpDenied, Channel::Plain);
         r.hierarchy = Hierarchy::Direct;
         let json = serde_json::to_value(&r).unwrap_or_default();
         assert_eq!(json["result"], "TCP_DENIED");
         assert_eq!(json["hierarchy"], "HIER_DIRECT");
         assert!(json.get("channel").is_none());
+        assert!(json.get("listener").is_none(), "only transparent lines name it");
+        r.transparent = Some(TransparentKind::Tls);
+        r.hierarchy = Hierarchy::OriginalDst;
+        let json = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(json["listener"], "transparent_tls");
+        assert_eq!(json["hierarchy"], "ORIGINAL_DST");
     }
 }

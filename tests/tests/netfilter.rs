@@ -684,8 +684,12 @@ fn intercept_scenario(backend: Backend) {
         return;
     }
     let lab = lab_with_listeners(&[3129, 3130]);
-    let extra = "[netfilter.intercept]\nenabled = true\nhttp_port = 3129\nhttps_port = 3130\n";
-    let config = lab.write_config(&lab_config(extra));
+    // The redirects go to the transparent listeners' ports (socat stands in for them here;
+    // tests/tests/transparent.rs runs the real ones).
+    let extra = "[netfilter.intercept]\nenabled = true\n";
+    let listeners = "[server]\ntransparent_http_listen = [\"0.0.0.0:3129\", \"[::]:3129\"]\n\
+                     transparent_tls_listen = [\"0.0.0.0:3130\", \"[::]:3130\"]\n";
+    let config = lab.write_config(&lab_config(extra).replacen("[server]\n", listeners, 1));
     lab.reachable(&[("tcp", "10.77.2.2", 80), ("tcp", "fd77:2::2", 80)]);
     ok(
         lab.portcullis(&["apply", "--config", &config, "--format", backend.arg()]),

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::model::{Mode, NetfilterConfig, PortSpec, ProxyUser};
 use super::services::{builtin_group, builtin_service};
 use super::spec::{
-    Direct, Family, Intercept, Lan, Nat, NetfilterFacts, NetfilterSpec, PortEntry, PortSet, Web,
+    Direct, Family, Lan, Nat, NetfilterFacts, NetfilterSpec, PortEntry, PortSet, Web,
 };
 
 /// Why a `[netfilter]` section cannot be turned into rules. `key` is the config path.
@@ -59,9 +59,9 @@ impl CompileError {
     }
 }
 
-const P: &str = "netfilter";
+pub(super) const P: &str = "netfilter";
 
-fn invalid(key: String, reason: impl Into<String>) -> CompileError {
+pub(super) fn invalid(key: String, reason: impl Into<String>) -> CompileError {
     CompileError::Invalid {
         key,
         reason: reason.into(),
@@ -154,35 +154,7 @@ pub fn compile(
         (user, _) => user.clone(),
     };
 
-    let intercept = if config.intercept.enabled {
-        let ic = &config.intercept;
-        if mode != Mode::Gateway {
-            return Err(CompileError::GatewayOnly {
-                key: format!("{P}.intercept.enabled"),
-                what: "transparent interception",
-            });
-        }
-        for (key, port) in [("http_port", ic.http_port), ("https_port", ic.https_port)] {
-            if port == 0 {
-                return Err(invalid(
-                    format!("{P}.intercept.{key}"),
-                    "port 0 is not valid",
-                ));
-            }
-        }
-        if ic.http_port == ic.https_port {
-            return Err(invalid(
-                format!("{P}.intercept.https_port"),
-                "must differ from http_port: the proxy tells HTTP from TLS by the listener",
-            ));
-        }
-        Some(Intercept {
-            http_port: ic.http_port,
-            https_port: ic.https_port,
-        })
-    } else {
-        None
-    };
+    let intercept = super::intercept::compile(&config.intercept, facts, mode)?;
 
     let nat = compile_nat(config, mode)?;
 

@@ -220,9 +220,10 @@ fn tables(spec: &NetfilterSpec, fam: Family) -> Tables {
         "ACCEPT",
     );
     if let Some(ic) = spec.intercept {
+        let ports: Vec<String> = ic.listener_ports().iter().map(u16::to_string).collect();
         let m = format!(
-            "-p tcp -m multiport --dports {},{} -m conntrack --ctstate DNAT",
-            ic.http_port, ic.https_port
+            "-p tcp -m multiport --dports {} -m conntrack --ctstate DNAT",
+            ports.join(",")
         );
         input_lan.rule(
             &m,
@@ -355,6 +356,11 @@ fn lan_jumps(c: &mut Chain, spec: &NetfilterSpec, fam: Family, target: &str) {
 }
 
 fn direct_and_web(c: &mut Chain, spec: &NetfilterSpec, fam: Family) {
+    if spec.intercept.is_some_and(|ic| ic.reject_quic) {
+        // Before any direct rule: QUIC must fall back to TCP, which is intercepted.
+        let why = "QUIC: fall back to TCP, which is intercepted (intercept.reject_quic)";
+        c.rule("-p udp --dport 443", why, "REJECT");
+    }
     for d in &spec.direct {
         let Some(to) = scope(&d.to, fam) else {
             continue;
@@ -416,7 +422,7 @@ fn nat(spec: &NetfilterSpec, fam: Family) -> Vec<Chain> {
         lan_jumps(&mut pre, spec, fam, "PRE-LAN");
         let mut lan = Chain::new("PRE-LAN", None);
         // Traffic to the gateway's own addresses must not loop into the proxy.
-        for (port, to) in [(80, ic.http_port), (443, ic.https_port)] {
+        for (port, to) in ic.redirects() {
             let m = format!("-p tcp --dport {port} -m addrtype ! --dst-type LOCAL");
             let why = format!("transparent interception: tcp/{port}");
             lan.rule(&m, &why, &format!("REDIRECT --to-ports {to}"));

@@ -13,6 +13,7 @@
 //! [`OUTLOOK_NOTE`]).
 
 mod compile;
+mod intercept;
 pub mod iptables;
 mod model;
 pub mod nft;

@@ -145,20 +145,30 @@ pub struct ServiceDef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterceptConfig {
-    /// Off by default: interception needs the proxy's transparent listeners to be running.
+    /// Off by default: interception needs the proxy's transparent listeners
+    /// (`server.transparent_http_listen`, `server.transparent_tls_listen`), whose ports the
+    /// redirects use.
     pub enabled: bool,
-    /// Local port LAN tcp/80 is redirected to.
-    pub http_port: u16,
-    /// Local port LAN tcp/443 is redirected to.
-    pub https_port: u16,
+    /// Optional: the port LAN tcp/80 is redirected to. Must be the HTTP listener's port; it is
+    /// taken from `server.transparent_http_listen` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    /// Optional: the port LAN tcp/443 is redirected to; as `http_port`, for
+    /// `server.transparent_tls_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+    /// Reject UDP 443 (QUIC) from the LAN, so that browsers and Office fall back to TCP, which
+    /// is intercepted.
+    pub reject_quic: bool,
 }
 
 impl Default for InterceptConfig {
     fn default() -> Self {
         InterceptConfig {
             enabled: false,
-            http_port: 3129,
-            https_port: 3130,
+            http_port: None,
+            https_port: None,
+            reject_quic: true,
         }
     }
 }

@@ -300,11 +300,9 @@ fn input(out: &mut String, spec: &NetfilterSpec) {
         c.rule("tcp dport @proxy_ports accept", "the proxy's listeners");
     }
     if let Some(ic) = spec.intercept {
+        let ports: Vec<String> = ic.listener_ports().iter().map(u16::to_string).collect();
         c.rule(
-            &format!(
-                "ct status dnat tcp dport {{ {}, {} }} accept",
-                ic.http_port, ic.https_port
-            ),
+            &format!("ct status dnat tcp dport {{ {} }} accept", ports.join(", ")),
             "transparent interception listeners (redirected only)",
         );
     }
@@ -359,6 +357,13 @@ fn output(out: &mut String, spec: &NetfilterSpec) {
 }
 
 fn direct_and_web(c: &mut Chain, spec: &NetfilterSpec) {
+    if spec.intercept.is_some_and(|ic| ic.reject_quic) {
+        // Before any direct rule: QUIC must fall back to TCP, which is intercepted.
+        c.rule(
+            "udp dport 443 reject",
+            "QUIC: fall back to TCP, which is intercepted (intercept.reject_quic)",
+        );
+    }
     for (k, d) in spec.direct.iter().enumerate() {
         direct(c, k, d);
     }
@@ -438,7 +443,7 @@ fn nat(out: &mut String, spec: &NetfilterSpec) {
         let mut c = Chain::regular("prerouting_lan");
         // Traffic to the gateway's own addresses (a PAC file, the admin UI) is not web traffic
         // leaving the LAN and must not loop into the proxy.
-        for (port, to) in [(80, ic.http_port), (443, ic.https_port)] {
+        for (port, to) in ic.redirects() {
             let rule = format!("fib daddr type != local tcp dport {port} redirect to :{to}");
             c.rule(&rule, &format!("transparent interception: tcp/{port}"));
         }

@@ -13,6 +13,10 @@ use super::model::{ChainPolicy, Mode, PortSpec, ProxyUser, WebAction};
 pub struct NetfilterFacts {
     /// `server.listen` of the proxy config.
     pub proxy_listen: Vec<std::net::SocketAddr>,
+    /// `server.transparent_http_listen`: where redirected tcp/80 must go.
+    pub transparent_http: Vec<std::net::SocketAddr>,
+    /// `server.transparent_tls_listen`: where redirected tcp/443 must go.
+    pub transparent_tls: Vec<std::net::SocketAddr>,
 }
 
 /// Everything a renderer needs; every list is sorted and free of duplicates.
@@ -156,11 +160,28 @@ pub struct Web {
     pub udp: Vec<PortSpec>,
 }
 
-/// Transparent interception targets (local ports).
+/// Transparent interception targets (the transparent listeners' ports); a port is `None` when
+/// no listener of that kind is configured, and its traffic is then not redirected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Intercept {
-    pub http_port: u16,
-    pub https_port: u16,
+    pub http_port: Option<u16>,
+    pub https_port: Option<u16>,
+    /// Reject UDP 443 from the LAN, so QUIC falls back to TCP, which is intercepted.
+    pub reject_quic: bool,
+}
+
+impl Intercept {
+    /// `(web port, listener port)` for each redirect.
+    pub fn redirects(&self) -> impl Iterator<Item = (u16, u16)> {
+        [(80, self.http_port), (443, self.https_port)]
+            .into_iter()
+            .filter_map(|(port, to)| Some((port, to?)))
+    }
+
+    /// The listener ports, for the INPUT rule accepting redirected connections.
+    pub fn listener_ports(&self) -> Vec<u16> {
+        self.redirects().map(|(_, to)| to).collect()
+    }
 }
 
 /// A one-to-one NAT mapping.

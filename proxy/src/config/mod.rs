@@ -32,7 +32,7 @@ pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
-    M365Config, ServerConfig, Timeouts, UpstreamConfig,
+    M365Config, ServerConfig, Timeouts, TransparentAuth, UpstreamConfig,
 };
 pub(crate) use tls::TlsConfig;
 pub(crate) use upgrade::UpgradeProtocol;

@@ -84,6 +84,28 @@ pub struct ServerConfig {
     /// listed is stripped from the request; `h2c` can never be listed (it would carry HTTP/2
     /// requests past both).
     pub allowed_upgrades: Vec<super::UpgradeProtocol>,
+    /// Transparent HTTP listeners: connections redirected here by netfilter (`redirect`,
+    /// `REDIRECT`) carry origin-form requests; the destination is the connection's original
+    /// one (`SO_ORIGINAL_DST`). Empty: none. See README "Transparent mode".
+    pub transparent_http_listen: Vec<SocketAddr>,
+    /// Transparent TLS listeners (redirected port 443): the ClientHello's SNI and the original
+    /// destination decide tunnel, inspect or deny.
+    pub transparent_tls_listen: Vec<SocketAddr>,
+    /// What happens on a transparent connection when proxy authentication is configured and
+    /// neither the client (`auth.exempt_clients`) nor the destination (the policy) is exempt:
+    /// credentials cannot be asked for there. `deny` (the default) refuses with a page saying
+    /// so; `exempt` lets such connections through unauthenticated.
+    pub transparent_auth: TransparentAuth,
+}
+
+/// `server.transparent_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransparentAuth {
+    /// Refuse (403 `transparent-auth-required`).
+    Deny,
+    /// Pass unauthenticated: the admin's explicit choice.
+    Exempt,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +125,9 @@ impl Default for ServerConfig {
             connect_ports: vec![443],
             http_ports: crate::ports::squid_safe_ports(),
             allowed_upgrades: vec![super::UpgradeProtocol::websocket()],
+            transparent_http_listen: Vec::new(),
+            transparent_tls_listen: Vec::new(),
+            transparent_auth: TransparentAuth::Deny,
         }
     }
 }

@@ -88,7 +88,7 @@ pub(super) async fn handle(
             super::inspect::run(proxy_task, conn, txn, client, upstream, target, plan).await;
             return;
         }
-        let client = TunnelClient::new(client, bytes::Bytes::new());
+        let client = TunnelClient::upgraded(client, bytes::Bytes::new());
         relay_and_log(&proxy_task, conn, txn, client, upstream, idle).await;
     });
     let mut response = Response::new(body::empty());

@@ -18,9 +18,11 @@ mod local;
 mod max_forwards;
 mod pages;
 pub(crate) mod target;
+mod transparent;
 mod txn;
 pub(crate) mod upgrade;
 
+pub(crate) use inspect::serve_transparent as serve_transparent_tls;
 pub(crate) use txn::{Outcome, Txn};
 
 use std::net::IpAddr;
@@ -45,6 +47,10 @@ pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Some(dst) = conn.original_dst {
+        // A transparent HTTP listener: origin-form requests for the original destination.
+        return transparent::handle(proxy, conn, req, dst.addr).await;
+    }
     let in_flight = conn.activity.begin_request();
     let mut txn = Txn::new(&conn, &req);
     if let Err(e) = crate::headers::check_transfer_coding(req.headers()) {

@@ -16,6 +16,7 @@ use crate::activity::InFlight;
 use crate::body::{CountedBody, OnBodyDone, ProxyBody};
 use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
+use crate::original_dst::TransparentKind;
 use crate::record::{Channel, Hierarchy, PolicyNote, Record, ResultCode};
 
 /// What the access log needs to know about one transaction, gathered as it goes.
@@ -30,6 +31,8 @@ pub(crate) struct Txn {
     policy: Option<PolicyNote>,
     /// The policy gave this transaction Outlook's long timeouts.
     long_poll: bool,
+    /// Came through a transparent listener: the origin is logged as `ORIGINAL_DST`.
+    transparent: Option<TransparentKind>,
 }
 
 /// How a transaction ended, for the access log.
@@ -58,7 +61,7 @@ impl Outcome {
         }
     }
 
-    fn failed(err: &ProxyError) -> Outcome {
+    pub(crate) fn failed(err: &ProxyError) -> Outcome {
         Outcome {
             result: if err.status() == http::StatusCode::FORBIDDEN {
                 ResultCode::TcpDenied
@@ -76,20 +79,37 @@ impl Txn {
     /// A request decrypted from an intercepted tunnel, logged with its full `https://` URL and
     /// the user who opened the tunnel.
     pub(crate) fn intercepted(
-        client: IpAddr,
+        conn: &ConnCtx,
         method: &http::Method,
         url: String,
         user: Option<String>,
     ) -> Txn {
         Txn {
             start: Instant::now(),
-            client,
+            client: conn.client.ip(),
             channel: Channel::Inspected,
             method: method.as_str().to_owned(),
             url,
             user,
             policy: None,
             long_poll: false,
+            transparent: conn.original_dst.map(|d| d.kind),
+        }
+    }
+
+    /// A connection on a transparent TLS listener, logged as the CONNECT it stands for
+    /// (`CONNECT host:port`) until the ClientHello says more.
+    pub(crate) fn transparent_tls(conn: &ConnCtx, authority: String) -> Txn {
+        Txn {
+            start: Instant::now(),
+            client: conn.client.ip(),
+            channel: Channel::Tunnel,
+            method: "CONNECT".to_owned(),
+            url: authority,
+            user: None,
+            policy: None,
+            long_poll: false,
+            transparent: conn.original_dst.map(|d| d.kind),
         }
     }
 
@@ -108,6 +128,7 @@ impl Txn {
             user: None,
             policy: None,
             long_poll: false,
+            transparent: conn.original_dst.map(|d| d.kind),
         }
     }
 
@@ -116,7 +137,7 @@ impl Txn {
     }
 
     /// Replaces the logged URL (the proxy's own pages: origin-form targets made absolute).
-    pub(super) fn set_url(&mut self, url: String) {
+    pub(crate) fn set_url(&mut self, url: String) {
         self.url = url;
     }
 
@@ -163,12 +184,17 @@ impl Txn {
             method: self.method,
             url: self.url,
             user: self.user,
-            hierarchy: outcome.hierarchy,
+            // A transparent connection's origin is its original destination, always.
+            hierarchy: match (outcome.hierarchy, self.transparent) {
+                (Hierarchy::Direct, Some(_)) => Hierarchy::OriginalDst,
+                (hierarchy, _) => hierarchy,
+            },
             peer: outcome.peer,
             content_type,
             error: outcome.error,
             channel: self.channel,
             policy: self.policy,
+            transparent: self.transparent,
         }
     }
 

@@ -18,20 +18,29 @@ pub(crate) enum FirstBytes {
 }
 
 /// Reads the client's first bytes. Gives up waiting when the origin speaks first (SMTP, IMAP
-/// banners) or after `wait`; either way the tunnel is then relayed untouched.
+/// banners) or after `wait`; either way the tunnel is then relayed untouched. `upstream` is
+/// `None` on a transparent connection, whose origin is not dialled before the decision.
 pub(crate) async fn peek<C: AsyncRead + Unpin>(
     client: &mut C,
-    upstream: &TcpStream,
+    upstream: Option<&TcpStream>,
     wait: Duration,
 ) -> FirstBytes {
     let mut buf = BytesMut::with_capacity(4096);
     let mut probe = [0u8; 1];
+    let origin_spoke = async {
+        match upstream {
+            Some(upstream) => {
+                let _ = upstream.peek(&mut probe).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         read = tokio::time::timeout(wait, client.read_buf(&mut buf)) => match read {
             Ok(Ok(n)) if n > 0 && buf[0] == 0x16 => FirstBytes::Tls(buf),
             _ => FirstBytes::Other(buf.freeze()),
         },
-        _ = upstream.peek(&mut probe) => FirstBytes::Other(buf.freeze()),
+        () = origin_spoke => FirstBytes::Other(buf.freeze()),
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod families;
 mod sources;
+mod transparent;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,6 +136,7 @@ pub(crate) struct Metrics {
     auth: AuthFamilies,
     tls: Tls,
     config: ConfigFamilies,
+    transparent: transparent::TransparentFamilies,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -156,6 +158,7 @@ impl Metrics {
             auth: AuthFamilies::register(&registry)?,
             tls: Tls::register(&registry)?,
             config: ConfigFamilies::register(&registry)?,
+            transparent: transparent::TransparentFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
             process: process_registry()?,
@@ -195,6 +198,7 @@ impl Metrics {
             r.upstream_received.inc_by(record.bytes);
             r.upstream_sent.inc_by(record.bytes_in);
         }
+        self.transparent.observe(record);
     }
 
     /// A policy rule named `rule` decided `decision`. Rule names come from the config file,

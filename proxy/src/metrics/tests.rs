@@ -40,6 +40,7 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
             Channel::Plain
         },
         policy: None,
+        transparent: None,
     }
 }
 

@@ -13,6 +13,7 @@ fn args(url: &str) -> ExplainArgs {
         user: None,
         sni: None,
         resolved: Vec::new(),
+        transparent: None,
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Bound;
 use crate::context::ConnCtx;
+use crate::original_dst::{OriginalDst, TransparentKind};
 use crate::reload::Reloader;
 use crate::rewind::Rewind;
 
@@ -26,7 +27,9 @@ pub(super) fn start_accepting(
     listeners
         .into_iter()
         .map(|bound| {
-            if bound.proxy_protocol {
+            if let Some(kind) = bound.transparent {
+                tracing::info!("{} listener on {}", kind.as_str(), bound.addr);
+            } else if bound.proxy_protocol {
                 tracing::info!("PROXY protocol listener on {}", bound.addr);
             } else {
                 tracing::info!("listening on {}", bound.addr);
@@ -64,6 +67,7 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
         listener,
         addr: local,
         proxy_protocol,
+        transparent,
     } = bound;
     loop {
         let accepted = tokio::select! {
@@ -80,6 +84,13 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(kind) = transparent {
+            if let Some(dst) = original_dst(&reloader, &stream, peer, kind) {
+                let stream = Rewind::new(Bytes::new(), stream);
+                admit(&reloader, stream, peer, local, &admission, Some(dst));
+            }
+            continue;
+        }
         if !proxy_protocol {
             admit(
                 &reloader,
@@ -87,6 +98,7 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
                 peer,
                 local,
                 &admission,
+                None,
             );
             continue;
         }
@@ -99,7 +111,7 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
             match crate::proxy_protocol::read_header(&mut stream, peer, &server.proxy_protocol_trusted, wait).await {
                 Ok((client, rest)) => {
                     tracing::trace!(%peer, %client, "PROXY protocol header");
-                    admit(&reloader, Rewind::new(rest, stream), client, local, &admission);
+                    admit(&reloader, Rewind::new(rest, stream), client, local, &admission, None);
                 }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "closing a connection on a PROXY protocol listener");
@@ -109,13 +121,35 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
     }
 }
 
-/// Admits one client connection against the limits and serves it.
+/// Where a connection on a transparent listener was going; `None` (closed, with a warning)
+/// when it was not redirected or would loop back into this proxy.
+fn original_dst(
+    reloader: &Reloader,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    kind: TransparentKind,
+) -> Option<OriginalDst> {
+    let proxy = reloader.current();
+    let local = stream.local_addr().ok()?;
+    match crate::original_dst::lookup(stream, local, &proxy.listen_addrs) {
+        Ok(addr) => Some(OriginalDst { kind, addr }),
+        Err(e) => {
+            tracing::warn!(%peer, listener = kind.as_str(), error = %e, "closing a connection on a transparent listener");
+            proxy.metrics.transparent_refused(kind);
+            None
+        }
+    }
+}
+
+/// Admits one client connection against the limits and serves it; `transparent`: where a
+/// redirected connection was going.
 fn admit(
     reloader: &Arc<Reloader>,
     stream: Rewind<TcpStream>,
     client: SocketAddr,
     local: SocketAddr,
     admission: &Admission,
+    transparent: Option<OriginalDst>,
 ) {
     let proxy = reloader.current();
     let Ok(slot) = Arc::clone(&admission.slots).try_acquire_owned() else {
@@ -139,7 +173,8 @@ fn admit(
         slot,
         client_slot,
         &proxy.metrics,
-    ));
+    )
+    .with_original_dst(transparent));
     let tasks = proxy.tasks.clone();
     tasks.spawn(crate::conn::serve(
         proxy,

@@ -5,15 +5,22 @@
 use std::net::SocketAddr;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::net::TcpListener;
 
 /// Binds `addr` with a listen queue of `backlog` (tokio's `TcpListener::bind` uses 128, which
 /// a burst of reconnecting clients overflows), warning when the kernel caps it lower.
-pub(super) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// `v6_only` lets an IPv6 listener share its port with an IPv4 one (the transparent
+/// listeners, where each family reads its own original-destination option).
+pub(super) fn bind(addr: SocketAddr, backlog: u32, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
-        tokio::net::TcpSocket::new_v6()?
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        if v6_only {
+            setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+        }
+        socket
     };
     // As `TcpListener::bind`: a restarted proxy can bind again while old connections linger.
     socket.set_reuseaddr(true)?;

@@ -18,6 +18,7 @@ use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 
 mod accept;
 mod listen;
+mod transparent;
 
 use accept::{start_accepting, Admission};
 
@@ -154,9 +155,10 @@ pub(crate) async fn run(
 fn listeners_summary(listeners: &[Bound], admin: Option<SocketAddr>) -> String {
     let mut parts: Vec<String> = listeners
         .iter()
-        .map(|l| match l.proxy_protocol {
-            false => format!("proxy {}", l.addr),
-            true => format!("proxy {} (PROXY protocol)", l.addr),
+        .map(|l| match (l.proxy_protocol, l.transparent) {
+            (_, Some(kind)) => format!("{} {}", kind.as_str(), l.addr),
+            (false, None) => format!("proxy {}", l.addr),
+            (true, None) => format!("proxy {} (PROXY protocol)", l.addr),
         })
         .collect();
     parts.push(match admin {
@@ -226,9 +228,11 @@ struct Bound {
     addr: SocketAddr,
     /// Every connection starts with a PROXY protocol header naming the client.
     proxy_protocol: bool,
+    /// A transparent listener: connections were redirected by netfilter.
+    transparent: Option<crate::original_dst::TransparentKind>,
 }
 
-/// Binds `server.listen`, then `server.proxy_protocol_listen`.
+/// Binds `server.listen`, then `server.proxy_protocol_listen`, then the transparent listeners.
 fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
     let server = &config.server;
     let plain = server.listen.iter().map(|a| (a, false));
@@ -241,7 +245,7 @@ fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
             "server.listen"
         };
         let listener =
-            listen::bind(*addr, server.listen_backlog).map_err(|error| StartError::Listen {
+            listen::bind(*addr, server.listen_backlog, false).map_err(|error| StartError::Listen {
                 addr: *addr,
                 key,
                 error,
@@ -250,8 +254,10 @@ fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
             addr: listener.local_addr()?,
             listener,
             proxy_protocol,
+            transparent: None,
         });
     }
+    bound.extend(transparent::bind(server)?);
     Ok(bound)
 }
 

@@ -23,16 +23,66 @@ use crate::rewind::Rewind;
 /// The I/O type the client listener hands hyper, recovered from an upgraded connection.
 type ClientIo = TokioIo<ActivityIo<Rewind<TcpStream>>>;
 
-/// The client end of a CONNECT tunnel: the upgraded connection, and the bytes already read
-/// from it (a peeked ClientHello), which go to the origin first.
+/// The client side of a tunnel: hyper's upgraded connection (a CONNECT), or the socket a
+/// transparent TLS listener accepted (no HTTP ever ran on it).
+pub(crate) enum ClientStream {
+    Upgraded(TokioIo<Upgraded>),
+    Accepted(Rewind<TcpStream>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            ClientStream::Accepted(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            ClientStream::Accepted(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            ClientStream::Accepted(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            ClientStream::Accepted(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The client end of a tunnel, and the bytes already read from it (a peeked ClientHello),
+/// which go to the origin first.
 pub(crate) struct TunnelClient {
-    upgraded: Upgraded,
+    client: ClientStream,
     prefix: Bytes,
 }
 
 impl TunnelClient {
-    pub(crate) fn new(upgraded: Upgraded, prefix: Bytes) -> TunnelClient {
-        TunnelClient { upgraded, prefix }
+    pub(crate) fn new(client: ClientStream, prefix: Bytes) -> TunnelClient {
+        TunnelClient { client, prefix }
+    }
+
+    /// A CONNECT's upgraded connection.
+    pub(crate) fn upgraded(upgraded: Upgraded, prefix: Bytes) -> TunnelClient {
+        TunnelClient::new(ClientStream::Upgraded(TokioIo::new(upgraded)), prefix)
     }
 }
 
@@ -124,25 +174,38 @@ pub(crate) async fn relay_tunnel(
     upstream: TcpStream,
     idle: Duration,
 ) -> RelayStats {
-    let parts = match client.upgraded.downcast::<ClientIo>() {
-        Ok(parts) => parts,
-        Err(upgraded) => {
-            let client = Rewind::new(client.prefix, TokioIo::new(upgraded));
-            return relay(client, upstream, idle).await;
+    let (prefix, tcp) = match client.client {
+        ClientStream::Upgraded(io) => match io.into_inner().downcast::<ClientIo>() {
+            Ok(parts) => {
+                // In the order the client sent them: what was peeked (which starts with
+                // hyper's buffered bytes), what is left of hyper's buffer, what the listener's
+                // rewind still holds.
+                let (unread, tcp) = parts.io.into_inner().into_inner().into_parts();
+                (concat([client.prefix, parts.read_buf, unread]), tcp)
+            }
+            Err(upgraded) => {
+                let client = Rewind::new(client.prefix, TokioIo::new(upgraded));
+                return relay(client, upstream, idle).await;
+            }
+        },
+        ClientStream::Accepted(rewind) => {
+            let (unread, tcp) = rewind.into_parts();
+            (concat([client.prefix, unread]), tcp)
         }
     };
-    // In the order the client sent them: what was peeked (which starts with hyper's buffered
-    // bytes), what is left of hyper's buffer, what the listener's rewind still holds.
-    let (unread, tcp) = parts.io.into_inner().into_inner().into_parts();
-    let prefix = [client.prefix, parts.read_buf, unread]
+    splice::relay(tcp, prefix, upstream, idle).await
+}
+
+/// The non-empty pieces, in order, as one buffer.
+fn concat<const N: usize>(pieces: [Bytes; N]) -> Bytes {
+    pieces
         .into_iter()
         .filter(|b| !b.is_empty())
         .fold(bytes::BytesMut::new(), |mut all, b| {
             all.extend_from_slice(&b);
             all
         })
-        .freeze();
-    splice::relay(tcp, prefix, upstream, idle).await
+        .freeze()
 }
 
 /// Drives `relay` to its end, or stops it once nothing has moved (`last`, on the [`now_ms`]

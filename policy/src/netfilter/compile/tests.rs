@@ -14,6 +14,8 @@ fn facts() -> NetfilterFacts {
             "10.0.0.1:3128".parse().unwrap(),
             "[::]:8080".parse().unwrap(),
         ],
+        transparent_http: vec!["0.0.0.0:3129".parse().unwrap(), "[::]:3129".parse().unwrap()],
+        transparent_tls: vec!["0.0.0.0:3130".parse().unwrap()],
     }
 }
 
@@ -94,7 +96,8 @@ fn rejections_name_their_key() {
             "netfilter.intercept.enabled",
             "needs gateway mode",
         ),
-        ("[intercept]\nenabled = true\nhttps_port = 3129\n", "netfilter.intercept.https_port", "differ"),
+        ("[intercept]\nenabled = true\nhttps_port = 3129\n", "netfilter.intercept.https_port", "listens on port 3130"),
+        ("[intercept]\nenabled = true\nhttp_port = 8080\n", "netfilter.intercept.http_port", "leave it unset"),
         ("[intercept]\nenabled = true\nhttp_port = 0\n", "netfilter.intercept.http_port", "port 0"),
         (
             "[[one_to_one_nat]]\nname = \"x\"\npublic = \"192.0.2.1\"\nprivate = \"fd00::1\"\n",
@@ -259,4 +262,58 @@ fn config_round_trips_through_toml() {
     );
     let text = toml::to_string(&cfg).unwrap();
     assert_eq!(parse(&text), cfg, "{text}");
+}
+
+#[test]
+fn intercept_redirects_to_the_transparent_listeners_ports() {
+    let spec = ok("[intercept]\nenabled = true\n");
+    let ic = spec.intercept.unwrap();
+    assert_eq!(ic.redirects().collect::<Vec<_>>(), [(80, 3129), (443, 3130)]);
+    assert!(ic.reject_quic, "on by default with interception");
+    let nft = crate::netfilter::nft::render(&spec);
+    assert!(nft.contains("tcp dport 80 redirect to :3129"), "{nft}");
+    assert!(nft.contains("tcp dport 443 redirect to :3130"), "{nft}");
+    assert!(nft.contains("udp dport 443 reject"), "{nft}");
+    let v4 = crate::netfilter::iptables::render(&spec, Family::V4);
+    assert!(v4.contains("-p udp --dport 443"), "{v4}");
+    assert!(v4.contains("REDIRECT --to-ports 3130"), "{v4}");
+    let off = ok("[intercept]\nenabled = true\nreject_quic = false\n");
+    assert!(!crate::netfilter::nft::render(&off).contains("udp dport 443 reject"));
+    // Only the HTTP listener: only port 80 is redirected (443 stays under the web rules).
+    let mut only_http = facts();
+    only_http.transparent_tls.clear();
+    let spec = compile(&parse("[intercept]\nenabled = true\n"), &only_http, None).unwrap();
+    assert_eq!(spec.intercept.unwrap().redirects().collect::<Vec<_>>(), [(80, 3129)]);
+}
+
+#[test]
+fn intercept_refuses_to_redirect_where_nothing_listens() {
+    let cfg = parse("[intercept]\nenabled = true\n");
+    let none = NetfilterFacts {
+        transparent_http: Vec::new(),
+        transparent_tls: Vec::new(),
+        ..facts()
+    };
+    let err = compile(&cfg, &none, None).unwrap_err();
+    assert_eq!(err.key(), "netfilter.intercept.enabled", "{err}");
+    assert!(err.to_string().contains("no transparent listener"), "{err}");
+    let loopback = NetfilterFacts {
+        transparent_http: vec!["127.0.0.1:3129".parse().unwrap()],
+        ..none.clone()
+    };
+    let err = compile(&cfg, &loopback, None).unwrap_err();
+    assert_eq!(err.key(), "server.transparent_http_listen", "{err}");
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let split = NetfilterFacts {
+        transparent_tls: vec!["0.0.0.0:3130".parse().unwrap(), "[::]:3131".parse().unwrap()],
+        ..none
+    };
+    let err = compile(&cfg, &split, None).unwrap_err();
+    assert!(err.to_string().contains("different ports"), "{err}");
+    let err = compile(&parse("[intercept]\nenabled = true\nhttps_port = 443\n"), &NetfilterFacts {
+        transparent_tls: Vec::new(),
+        ..facts()
+    }, None)
+    .unwrap_err();
+    assert!(err.to_string().contains("is empty"), "{err}");
 }

@@ -9,7 +9,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_policy::{Identity, RequestFacts};
 use tokio_rustls::server::TlsStream;
@@ -25,6 +24,7 @@ use crate::http::target::Target;
 use crate::http::{forward, Txn};
 use crate::intercept::session::Session;
 use crate::intercept::upstream_tls::H2;
+use crate::tunnel::ClientStream;
 
 /// Per intercepted tunnel: where requests go, or why they cannot.
 pub(super) struct Tunnel {
@@ -70,7 +70,7 @@ impl Tunnel {
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
     conn: Arc<ConnCtx>,
-    client_tls: TlsStream<TokioIo<Upgraded>>,
+    client_tls: TlsStream<ClientStream>,
     tunnel: Arc<Tunnel>,
     idle: Duration,
 ) {
@@ -131,7 +131,7 @@ async fn decrypted_request(
     let in_flight = activity.begin_request();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("https://{}{}", tunnel.authority, path);
-    let mut txn = Txn::intercepted(conn.client.ip(), req.method(), url, tunnel.user.clone());
+    let mut txn = Txn::intercepted(&conn, req.method(), url, tunnel.user.clone());
     if let Err(e) = crate::headers::check_transfer_coding(req.headers()) {
         return crate::http::refuse_framing(&proxy, txn, in_flight, e);
     }

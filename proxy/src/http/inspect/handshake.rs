@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use portcullis_certs::{origin_sans, LeafName, LeafRequest};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -18,6 +16,7 @@ use crate::http::{Outcome, Txn};
 use crate::intercept::session::Session;
 use crate::intercept::upstream_tls::{classify_handshake_error, server_name, HTTP11};
 use crate::record::ResultCode;
+use crate::tunnel::ClientStream;
 
 /// The origin side of an intercepted tunnel, or why there is none.
 pub(super) struct Origin {
@@ -29,20 +28,20 @@ pub(super) struct Origin {
     pub(super) error: Option<ProxyError>,
 }
 
-/// Origin first: its certificate is verified before anything is minted. `denied` skips the
-/// origin altogether (the client gets the 403 page inside the tunnel).
+/// Origin first: its certificate is verified before anything is minted. `upstream` is the
+/// origin's TCP connection, or why there is none: a denial (the client gets the 403 page
+/// inside the tunnel, the origin is never contacted) or a failed dial (a 502/504 page).
 pub(super) async fn connect_origin(
     tls: &Interception<'_>,
-    upstream: TcpStream,
-    denied: Option<ProxyError>,
+    upstream: Result<TcpStream, ProxyError>,
 ) -> Origin {
     let (proxy, target, sni) = (tls.proxy, tls.target, tls.sni.as_deref());
     let origin_name = sni.unwrap_or(target.host.as_str());
     let tls_config = tls
         .interceptor
         .origin_config(&tls.alpn, [origin_name, target.host.as_str()]);
-    let connected = match denied.map_or_else(|| server_name(sni, &target.host), Err) {
-        Ok(name) => tokio_rustls::TlsConnector::from(Arc::clone(&tls_config))
+    let connected = match upstream.and_then(|u| server_name(sni, &target.host).map(|n| (n, u))) {
+        Ok((name, upstream)) => tokio_rustls::TlsConnector::from(Arc::clone(&tls_config))
             .connect(name.clone(), upstream)
             .await
             .map(|tls| (name, tls))
@@ -75,7 +74,7 @@ pub(super) async fn connect_origin(
             }
         }
         Err(e) => {
-            if !matches!(e, ProxyError::Denied { .. }) {
+            if !matches!(e, ProxyError::Denied { .. } | ProxyError::TransparentAuth) {
                 proxy.metrics.tls_handshake_failed(Side::Upstream);
             }
             tracing::info!(host = %origin_name, error = %e, "no origin connection; the client gets an error page");
@@ -107,7 +106,7 @@ pub(super) fn log_failed_interception(
     failure: HandshakeFailure,
 ) {
     let cause = match &origin.error {
-        Some(e) if !matches!(e, ProxyError::Denied { .. }) => e,
+        Some(e) if !matches!(e, ProxyError::Denied { .. } | ProxyError::TransparentAuth) => e,
         _ => &failure.error,
     };
     tracing::info!(error = %failure.error, cause = cause.cause(), "intercepted tunnel failed before its first request");
@@ -130,10 +129,10 @@ pub(super) fn log_failed_interception(
 /// is one `tls.tunnel_after_refusal` covers.
 pub(super) async fn handshake_client(
     tls: &Interception<'_>,
-    start: StartHandshake<TokioIo<Upgraded>>,
+    start: StartHandshake<ClientStream>,
     origin: &Origin,
     remember_refusal: Option<&str>,
-) -> Result<TlsStream<TokioIo<Upgraded>>, HandshakeFailure> {
+) -> Result<TlsStream<ClientStream>, HandshakeFailure> {
     let (proxy, interceptor, target) = (tls.proxy, tls.interceptor, tls.target);
     let sni = tls.sni.as_deref();
     let mint_failed = |reason: String| HandshakeFailure {

@@ -14,9 +14,12 @@
 
 mod decrypted;
 mod handshake;
+mod transparent;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -33,20 +36,50 @@ use crate::intercept::hello::{peek, read_client_hello, FirstBytes};
 use crate::intercept::Interceptor;
 use crate::metrics::TlsTunnelReason;
 use crate::record::ResultCode;
-use crate::tunnel::TunnelClient;
+use crate::tunnel::{ClientStream, TunnelClient};
+pub(crate) use transparent::serve as serve_transparent;
 use handshake::{connect_origin, handshake_client, log_failed_interception};
 
-/// One CONNECT being intercepted, from its ClientHello on.
+/// One CONNECT (or transparent TLS connection) being intercepted, from its ClientHello on.
 struct Interception<'a> {
-    proxy: &'a Proxy,
+    proxy: &'a Arc<Proxy>,
     interceptor: &'a Interceptor,
     conn: &'a ConnCtx,
     target: &'a Target,
     /// What the ClientHello named, and the protocols it offered.
     sni: Option<String>,
     alpn: Vec<Vec<u8>>,
+    /// The name decisions may use: the SNI — except on a transparent connection, where it counts
+    /// only when the proxy's resolver maps it to the original destination.
+    name: Option<String>,
     /// How long the client may take to finish its handshake.
     wait: Duration,
+}
+
+impl<'a> Interception<'a> {
+    fn new(
+        proxy: &'a Arc<Proxy>,
+        interceptor: &'a Interceptor,
+        conn: &'a ConnCtx,
+        target: &'a Target,
+        hello: &rustls::server::ClientHello<'_>,
+        wait: Duration,
+    ) -> Interception<'a> {
+        let sni = hello.server_name().map(str::to_owned);
+        Interception {
+            proxy,
+            interceptor,
+            conn,
+            target,
+            name: sni.clone(),
+            sni,
+            alpn: hello
+                .alpn()
+                .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+                .unwrap_or_default(),
+            wait,
+        }
+    }
 }
 
 /// What happens to a tunnel once its ClientHello is in.
@@ -65,6 +98,12 @@ enum Settled {
     },
 }
 
+/// The client's complete ClientHello: rustls' view of it, and its bytes (for a relay).
+struct Hello {
+    accepted: rustls::server::Accepted,
+    seen: BytesMut,
+}
+
 /// Runs one CONNECT tunnel whose decision is "inspect", after the 200 has been sent.
 pub(super) async fn run(
     proxy: Arc<Proxy>,
@@ -78,66 +117,111 @@ pub(super) async fn run(
     let Some(interceptor) = proxy.interceptor.clone() else {
         return;
     };
-    let peer = upstream.peer_addr().ok().map(|a| a.ip());
     // A silent client gets no longer than a silent tunnel would.
     let wait = proxy.config.timeouts.client_header.min(plan.idle);
-    let mut client = TokioIo::new(client);
-    let hello = match peek(&mut client, &upstream, wait).await {
+    let mut client = ClientStream::Upgraded(TokioIo::new(client));
+    let hello = match peek(&mut client, Some(&upstream), wait).await {
         FirstBytes::Tls(bytes) => read_client_hello(&mut client, bytes, wait).await,
         FirstBytes::Other(bytes) => Err(bytes),
     };
     let (accepted, seen) = match hello {
         Ok(pair) => pair,
         Err(bytes) => {
-            let client = TunnelClient::new(client.into_inner(), bytes);
+            let client = TunnelClient::new(client, bytes);
             let reason = TlsTunnelReason::NonTls;
             return relay_untouched(&proxy, conn, txn, client, upstream, plan.idle, reason).await;
         }
     };
-    let hello = accepted.client_hello();
-    let tls = Interception {
-        proxy: &proxy,
-        interceptor: &interceptor,
-        conn: &conn,
-        target: &target,
-        sni: hello.server_name().map(str::to_owned),
-        alpn: hello
-            .alpn()
-            .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
-            .unwrap_or_default(),
+    let tls = Interception::new(
+        &proxy,
+        &interceptor,
+        &conn,
+        &target,
+        &accepted.client_hello(),
         wait,
-    };
-    let (denied, remember_refusal) = match tls.settle(&mut txn, &plan) {
+    );
+    let decision = tls.decide_on_sni(&txn, &plan);
+    let settled = tls.settle(&mut txn, &plan, decision);
+    let hello = Hello { accepted, seen };
+    conclude(&tls, &conn, txn, hello, client, Some(upstream), settled, plan.idle).await;
+}
+
+/// Carries out what [`Interception::settle`] decided: relay the bytes, or finish the
+/// handshakes and serve the decrypted requests (or the 403 page). `upstream`: the origin
+/// connection already dialled (a CONNECT's); `None` dials the target now, unless denied.
+#[expect(clippy::too_many_arguments, reason = "one tunnel's parts, each moved in once")]
+async fn conclude(
+    tls: &Interception<'_>,
+    conn: &Arc<ConnCtx>,
+    mut txn: Txn,
+    hello: Hello,
+    client: ClientStream,
+    upstream: Option<TcpStream>,
+    settled: Settled,
+    idle: Duration,
+) {
+    let proxy = tls.proxy;
+    let (denied, remember_refusal) = match settled {
         Settled::Relay { reason, idle } => {
+            let upstream = match upstream {
+                Some(upstream) => upstream,
+                None => match tls.dial().await {
+                    Ok(upstream) => upstream,
+                    Err(e) => return log_unreachable(proxy, txn, &e),
+                },
+            };
             // rustls has seen the ClientHello; the origin gets the same bytes.
-            let client = TunnelClient::new(client.into_inner(), seen.freeze());
-            return relay_untouched(&proxy, conn, txn, client, upstream, idle, reason).await;
+            let client = TunnelClient::new(client, hello.seen.freeze());
+            let conn = Arc::clone(conn);
+            return relay_untouched(proxy, conn, txn, client, upstream, idle, reason).await;
         }
         Settled::Inspect {
             denied,
             remember_refusal,
         } => (denied, remember_refusal),
     };
-    let start = StartHandshake::from_parts(accepted, client);
-    let origin = connect_origin(&tls, upstream, denied).await;
-    let handshake = handshake_client(&tls, start, &origin, remember_refusal.as_deref()).await;
+    let upstream = match (denied, upstream) {
+        (Some(denied), _) => Err(denied),
+        (None, Some(upstream)) => Ok(upstream),
+        (None, None) => tls.dial().await,
+    };
+    let peer = upstream
+        .as_ref()
+        .ok()
+        .and_then(|u| u.peer_addr().ok())
+        .map(|a| a.ip());
+    let start = StartHandshake::from_parts(hello.accepted, client);
+    let origin = connect_origin(tls, upstream).await;
+    let handshake = handshake_client(tls, start, &origin, remember_refusal.as_deref()).await;
     let client_tls = match handshake {
         Ok(tls) => tls,
-        Err(failure) => return log_failed_interception(&proxy, txn, &origin, peer, failure),
+        Err(failure) => return log_failed_interception(proxy, txn, &origin, peer, failure),
     };
-    let sni = tls.sni;
     proxy.metrics.tls_intercepted();
     // Squid logs an intercepted CONNECT as `NONE/200 0 CONNECT host:port`, then each decrypted
     // request on its own line.
     txn.inspected();
     let user = txn.user().map(str::to_owned);
-    let outcome = Outcome {
-        result: ResultCode::None,
-        ..Outcome::direct(peer)
+    let outcome = match peer {
+        Some(_) => Outcome {
+            result: ResultCode::None,
+            ..Outcome::direct(peer)
+        },
+        // Refused before any origin was reached (a transparent connection's denial).
+        None => Outcome::LOCAL,
     };
     proxy.access_log.log(txn.record(outcome, 200, 0, None));
-    let tunnel = decrypted::Tunnel::new(&target, sni, user, origin);
-    decrypted::serve(proxy, conn, client_tls, Arc::new(tunnel), plan.idle).await;
+    let tunnel = decrypted::Tunnel::new(tls.target, tls.sni.clone(), user, origin);
+    decrypted::serve(Arc::clone(proxy), Arc::clone(conn), client_tls, Arc::new(tunnel), idle).await;
+}
+
+/// The one line of a tunnel whose origin could not be reached before anything was relayed.
+fn log_unreachable(proxy: &Proxy, txn: Txn, err: &ProxyError) {
+    tracing::info!(error = %err, "cannot reach the original destination");
+    let status = err.status().as_u16();
+    proxy
+        .access_log
+        .log(txn.record(Outcome::failed(err), status, 0, None));
 }
 
 /// Relays the tunnel as bytes, counted under `reason`, and logs it when it ends.
@@ -159,9 +243,9 @@ impl Interception<'_> {
     /// for a tunnel the policy still inspects, an earlier refusal of this host by this client
     /// (`tls.tunnel_after_refusal`, listed hosts only) — never for a host the policy denies or
     /// does not inspect.
-    fn settle(&self, txn: &mut Txn, plan: &TunnelPlan) -> Settled {
+    fn settle(&self, txn: &mut Txn, plan: &TunnelPlan, decision: Option<Decision>) -> Settled {
         let mut denied = None;
-        if let Some(decision) = self.decide_on_sni(txn, plan) {
+        if let Some(decision) = decision {
             txn.decided(&decision);
             match &decision.action {
                 Action::Inspect => {}
@@ -186,7 +270,7 @@ impl Interception<'_> {
                 remember_refusal: None,
             };
         }
-        let judged = super::judged_host(self.target, self.sni.as_deref()).to_owned();
+        let judged = super::judged_host(self.target, self.name.as_deref()).to_owned();
         if self
             .interceptor
             .refusals
@@ -210,7 +294,7 @@ impl Interception<'_> {
     /// was settled on the target itself, so a forged SNI earns no exemption, and a tunnel it earns
     /// carries only what the client could have sent anyway), and `sni` rules need the SNI.
     fn decide_on_sni(&self, txn: &Txn, plan: &TunnelPlan) -> Option<Decision> {
-        let sni = self.sni.as_deref()?;
+        let sni = self.name.as_deref()?;
         if self.target.ip().is_none() && !self.proxy.policy.uses_sni() {
             return None;
         }
@@ -218,5 +302,14 @@ impl Interception<'_> {
             .with_user_agent(plan.user_agent.as_deref())
             .with_user(txn.user().map(Identity::named));
         Some(self.proxy.policy.decide_connect(&facts))
+    }
+
+    /// Connects to the target (a transparent connection's original destination), with the
+    /// dialler's checks: our own listeners, `upstream.deny_networks`, the connect deadline.
+    async fn dial(&self) -> Result<TcpStream, ProxyError> {
+        self.proxy
+            .dialer
+            .dial(&self.target.host, self.target.port)
+            .await
     }
 }
