@@ -23,6 +23,8 @@ pub struct AuthConfig {
     pub exempt_clients: Vec<ipnet::IpNet>,
     pub negotiate: NegotiateConfig,
     pub throttle: ThrottleConfig,
+    /// Group membership for `group` rules (issue 20).
+    pub groups: super::groups::GroupsConfig,
 }
 
 impl Default for AuthConfig {
@@ -35,6 +37,7 @@ impl Default for AuthConfig {
             exempt_clients: Vec::new(),
             negotiate: NegotiateConfig::default(),
             throttle: ThrottleConfig::default(),
+            groups: super::groups::GroupsConfig::default(),
         }
     }
 }

@@ -107,7 +107,7 @@ fn validate_auth(auth: &AuthConfig) -> Result<(), KeyError> {
             "Basic authentication needs an htpasswd file",
         ));
     }
-    Ok(())
+    super::groups::validate(&auth.groups)
 }
 
 fn validate_tls(tls: &TlsConfig) -> Result<(), KeyError> {

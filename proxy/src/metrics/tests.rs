@@ -26,6 +26,7 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
         method: method.into(),
         url: "http://example.test/".into(),
         user: Some("alice".into()),
+        groups: None,
         hierarchy: if result == "TCP_DENIED" {
             Hierarchy::None
         } else {
