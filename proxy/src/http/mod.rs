@@ -233,7 +233,7 @@ async fn authenticate(
             delay,
         } => {
             let mut page = pages::auth_required(cause);
-            for challenge in auth.challenges(negotiate_token.as_deref()) {
+            for challenge in auth.challenges(negotiate_token.as_ref()) {
                 page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
             }
             Authenticated::Challenge(Challenge { page, cause, delay })
