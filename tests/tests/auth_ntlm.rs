@@ -40,9 +40,13 @@ fn user_file(dir: &Path) -> String {
 const CLIENT: &str = r#"
 import base64, gssapi, gssapi.raw as gr, http.client, sys
 NTLM = gssapi.OID.from_int_seq("1.3.6.1.4.1.311.2.2.10")
+SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
 port, scheme, user, pw, url = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].encode(), sys.argv[5]
-cred = gr.acquire_cred_with_password(gssapi.Name(user, gssapi.NameType.user), pw, usage="initiate", mechs=[NTLM]).creds
-ctx = gssapi.SecurityContext(name=gssapi.Name("HTTP@127.0.0.1", gssapi.NameType.hostbased_service), creds=cred, mech=NTLM, usage="initiate")
+# `Negotiate+spnego`: NTLM wrapped in SPNEGO (a NegTokenInit offering only NTLMSSP).
+mech = SPNEGO if scheme.endswith("+spnego") else NTLM
+scheme = scheme.split("+")[0]
+cred = gr.acquire_cred_with_password(gssapi.Name(user, gssapi.NameType.user), pw, usage="initiate", mechs=[NTLM, SPNEGO] if mech == SPNEGO else [NTLM]).creds
+ctx = gssapi.SecurityContext(name=gssapi.Name("HTTP@127.0.0.1", gssapi.NameType.hostbased_service), creds=cred, mech=mech, usage="initiate")
 c = http.client.HTTPConnection("127.0.0.1", port); tok = ctx.step()
 while True:
     c.request("GET", url, headers={"Proxy-Authorization": scheme + " " + base64.b64encode(tok).decode()})
@@ -166,14 +170,20 @@ async fn ntlm_inside_negotiate() {
     assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
     let out = gss_client(dir.path(), &proxy, "Negotiate", "LAB\\alice", "wrong", &page);
     assert!(out.starts_with("407"), "{out}");
+    // NTLM wrapped in SPNEGO, settled by the Kerberos acceptor: allowed since `ntlm` is on.
+    let out = gss_client(dir.path(), &proxy, "Negotiate+spnego", "LAB\\alice", "alice-pw", &page);
+    assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
     let out = gss_client(dir.path(), &proxy, "NTLM", "LAB\\bob", "bob-pw", &page);
     assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
-    let log = proxy.access_log(6);
+    let log = proxy.access_log(8);
     assert!(log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" alice ")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" bob ")), "{log:?}");
 
     let kerberos_only = start("[\"negotiate\"]");
     let out = gss_client(dir.path(), &kerberos_only, "Negotiate", "LAB\\alice", "alice-pw", &page);
     assert!(out.starts_with("407"), "{out}");
+    // Nor does NTLM get in wrapped in SPNEGO while `ntlm` is not enabled.
+    let out = gss_client(dir.path(), &kerberos_only, "Negotiate+spnego", "LAB\\alice", "alice-pw", &page);
+    assert!(out.starts_with("407"), "{out}\n{}", kerberos_only.stderr());
     assert!(kerberos_only.stderr().contains("NTLM is not enabled"), "{}", kerberos_only.stderr());
 }

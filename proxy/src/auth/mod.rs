@@ -144,7 +144,11 @@ impl Auth {
         };
         #[cfg(feature = "negotiate")]
         let negotiate = if config.schemes.contains(&AuthScheme::Negotiate) {
-            Some(negotiate::Negotiate::new(&config.negotiate).map_err(AuthSetupError::Negotiate)?)
+            let spnego_ntlm = config.schemes.contains(&AuthScheme::Ntlm);
+            Some(
+                negotiate::Negotiate::new(&config.negotiate, spnego_ntlm)
+                    .map_err(AuthSetupError::Negotiate)?,
+            )
         } else {
             None
         };

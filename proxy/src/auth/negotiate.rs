@@ -14,13 +14,16 @@ use std::sync::Mutex;
 use libgssapi::context::{SecurityContext as _, ServerCtx};
 use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
-use libgssapi::oid::{Oid, OidSet, GSS_NT_KRB5_PRINCIPAL};
+use libgssapi::oid::{Oid, OidSet, GSS_MECH_IAKERB, GSS_MECH_KRB5, GSS_NT_KRB5_PRINCIPAL};
 
 use super::ntlm_wire;
 use crate::config::NegotiateConfig;
 
 /// The NTLMSSP mechanism, 1.3.6.1.4.1.311.2.2.10.
-static GSS_MECH_NTLMSSP: Oid<'static> = Oid::from_slice(b"\x2b\x06\x01\x04\x01\x82\x37\x02\x02\x0a");
+static GSS_MECH_NTLMSSP: Oid<'static> =
+    Oid::from_slice(b"\x2b\x06\x01\x04\x01\x82\x37\x02\x02\x0a");
+/// Microsoft's Kerberos OID, 1.2.840.48018.1.2.2, which Windows clients offer in SPNEGO.
+static GSS_MECH_KRB5_MS: Oid<'static> = Oid::from_slice(b"\x2a\x86\x48\x82\xf7\x12\x01\x02\x02");
 
 /// Why acceptor credentials cannot be acquired (`auth.negotiate`).
 ///
@@ -47,6 +50,10 @@ pub(super) struct Negotiate {
     strip_realm: bool,
     /// NTLMSSP only (the `ntlm` scheme), instead of Kerberos through SPNEGO.
     ntlm: bool,
+    /// Whether SPNEGO may settle on NTLM (the `ntlm` scheme is enabled). The acceptor's default
+    /// credentials cover every mechanism GSS-API has loaded, so with gss-ntlmssp installed a
+    /// SPNEGO token offering only NTLM would otherwise be accepted without `ntlm` enabled.
+    spnego_ntlm: bool,
 }
 
 /// Per-connection acceptor state.
@@ -65,11 +72,15 @@ pub(super) enum Step {
 impl Negotiate {
     /// Checks that acceptor credentials can be acquired now, so a missing keytab or a principal
     /// not in it is a start-up error rather than a 407 for everyone.
-    pub(super) fn new(config: &NegotiateConfig) -> Result<Negotiate, NegotiateError> {
+    pub(super) fn new(
+        config: &NegotiateConfig,
+        spnego_ntlm: bool,
+    ) -> Result<Negotiate, NegotiateError> {
         let negotiate = Negotiate {
             principal: config.service_principal.clone(),
             strip_realm: config.strip_realm,
             ntlm: false,
+            spnego_ntlm,
         };
         negotiate.acceptor_cred()?;
         Ok(negotiate)
@@ -81,6 +92,7 @@ impl Negotiate {
             principal: None,
             strip_realm: config.strip_realm,
             ntlm: true,
+            spnego_ntlm: true,
         };
         ntlm.acceptor_cred()?;
         Ok(ntlm)
@@ -137,7 +149,7 @@ impl Negotiate {
                 Err(e) => return Step::Failed(e.to_string()),
             },
         };
-        let strip_realm = self.strip_realm;
+        let (strip_realm, ntlm_allowed) = (self.strip_realm, self.spnego_ntlm);
         let expected = match (&self.principal, self.ntlm) {
             (_, true) => "NTLMSSP".to_owned(),
             (Some(principal), false) => principal.clone(),
@@ -155,6 +167,9 @@ impl Negotiate {
         };
         match result {
             Err(e) => Step::Failed(format!("{e} (acceptor: {expected})")),
+            Ok(_) if ctx.is_complete() && !mechanism_allowed(&ctx, ntlm_allowed) => {
+                Step::Failed("SPNEGO settled on a mechanism other than Kerberos (NTLM is not enabled in auth.schemes)".into())
+            }
             Ok(reply) if ctx.is_complete() => match ctx.source_name() {
                 Ok(name) => match user_name(&name.to_string(), strip_realm) {
                     Some(user) => Step::Complete {
@@ -174,6 +189,17 @@ impl Negotiate {
             }
             Ok(None) => Step::Failed("handshake neither complete nor continuing".into()),
         }
+    }
+}
+
+/// Whether a completed context used Kerberos, or NTLM where NTLM is allowed.
+fn mechanism_allowed(ctx: &ServerCtx, ntlm_allowed: bool) -> bool {
+    match ctx.mechanism() {
+        Ok(mech) => {
+            [GSS_MECH_KRB5, GSS_MECH_KRB5_MS, GSS_MECH_IAKERB].contains(&mech)
+                || (ntlm_allowed && mech == GSS_MECH_NTLMSSP)
+        }
+        Err(_) => false,
     }
 }
 
