@@ -117,7 +117,7 @@ impl Groups {
                     None => Vec::new(),
                 },
                 GroupSourceKind::Ldap => match &self.ldap {
-                    Some(ldap) => self.from_directory(ldap, &account, metrics).await.to_vec(),
+                    Some(ldap) => self.directory_answer(ldap, &account, metrics).await.to_vec(),
                     None => Vec::new(),
                 },
             };
@@ -132,7 +132,7 @@ impl Groups {
 
     /// The directory's answer for `account`: cached (refreshed in the background when older
     /// than the TTL), or looked up now within `timeout`.
-    async fn from_directory(
+    async fn directory_answer(
         &self,
         ldap: &Arc<LdapSource>,
         account: &str,
