@@ -15,7 +15,10 @@ pub const SERVICE_DN: &str = "cn=portcullis,ou=services,dc=lab,dc=test";
 
 pub struct Slapd {
     pub dir: tempfile::TempDir,
+    /// `ldap://` (StartTLS offered).
     pub port: u16,
+    /// `ldaps://`.
+    pub tls_port: u16,
     child: Option<Child>,
 }
 
@@ -89,12 +92,33 @@ impl Slapd {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let w = dir.path();
         std::fs::create_dir(w.join("db")).unwrap_or_else(|e| panic!("{e}"));
+        // A lab CA and a server certificate for 127.0.0.1 signed by it (webpki refuses a CA
+        // certificate used as the server's own).
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        std::fs::write(
+            w.join("tls.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for args in [
+            &["req", "-x509", ec[0], ec[1], ec[2], ec[3], ec[4], "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Lab LDAP CA"][..],
+            &["req", ec[0], ec[1], ec[2], ec[3], ec[4], "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=127.0.0.1"],
+            &["x509", "-req", "-in", "tls.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.pem", "-days", "2", "-extfile", "tls.ext"],
+        ] {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(w)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
         std::fs::write(
             w.join("slapd.conf"),
             format!(
                 "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\nmodulepath /usr/lib/ldap\n\
-                 moduleload back_mdb\npidfile {d}/slapd.pid\ndisallow bind_anon\ndatabase mdb\n\
+                 moduleload back_mdb\npidfile {d}/slapd.pid\ndisallow bind_anon\n\
+                 TLSCertificateFile {d}/tls.pem\nTLSCertificateKeyFile {d}/tls.key\ndatabase mdb\n\
                  suffix \"{BASE}\"\nrootdn \"{ADMIN_DN}\"\nrootpw {pw}\ndirectory {d}/db\nmaxsize 10485760\n\
                  access to attrs=userPassword by self =xw by anonymous auth by * none\n\
                  access to * by users read by * none\n",
@@ -135,6 +159,7 @@ impl Slapd {
         let mut slapd = Slapd {
             dir,
             port: free_port(),
+            tls_port: free_port(),
             child: None,
         };
         slapd.resume();
@@ -146,11 +171,22 @@ impl Slapd {
         format!("ldap://127.0.0.1:{}", self.port)
     }
 
-    /// Starts slapd again on the same port and data (after [`Slapd::stop`]).
+    /// The `ldaps://` URL.
+    pub fn url_tls(&self) -> String {
+        format!("ldaps://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The PEM file clients must trust for LDAPS and StartTLS.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Starts slapd again on the same ports and data (after [`Slapd::stop`]).
     pub fn resume(&mut self) {
         let w = self.dir.path();
+        let listen = format!("{}/ {}/", self.url(), self.url_tls());
         let child = Command::new("/usr/sbin/slapd")
-            .args(["-h", &format!("{}/", self.url()), "-f"])
+            .args(["-h", &listen, "-f"])
             .arg(w.join("slapd.conf"))
             .args(["-d", "0"])
             .stdout(Stdio::null())
@@ -202,11 +238,17 @@ impl Slapd {
 
     /// `[auth.groups.ldap]` for this directory (OpenLDAP: `group-filter` membership).
     pub fn groups_toml(&self) -> String {
+        self.groups_toml_with(&[&self.url()], "")
+    }
+
+    /// [`Slapd::groups_toml`] with other `urls` and extra keys (`starttls`, `ca_file`).
+    pub fn groups_toml_with(&self, urls: &[&str], extra: &str) -> String {
+        let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
         format!(
-            "[auth.groups.ldap]\nurls = [\"{}\"]\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\n\
+            "[auth.groups.ldap]\n{extra}\nurls = [{}]\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\n\
              base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\nmembership = \"group-filter\"\n\
              group_base_dn = \"ou=groups,{BASE}\"\n",
-            self.url(),
+            urls.join(", "),
             self.password_file().display()
         )
     }

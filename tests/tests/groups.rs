@@ -220,3 +220,56 @@ async fn directory_change_after_ttl_and_outage_keeps_cached_answers() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+fn tls_proxy(dir: &Path, directory: &Slapd, urls: &[&str], extra: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[auth.groups]\nsources = [\"ldap\"]\n{}\n{RULES}",
+        users(dir).display(),
+        directory.groups_toml_with(urls, extra),
+    ))
+}
+
+/// LDAPS and StartTLS against the directory's own CA; a first URL that is down fails over to
+/// the next; a CA the server's certificate does not chain to gets no groups (and says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_over_tls_with_failover() {
+    if !slapd::available() {
+        return;
+    }
+    let directory = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestOrigin::http().await;
+    let finance = origin.url("/finance/x");
+    let ca = format!("ca_file = {:?}", directory.ca_file().display().to_string());
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ldaps://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let ldaps = tls_proxy(dir.path(), &directory, &[&dead, &directory.url_tls()], &ca);
+    assert_eq!(get(&ldaps, "alice", &finance).await, 403, "{}", ldaps.stderr());
+    assert!(ldaps.stderr().contains("trying the next"), "{}", ldaps.stderr());
+    let starttls = tls_proxy(
+        dir.path(),
+        &directory,
+        &[&directory.url()],
+        &format!("starttls = true\n{ca}"),
+    );
+    assert_eq!(get(&starttls, "bob", &finance).await, 403, "{}", starttls.stderr());
+
+    // Trusting another CA: the TLS handshake fails, alice gets no groups, the rule does not match.
+    let other_ca = dir.path().join("other.pem");
+    let other = TestOrigin::https().await;
+    std::fs::copy(other.ca_file.as_ref().unwrap(), &other_ca).unwrap();
+    let untrusted = tls_proxy(
+        dir.path(),
+        &directory,
+        &[&directory.url_tls()],
+        &format!("ca_file = {:?}", other_ca.display().to_string()),
+    );
+    assert_eq!(get(&untrusted, "alice", &finance).await, 200, "{}", untrusted.stderr());
+    assert!(
+        untrusted.stderr().contains("directory group lookup failed"),
+        "{}",
+        untrusted.stderr()
+    );
+}
