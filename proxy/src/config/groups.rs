@@ -172,3 +172,38 @@ fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Contradictions in `[auth.groups]` are refused at load, naming the key.
+    #[test]
+    fn bad_group_settings_name_their_key() {
+        let ldap = "[auth.groups.ldap]\nurls = [\"ldap://dc\"]\nbase_dn = \"dc=x\"\n";
+        for (text, key) in [
+            ("[auth.groups]\nsources = [\"file\"]\n", "auth.groups.file"),
+            ("[auth.groups]\nsources = [\"file\", \"file\"]\nfile = \"g\"\n", "auth.groups.sources"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n", "auth.groups.ldap"),
+            ("[auth.groups]\nsources = [\"nis\"]\n", "auth.groups.sources"),
+            ("[auth.groups]\nsources = [\"file\"]\nfile = \"g\"\nttl = \"0s\"\n", "auth.groups.ttl"),
+            ("[auth.groups]\nsources = [\"file\"]\nfile = \"g\"\ntimeout = \"5m\"\n", "auth.groups.timeout"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n[auth.groups.ldap]\nbase_dn = \"dc=x\"\n", "auth.groups.ldap.urls"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n[auth.groups.ldap]\nurls = [\"http://dc\"]\nbase_dn = \"dc=x\"\n", "auth.groups.ldap.urls[0]"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n[auth.groups.ldap]\nurls = [\"ldaps://dc\"]\nstarttls = true\nbase_dn = \"dc=x\"\n", "auth.groups.ldap.urls[0]"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n[auth.groups.ldap]\nurls = [\"ldap://dc\"]\n", "auth.groups.ldap.base_dn"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}user_filter = \"(uid=alice)\"\n"), "auth.groups.ldap.user_filter"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}membership = \"group-filter\"\ngroup_filter = \"(member=x)\"\n"), "auth.groups.ldap.group_filter"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}bind_dn = \"cn=svc\"\n"), "auth.groups.ldap.bind_password_file"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}password = \"x\"\n"), "auth.groups.ldap"),
+        ] {
+            let err = match Config::parse(text, "t") {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(&format!("`{key}")), "{key}: {err}");
+        }
+        let ok = format!("[auth.groups]\nsources = [\"ldap\", \"file\"]\nfile = \"g\"\n{ldap}");
+        assert!(Config::parse(&ok, "t").is_ok());
+    }
+}
