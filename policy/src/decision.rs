@@ -165,6 +165,9 @@ impl fmt::Display for Decision {
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
     pub name: &'a str,
+    /// Resolved by the proxy from its group sources for this authenticated user — never from
+    /// anything the client sent. Normalised spellings ([`crate::normalize_group`]); others are
+    /// normalised when compared.
     pub groups: &'a [String],
 }
 
@@ -172,6 +175,11 @@ impl<'a> Identity<'a> {
     /// A user whose groups are not known (no group source is configured).
     pub fn named(name: &'a str) -> Identity<'a> {
         Identity { name, groups: &[] }
+    }
+
+    /// A user and the groups the proxy resolved for them.
+    pub fn with_groups(name: &'a str, groups: &'a [String]) -> Identity<'a> {
+        Identity { name, groups }
     }
 }
 

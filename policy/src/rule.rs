@@ -104,6 +104,7 @@ pub(crate) struct Conditions {
     pub(crate) user_agent: Vec<UaPattern>,
     pub(crate) client: Vec<IpNet>,
     pub(crate) user: Vec<Box<str>>,
+    /// Normalised ([`crate::group::normalize_group`]).
     pub(crate) group: Vec<Box<str>>,
     pub(crate) outlook_user_agent: bool,
     /// Every resolved address must lie in one of these; unresolved facts do not match (and the
@@ -143,8 +144,11 @@ impl Conditions {
                 f.user.is_some_and(|id| id.name.eq_ignore_ascii_case(u))
             }),
             Key::Group => find(&self.group, |g| {
-                f.user
-                    .is_some_and(|id| id.groups.iter().any(|have| have.eq_ignore_ascii_case(g)))
+                f.user.is_some_and(|id| {
+                    id.groups
+                        .iter()
+                        .any(|have| crate::group::group_matches(have, g))
+                })
             }),
             Key::UserAgent => find(&self.user_agent, |p| {
                 f.user_agent.is_some_and(|ua| p.matches(ua))

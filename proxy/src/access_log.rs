@@ -351,6 +351,7 @@ mod tests {
             method: "GET".into(),
             url: "http://example.test/a b".into(),
             user: None,
+            groups: None,
             hierarchy: crate::record::Hierarchy::Direct,
             peer: Some("10.0.0.1".parse().unwrap()),
             content_type: Some("text/html".into()),

@@ -114,6 +114,7 @@ fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
         method: "NONE".into(),
         url: url.into(),
         user: None,
+        groups: None,
         hierarchy: Hierarchy::None,
         peer: None,
         content_type: None,

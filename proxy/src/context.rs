@@ -30,6 +30,9 @@ pub(crate) struct Proxy {
     pub(crate) access_log: AccessLog,
     /// Proxy authentication; `None` when no scheme is enabled.
     pub(crate) auth: Option<Arc<Auth>>,
+    /// Group membership for `group` rules; `None` when `[auth.groups]` names no source. Kept
+    /// across reloads while `[auth.groups]` is unchanged (its cache with it).
+    pub(crate) groups: Option<Arc<crate::groups::Groups>>,
     /// What to inspect, tunnel, refuse or exempt from authentication (`[policy]`).
     pub(crate) policy: Arc<portcullis_policy::Policy>,
     /// TLS inspection; `None` when `tls.inspect` is off.

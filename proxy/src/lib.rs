@@ -19,6 +19,7 @@ mod conn;
 mod context;
 mod driver;
 mod error;
+mod groups;
 #[cfg(test)]
 mod fuzz;
 mod headers;

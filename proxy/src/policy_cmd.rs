@@ -35,9 +35,15 @@ pub struct ExplainArgs {
     /// The client's address.
     #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     pub client: IpAddr,
-    /// The authenticated user.
+    /// The authenticated user. With `[auth.groups]` in the config, the user's groups are
+    /// resolved as the proxy would (the group file; the directory is queried) unless
+    /// `--groups` gives them.
     #[arg(long, value_name = "U")]
     pub user: Option<String>,
+    /// The user's groups, comma-separated (`--groups finance,staff`), instead of asking the
+    /// config's group sources.
+    #[arg(long, value_name = "G,G", value_delimiter = ',', requires = "user")]
+    pub groups: Option<Vec<String>>,
     /// The TLS SNI (for a CONNECT to a bare IP, the name in the ClientHello).
     #[arg(long, value_name = "NAME")]
     pub sni: Option<String>,
@@ -77,6 +83,13 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                     .map(|addrs| addrs.iter().map(|a| a.ip()).collect())
                     .map_err(|e| e.to_string())
             };
+            let mut args = args;
+            if let (Some(user), None) = (&args.user, &args.groups) {
+                if let Some(groups) = resolve_groups(&config, user, &runtime)? {
+                    println!("(groups of {user} from [auth.groups]: {})", groups.join(", "));
+                    args.groups = Some(groups);
+                }
+            }
             let text = match args.transparent {
                 Some(dest) => {
                     let auth = transparent::AuthView::new(&config, args.client);
@@ -88,6 +101,25 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The groups `[auth.groups]` gives `user` (querying the directory), or `None` when the config
+/// has no group source.
+fn resolve_groups(
+    config: &crate::config::Config,
+    user: &str,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let groups = crate::groups::Groups::new(&config.auth.groups)
+        .map_err(|e| anyhow::anyhow!("key `{}`: {e}", e.key()))?;
+    let Some(groups) = groups else {
+        return Ok(None);
+    };
+    let metrics = std::sync::Arc::new(
+        crate::metrics::Metrics::new().context("cannot create the metrics registry")?,
+    );
+    let found = runtime.block_on(groups.resolve(user, &metrics));
+    Ok(Some(found.to_vec()))
 }
 
 /// Where the authentication shown for a later decision was decided.
@@ -105,10 +137,20 @@ pub(crate) fn explain(
     lookup: Lookup<'_>,
 ) -> anyhow::Result<String> {
     let target = Url::parse(&args.url)?;
+    let groups: Vec<String> = args
+        .groups
+        .iter()
+        .flatten()
+        .map(|g| portcullis_policy::normalize_group(g))
+        .filter(|g| !g.is_empty())
+        .collect();
     let e = Explaining {
         policy,
         args,
-        user: args.user.as_deref().map(Identity::named),
+        user: args
+            .user
+            .as_deref()
+            .map(|name| Identity::with_groups(name, &groups)),
         target: &target,
         lookup,
     };

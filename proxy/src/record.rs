@@ -133,6 +133,13 @@ pub(crate) struct Record {
     pub(crate) method: String,
     pub(crate) url: String,
     pub(crate) user: Option<String>,
+    /// The user's groups as the proxy resolved them (`[auth.groups]`), at most
+    /// [`MAX_LOGGED_GROUPS`] of them; absent when no group source is configured.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "bounded_groups"
+    )]
+    pub(crate) groups: Option<Arc<[String]>>,
     #[serde(serialize_with = "as_str_hierarchy")]
     pub(crate) hierarchy: Hierarchy,
     pub(crate) peer: Option<IpAddr>,
@@ -176,6 +183,15 @@ impl Record {
 
 fn as_str_result<S: Serializer>(code: &ResultCode, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(code.as_str())
+}
+
+/// A log line names at most this many groups, so a user in hundreds of directory groups does
+/// not make every line kilobytes long.
+pub(crate) const MAX_LOGGED_GROUPS: usize = 32;
+
+fn bounded_groups<S: Serializer>(groups: &Option<Arc<[String]>>, s: S) -> Result<S::Ok, S::Error> {
+    let groups = groups.as_deref().unwrap_or_default();
+    s.collect_seq(groups.iter().take(MAX_LOGGED_GROUPS))
 }
 
 fn as_str_hierarchy<S: Serializer>(code: &Hierarchy, s: S) -> Result<S::Ok, S::Error> {
@@ -256,6 +272,7 @@ mod tests {
             method: "GET".into(),
             url: String::new(),
             user: None,
+            groups: None,
             hierarchy: Hierarchy::None,
             peer: None,
             content_type: None,

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLog;
 use crate::auth::{Auth, AuthSetupError};
 use crate::config::{AdminListen, Config, ConfigError};
+use crate::groups::Groups;
 use crate::context::Proxy;
 use crate::intercept::{CaInit, InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
@@ -94,6 +95,8 @@ pub(crate) enum FileError {
     Auth(AuthSetupError),
     #[error("{0}")]
     Intercept(InterceptError),
+    #[error("{0}")]
+    Groups(crate::groups::GroupsSetupError),
 }
 
 impl FileError {
@@ -103,6 +106,7 @@ impl FileError {
             FileError::HostsFile(_) => "upstream.hosts_file",
             FileError::Auth(e) => e.key(),
             FileError::Intercept(e) => e.key(),
+            FileError::Groups(e) => e.key(),
         }
     }
 }
@@ -122,6 +126,8 @@ pub(crate) struct Loaded {
     config: Config,
     resolver: Resolver,
     auth: Option<Auth>,
+    /// `None`: keep the previous snapshot's groups (`[auth.groups]` unchanged: its cache too).
+    groups: Option<Option<Groups>>,
     policy: Arc<portcullis_policy::Policy>,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
@@ -142,6 +148,11 @@ pub(crate) fn load(
     };
     let resolver = Resolver::new(&config).map_err(|e| file_error(FileError::HostsFile(e)))?;
     let auth = Auth::new(&config.auth).map_err(|e| file_error(FileError::Auth(e)))?;
+    let groups = if previous.is_some_and(|prev| prev.auth.groups == config.auth.groups) {
+        None
+    } else {
+        Some(Groups::new(&config.auth.groups).map_err(|e| file_error(FileError::Groups(e)))?)
+    };
     let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
@@ -174,6 +185,7 @@ pub(crate) fn load(
         config,
         resolver,
         auth,
+        groups,
         policy,
         interceptor,
     })
@@ -203,6 +215,7 @@ pub(crate) fn assemble(
         config,
         resolver,
         auth,
+        groups,
         policy,
         interceptor,
     } = loaded;
@@ -234,6 +247,11 @@ pub(crate) fn assemble(
         (None, Some((prev, _))) => prev.interceptor.clone(),
         (None, None) => None,
     };
+    let groups = match (groups, previous) {
+        (Some(fresh), _) => fresh.map(Arc::new),
+        (None, Some((prev, _))) => prev.groups.clone(),
+        (None, None) => None,
+    };
     let auth = auth.map(Arc::new);
     shared.metrics.watch_auth(
         auth.as_ref()
@@ -251,6 +269,7 @@ pub(crate) fn assemble(
         client,
         access_log: shared.access_log.clone(),
         auth,
+        groups,
         policy,
         interceptor,
         shutdown: shared.shutdown.clone(),
@@ -339,7 +358,12 @@ impl Reloader {
         let source = self.source.clone();
         let running_config = Arc::clone(&running.config);
         let metrics = Arc::clone(&self.shared.metrics);
+        let running_groups = running.groups.clone();
         let loaded = tokio::task::spawn_blocking(move || {
+            // SIGHUP re-reads the group file even when unchanged (kept if `[auth.groups]` is).
+            if let Some(groups) = &running_groups {
+                groups.reload(true);
+            }
             let mut config = source.load()?;
             let needs_restart = keep_restart_only(&mut config, &running_config);
             load(config, Some(&running_config), &metrics, LoadMode::Serve)
@@ -391,10 +415,18 @@ pub(crate) fn spawn_triggers(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Some(auth) = reloader.current().auth.clone() {
-                        // File reads and parsing stay off the async workers.
-                        let _ = tokio::task::spawn_blocking(move || auth.reload(false)).await;
-                    }
+                    let current = reloader.current();
+                    let (auth, groups) = (current.auth.clone(), current.groups.clone());
+                    // File reads and parsing stay off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Some(auth) = auth {
+                            auth.reload(false);
+                        }
+                        if let Some(groups) = groups {
+                            groups.reload(false);
+                        }
+                    })
+                    .await;
                 }
                 Some(()) = async {
                     match hup.as_mut() {

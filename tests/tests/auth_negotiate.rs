@@ -169,3 +169,44 @@ async fn keytab_without_the_spn_is_407_and_says_why() {
         "the log does not name the SPN asked for: {log}"
     );
 }
+
+/// Negotiate and directory groups together: the Kerberos principal `alice@LAB.TEST` is the
+/// directory account `alice`, whose nested group `finance` a rule denies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_user_gets_directory_groups() {
+    use portcullis_e2e::slapd::{self, Slapd};
+    if !kdc::available() || !slapd::available() {
+        return;
+    }
+    let kdc = Kdc::start(&["localhost"]);
+    let cc = kdc.kinit_alice();
+    let directory = Slapd::start();
+    let origin = TestOrigin::http().await;
+    let proxy = proxy_for(
+        &kdc,
+        &format!(
+            "[auth.groups]\nsources = [\"ldap\"]\n{}\n[access_log]\nformat = \"json\"\n\
+             [[policy.rules]]\nname = \"no-finance\"\npath = \"/finance/\"\ngroup = \"finance\"\naction = \"deny\"\nreason = \"no\"\n",
+            directory.groups_toml()
+        ),
+    );
+    let env = client_env(&kdc, &cc);
+    let get = |path: &str| {
+        let url = origin.url(path);
+        let proxy_url = proxy_url(&proxy);
+        let env = env.clone();
+        async move {
+            curl_env(&["--proxy-negotiate", "-U", ":", "-x", &proxy_url, &url], &env)
+                .await
+                .status
+        }
+    };
+    assert_eq!(get("/finance/q").await, 403, "{}", proxy.stderr());
+    assert_eq!(get("/other").await, 200, "{}", proxy.stderr());
+    let log = proxy.access_log(2);
+    let line: serde_json::Value = serde_json::from_str(&log[0]).unwrap();
+    assert_eq!(line["user"], "alice@LAB.TEST", "{line}");
+    assert_eq!(line["rule"], "no-finance", "{line}");
+    let groups = line["groups"].to_string();
+    assert!(groups.contains("\"finance\"") && groups.contains("\"team-a\""), "{line}");
+}

@@ -227,11 +227,13 @@ fn attempt(scheme: &'static str, result: &'static str) -> [String; 2] {
 }
 
 /// Every `scheme`/`result` pair of `auth_attempts_total`, as dashboards rely on.
-const ATTEMPT_SERIES: [(&str, &str); 6] = [
+const ATTEMPT_SERIES: [(&str, &str); 8] = [
     ("basic", "success"),
     ("basic", "failure"),
     ("negotiate", "success"),
     ("negotiate", "failure"),
+    ("ntlm", "success"),
+    ("ntlm", "failure"),
     ("other", "success"),
     ("other", "failure"),
 ];
@@ -278,12 +280,16 @@ async fn auth_attempts_and_credential_cache_are_exported() {
         let r = curl(&["-x", &proxy.url(), "-U", user, &origin.url("/")]).await;
         assert_eq!(r.status, status, "{user}: {r:?}");
     }
-    // NTLM, which this proxy does not speak (Windows offers it when it has no Kerberos ticket).
+    // NTLM, which this proxy does not have enabled (Windows offers it when it has no Kerberos
+    // ticket), and a scheme it does not implement at all.
     let ntlm = "Proxy-Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==";
     let r = curl(&["-x", &proxy.url(), "-H", ntlm, &origin.url("/")]).await;
     assert_eq!(r.status, 407, "{r:?}");
+    let digest = "Proxy-Authorization: Digest username=\"alice\"";
+    let r = curl(&["-x", &proxy.url(), "-H", digest, &origin.url("/")]).await;
+    assert_eq!(r.status, 407, "{r:?}");
     let after = scrape_until(&admin, |s| {
-        delta(s, &before, "portcullis_requests_total", &[]) >= 4.0
+        delta(s, &before, "portcullis_requests_total", &[]) >= 5.0
     })
     .await;
     let d = |name: &str, labels: &[&str]| delta(&after, &before, name, labels);
@@ -292,6 +298,8 @@ async fn auth_attempts_and_credential_cache_are_exported() {
         ("basic", "failure", 1.0),
         ("negotiate", "success", 0.0),
         ("negotiate", "failure", 0.0),
+        ("ntlm", "success", 0.0),
+        ("ntlm", "failure", 1.0),
         ("other", "success", 0.0),
         ("other", "failure", 1.0),
     ] {
@@ -305,7 +313,7 @@ async fn auth_attempts_and_credential_cache_are_exported() {
     assert_eq!(d("portcullis_auth_credential_cache_hits_total", &[]), 1.0);
     assert_eq!(d("portcullis_auth_hash_verifications_total", &[]), 2.0);
     let denied = [r#"decision="deny""#, r#"status_class="4xx""#];
-    assert_eq!(d("portcullis_requests_total", &denied), 2.0);
+    assert_eq!(d("portcullis_requests_total", &denied), 3.0);
     assert_eq!(
         d(
             "portcullis_request_errors_total",

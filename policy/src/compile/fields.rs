@@ -146,7 +146,10 @@ pub(super) fn user_rule(
         sni: hosts(&k("sni"), &r.sni, true)?,
         client: nets(&k("client"), &r.client)?,
         user: non_empty("user", &r.user)?,
-        group: non_empty("group", &r.group)?,
+        group: non_empty("group", &r.group)?
+            .iter()
+            .map(|g| crate::group::normalize_group(g).into())
+            .collect(),
         ..Conditions::default()
     };
     for m in &r.method {

@@ -16,6 +16,9 @@ pub(crate) enum AuthSetupError {
     #[cfg(feature = "negotiate")]
     #[error("{0}")]
     Negotiate(super::negotiate::NegotiateError),
+    #[cfg(feature = "negotiate")]
+    #[error("{0}")]
+    Ntlm(super::negotiate::NegotiateError),
     #[cfg(not(feature = "negotiate"))]
     #[error(
         "this portcullis was built without Negotiate (Kerberos) support; rebuild with the \
@@ -33,6 +36,8 @@ impl AuthSetupError {
             | AuthSetupError::Random(_) => "auth.htpasswd",
             #[cfg(feature = "negotiate")]
             AuthSetupError::Negotiate(_) => "auth.negotiate",
+            #[cfg(feature = "negotiate")]
+            AuthSetupError::Ntlm(_) => "auth.schemes",
             #[cfg(not(feature = "negotiate"))]
             AuthSetupError::NegotiateNotBuilt => "auth.schemes",
         }

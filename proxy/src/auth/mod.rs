@@ -1,16 +1,19 @@
-//! Proxy authentication: Basic (htpasswd) and Negotiate (Kerberos), decided per request before
-//! anything is forwarded or tunnelled.
+//! Proxy authentication: Basic (htpasswd), Negotiate (Kerberos) and NTLM (GSS-API NTLMSSP),
+//! decided per request before anything is forwarded or tunnelled.
 //!
-//! Negotiate authenticates the connection: once a client connection has a user, its later
+//! Negotiate and NTLM authenticate the connection: once a client connection has a user, its later
 //! requests (and everything inside a CONNECT tunnel) carry that user without a new handshake.
 //! Basic credentials come with every request and are checked against a verified-credential
 //! cache, so bcrypt does not run per request.
 
 mod basic;
 mod error;
+mod gss;
 pub(crate) mod htpasswd;
 #[cfg(feature = "negotiate")]
 mod negotiate;
+#[cfg(feature = "negotiate")]
+mod ntlm_wire;
 pub(crate) mod spn;
 mod throttle;
 
@@ -34,7 +37,7 @@ pub(crate) struct AuthStats {
     pub hash_verifications: AtomicU64,
     pub cache_hits: AtomicU64,
     /// `[successes, failures]` per scheme presented, in [`AuthAttemptScheme::ALL`] order.
-    attempts: [[AtomicU64; 2]; 3],
+    attempts: [[AtomicU64; 2]; 4],
     pub throttled: AtomicU64,
 }
 
@@ -70,9 +73,16 @@ pub(crate) enum Outcome {
     /// leaving during the wait still leaves its line.
     Challenge {
         cause: &'static str,
-        negotiate_token: Option<String>,
+        negotiate_token: Option<Continuation>,
         delay: Duration,
     },
+}
+
+/// The next leg of a multi-leg handshake: the scheme the client used (`Negotiate` or `NTLM`)
+/// and the base64 token the 407 carries for it.
+pub(crate) struct Continuation {
+    scheme: &'static str,
+    token: String,
 }
 
 impl Outcome {
@@ -91,6 +101,8 @@ pub(crate) struct Auth {
     basic: Option<Arc<basic::Basic>>,
     #[cfg(feature = "negotiate")]
     negotiate: Option<negotiate::Negotiate>,
+    #[cfg(feature = "negotiate")]
+    ntlm: Option<negotiate::Negotiate>,
     exempt_clients: Vec<IpNet>,
     throttle: throttle::Throttle,
     pub stats: AuthStats,
@@ -133,28 +145,43 @@ impl Auth {
         };
         #[cfg(feature = "negotiate")]
         let negotiate = if config.schemes.contains(&AuthScheme::Negotiate) {
-            Some(negotiate::Negotiate::new(&config.negotiate).map_err(AuthSetupError::Negotiate)?)
+            let spnego_ntlm = config.schemes.contains(&AuthScheme::Ntlm);
+            Some(
+                negotiate::Negotiate::new(&config.negotiate, spnego_ntlm)
+                    .map_err(AuthSetupError::Negotiate)?,
+            )
+        } else {
+            None
+        };
+        #[cfg(feature = "negotiate")]
+        let ntlm = if config.schemes.contains(&AuthScheme::Ntlm) {
+            Some(negotiate::Negotiate::ntlm(&config.negotiate).map_err(AuthSetupError::Ntlm)?)
         } else {
             None
         };
         #[cfg(not(feature = "negotiate"))]
-        if config.schemes.contains(&AuthScheme::Negotiate) {
+        if config
+            .schemes
+            .iter()
+            .any(|s| matches!(s, AuthScheme::Negotiate | AuthScheme::Ntlm))
+        {
             return Err(AuthSetupError::NegotiateNotBuilt);
         }
-        // Negotiate first: clients pick the first scheme they support, and Kerberos is the
-        // stronger one.
-        let mut schemes = config.schemes.clone();
-        schemes.sort_by_key(|s| match s {
-            AuthScheme::Negotiate => 0,
-            AuthScheme::Basic => 1,
-        });
-        schemes.dedup();
+        // In the configured order: clients pick the first scheme they support.
+        let mut schemes: Vec<AuthScheme> = Vec::new();
+        for scheme in &config.schemes {
+            if !schemes.contains(scheme) {
+                schemes.push(*scheme);
+            }
+        }
         Ok(Some(Auth {
             schemes,
             realm: config.realm.clone(),
             basic,
             #[cfg(feature = "negotiate")]
             negotiate,
+            #[cfg(feature = "negotiate")]
+            ntlm,
             exempt_clients: config.exempt_clients.clone(),
             throttle: throttle::Throttle::new(
                 config.throttle.failures,
@@ -176,16 +203,20 @@ impl Auth {
         self.exempt_clients.iter().any(|net| net.contains(&client))
     }
 
-    /// The `Proxy-Authenticate` values of a 407, one per enabled scheme, Negotiate first.
-    pub(crate) fn challenges(&self, negotiate_token: Option<&str>) -> Vec<HeaderValue> {
+    /// The `Proxy-Authenticate` values of a 407: the next leg of a handshake in progress, or
+    /// one per enabled scheme in the configured order.
+    pub(crate) fn challenges(&self, continuation: Option<&Continuation>) -> Vec<HeaderValue> {
+        if let Some(next) = continuation {
+            // Only the scheme being spoken: a client must not read the next leg as a new offer.
+            return HeaderValue::from_str(&format!("{} {}", next.scheme, next.token))
+                .into_iter()
+                .collect();
+        }
         self.schemes
             .iter()
             .filter_map(|scheme| match scheme {
-                AuthScheme::Negotiate => HeaderValue::from_str(&match negotiate_token {
-                    Some(token) => format!("Negotiate {token}"),
-                    None => "Negotiate".to_owned(),
-                })
-                .ok(),
+                AuthScheme::Negotiate => Some(HeaderValue::from_static("Negotiate")),
+                AuthScheme::Ntlm => Some(HeaderValue::from_static("NTLM")),
                 AuthScheme::Basic => {
                     let realm = self.realm.replace(['"', '\\'], "");
                     HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
@@ -255,7 +286,7 @@ impl Auth {
         conn: &ConnAuth,
         value: &[u8],
     ) -> (Outcome, AuthAttemptScheme, Option<String>) {
-        use AuthAttemptScheme::{Basic, Negotiate, Other};
+        use AuthAttemptScheme::{Basic, Negotiate, Ntlm, Other};
         let failed = |scheme, cause| (Outcome::failed(cause), scheme, None);
         if value.len() > MAX_CREDENTIALS {
             return failed(Other, "auth-malformed");
@@ -279,62 +310,16 @@ impl Auth {
             return (outcome, Basic, Some(user));
         }
         if scheme.eq_ignore_ascii_case("negotiate") {
-            return (self.negotiate(conn, param).await, Negotiate, None);
+            let ntlm_inside = base64::engine::general_purpose::STANDARD
+                .decode(param)
+                .is_ok_and(|t| t.starts_with(b"NTLMSSP\0"));
+            let label = if ntlm_inside { Ntlm } else { Negotiate };
+            return (self.negotiate(conn, param).await, label, None);
+        }
+        if scheme.eq_ignore_ascii_case("ntlm") {
+            return (self.ntlm(conn, param, "NTLM").await, Ntlm, None);
         }
         failed(Other, "auth-scheme-not-enabled")
-    }
-
-    #[cfg(feature = "negotiate")]
-    async fn negotiate(&self, conn: &ConnAuth, param: &str) -> Outcome {
-        let failed = Outcome::failed;
-        let Some(negotiate) = &self.negotiate else {
-            return failed("auth-scheme-not-enabled");
-        };
-        let token = match base64::engine::general_purpose::STANDARD.decode(param) {
-            Ok(t) if !t.is_empty() => t,
-            _ => return failed("auth-malformed"),
-        };
-        if token.starts_with(b"NTLMSSP\0") {
-            tracing::info!(
-                "client offered NTLM inside Negotiate; only Kerberos is supported. Clients use \
-                 Kerberos when they address the proxy by the host name of its HTTP/<fqdn> service principal"
-            );
-            return failed("auth-ntlm-unsupported");
-        }
-        let asked_for = spn::requested_spn(&token);
-        match negotiate.step(&conn.negotiate, token).await {
-            negotiate::Step::Complete { user, reply } => {
-                let user: Arc<str> = Arc::from(user);
-                if let Ok(mut slot) = conn.user.lock() {
-                    *slot = Some(Arc::clone(&user));
-                }
-                let reply = reply.and_then(|r| {
-                    HeaderValue::from_str(&format!(
-                        "Negotiate {}",
-                        base64::engine::general_purpose::STANDARD.encode(r)
-                    ))
-                    .ok()
-                });
-                Outcome::Authenticated { user, reply }
-            }
-            negotiate::Step::Continue(token) => Outcome::Challenge {
-                cause: "auth-continue",
-                negotiate_token: Some(base64::engine::general_purpose::STANDARD.encode(token)),
-                delay: Duration::ZERO,
-            },
-            negotiate::Step::Failed(reason) => {
-                let spn = asked_for
-                    .as_deref()
-                    .unwrap_or("(not readable from the token)");
-                tracing::info!(client_asked_for = spn, %reason, "Negotiate handshake failed");
-                failed("auth-failed")
-            }
-        }
-    }
-
-    #[cfg(not(feature = "negotiate"))]
-    async fn negotiate(&self, _conn: &ConnAuth, _param: &str) -> Outcome {
-        Outcome::failed("auth-scheme-not-enabled")
     }
 }
 
@@ -398,8 +383,8 @@ mod tests {
             .await;
         assert_eq!(
             auth.auth_counts().attempts,
-            [[0, 2], [0, 1], [0, 3]],
-            "[basic, negotiate, other] × [success, failure]"
+            [[0, 2], [0, 1], [0, 1], [0, 2]],
+            "[basic, negotiate, ntlm, other] × [success, failure]"
         );
     }
 

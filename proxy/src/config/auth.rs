@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Enabled schemes, e.g. `["negotiate", "basic"]`. The 407 offers Negotiate first.
+    /// Enabled schemes, e.g. `["negotiate", "ntlm", "basic"]`, offered by the 407 in this order
+    /// (clients take the first they support).
     pub schemes: Vec<AuthScheme>,
     /// The Basic realm shown in the browser's login prompt.
     pub realm: String,
@@ -23,6 +24,8 @@ pub struct AuthConfig {
     pub exempt_clients: Vec<ipnet::IpNet>,
     pub negotiate: NegotiateConfig,
     pub throttle: ThrottleConfig,
+    /// Group membership for `group` rules (issue 20).
+    pub groups: super::groups::GroupsConfig,
 }
 
 impl Default for AuthConfig {
@@ -35,6 +38,7 @@ impl Default for AuthConfig {
             exempt_clients: Vec::new(),
             negotiate: NegotiateConfig::default(),
             throttle: ThrottleConfig::default(),
+            groups: super::groups::GroupsConfig::default(),
         }
     }
 }
@@ -44,6 +48,9 @@ impl Default for AuthConfig {
 pub enum AuthScheme {
     Basic,
     Negotiate,
+    /// NTLM through GSS-API's NTLMSSP mechanism (Debian `gss-ntlmssp`), bare or inside
+    /// Negotiate.
+    Ntlm,
 }
 
 /// Kerberos acceptor settings.
@@ -56,7 +63,8 @@ pub struct NegotiateConfig {
     /// Accept only tickets for this principal (`HTTP/proxy.example.com@EXAMPLE.COM`); without
     /// it, tickets for any principal in the keytab are accepted.
     pub service_principal: Option<String>,
-    /// Log and match users as `alice` instead of `alice@EXAMPLE.COM`.
+    /// Log and match users as `alice` instead of `alice@EXAMPLE.COM` (NTLM: instead of
+    /// `alice@DOMAIN`, from `DOMAIN\alice`).
     pub strip_realm: bool,
 }
 

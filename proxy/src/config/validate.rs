@@ -113,7 +113,7 @@ fn validate_auth(auth: &AuthConfig) -> Result<(), KeyError> {
             "Basic authentication needs an htpasswd file",
         ));
     }
-    Ok(())
+    super::groups::validate(&auth.groups)
 }
 
 fn validate_tls(tls: &TlsConfig) -> Result<(), KeyError> {

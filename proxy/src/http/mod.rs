@@ -87,9 +87,15 @@ pub(crate) async fn handle(
                 return answer_challenge(&proxy, &conn, txn, in_flight, req, challenge).await;
             }
         }
+        if let (Some(user), Some(groups)) = (txn.user(), &proxy.groups) {
+            // Resolved for the authenticated user only; a cached answer never waits.
+            let resolved_groups = groups.resolve(user, &proxy.metrics).await;
+            txn.set_groups(resolved_groups);
+        }
         if txn.user().is_some() && proxy.policy.uses_identity() {
             // `user` / `group` rules can only be evaluated now; the exemption stays as it was.
-            if let Some(with_user) = decide(&proxy, &conn, &req, txn.user(), resolved.as_deref()) {
+            let identity = txn.identity();
+            if let Some(with_user) = decide(&proxy, &conn, &req, identity, resolved.as_deref()) {
                 decision = Some(with_user);
             }
         }
@@ -233,7 +239,7 @@ async fn authenticate(
             delay,
         } => {
             let mut page = pages::auth_required(cause);
-            for challenge in auth.challenges(negotiate_token.as_deref()) {
+            for challenge in auth.challenges(negotiate_token.as_ref()) {
                 page.headers_mut().append(PROXY_AUTHENTICATE, challenge);
             }
             Authenticated::Challenge(Challenge { page, cause, delay })
@@ -284,13 +290,12 @@ fn decide(
     proxy: &Proxy,
     conn: &ConnCtx,
     req: &Request<Incoming>,
-    user: Option<&str>,
+    identity: Option<Identity<'_>>,
     resolved: Option<&[IpAddr]>,
 ) -> Option<Decision> {
     let uri = req.uri();
     let host = uri.host().filter(|h| !h.is_empty())?;
     let user_agent = crate::headers::user_agent(req.headers());
-    let identity = user.map(Identity::named);
     let client = conn.client.ip();
     let decision = if req.method() == http::Method::CONNECT {
         // The target exactly as the tunnel will see it (a malformed one is refused later).

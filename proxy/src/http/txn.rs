@@ -3,12 +3,13 @@
 //! exactly once, when hyper has finished sending its body.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use portcullis_policy::{Decision, TimeoutProfile};
+use portcullis_policy::{Decision, Identity, TimeoutProfile};
 
 use super::pages;
 use crate::access_log::AccessLog;
@@ -28,6 +29,8 @@ pub(crate) struct Txn {
     method: String,
     url: String,
     user: Option<String>,
+    /// The user's groups (`[auth.groups]`); `None` when no group source is configured.
+    groups: Option<Arc<[String]>>,
     policy: Option<PolicyNote>,
     /// The policy gave this transaction Outlook's long timeouts.
     long_poll: bool,
@@ -83,6 +86,7 @@ impl Txn {
         method: &http::Method,
         url: String,
         user: Option<String>,
+        groups: Option<Arc<[String]>>,
     ) -> Txn {
         Txn {
             start: Instant::now(),
@@ -91,6 +95,7 @@ impl Txn {
             method: method.as_str().to_owned(),
             url,
             user,
+            groups,
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
@@ -107,6 +112,7 @@ impl Txn {
             method: "CONNECT".to_owned(),
             url: authority,
             user: None,
+            groups: None,
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
@@ -126,6 +132,7 @@ impl Txn {
             method: req.method().as_str().to_owned(),
             url: uri_text(req.uri()),
             user: None,
+            groups: None,
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
@@ -134,6 +141,22 @@ impl Txn {
 
     pub(crate) fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    pub(crate) fn groups(&self) -> Option<&Arc<[String]>> {
+        self.groups.as_ref()
+    }
+
+    pub(super) fn set_groups(&mut self, groups: Arc<[String]>) {
+        self.groups = Some(groups);
+    }
+
+    /// The authenticated user with their groups, for `user` and `group` rules.
+    pub(crate) fn identity(&self) -> Option<Identity<'_>> {
+        let groups = self.groups.as_deref().unwrap_or_default();
+        self.user
+            .as_deref()
+            .map(|name| Identity::with_groups(name, groups))
     }
 
     /// Replaces the logged URL (the proxy's own pages: origin-form targets made absolute).
@@ -184,6 +207,7 @@ impl Txn {
             method: self.method,
             url: self.url,
             user: self.user,
+            groups: self.groups,
             // A transparent connection's origin is its original destination, always.
             hierarchy: match (outcome.hierarchy, self.transparent) {
                 (Hierarchy::Direct, Some(_)) => Hierarchy::OriginalDst,

@@ -11,6 +11,7 @@
 //! cache) are read at scrape time ([`sources`]) instead of being counted twice.
 
 mod families;
+mod groups;
 mod sources;
 mod transparent;
 
@@ -24,6 +25,8 @@ pub(crate) use crate::error::Side;
 use crate::record::{Disposition, Record};
 use families::{AuthFamilies, ConfigFamilies, Connections, Requests, Tls};
 use sources::{raise, Sources};
+pub(crate) use groups::{GroupLookup, GroupSource};
+use groups::GroupFamilies;
 pub(crate) use sources::{AuthAttemptScheme, AuthCounters, AuthCounts, CertCacheStats};
 
 /// Why a CONNECT tunnel's TLS was passed through instead of intercepted.
@@ -137,6 +140,7 @@ pub(crate) struct Metrics {
     tls: Tls,
     config: ConfigFamilies,
     transparent: transparent::TransparentFamilies,
+    groups: GroupFamilies,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -159,6 +163,7 @@ impl Metrics {
             tls: Tls::register(&registry)?,
             config: ConfigFamilies::register(&registry)?,
             transparent: transparent::TransparentFamilies::register(&registry)?,
+            groups: GroupFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
             process: process_registry()?,
@@ -208,6 +213,16 @@ impl Metrics {
             .policy_decisions
             .with_label_values(&[rule, decision.as_str()])
             .inc();
+    }
+
+    /// One group lookup for an authenticated user (`[auth.groups]`).
+    pub(crate) fn group_lookup(&self, source: GroupSource, result: GroupLookup) {
+        self.groups.lookup(source, result);
+    }
+
+    /// A directory group lookup took `elapsed`.
+    pub(crate) fn group_lookup_duration(&self, source: GroupSource, elapsed: Duration) {
+        self.groups.duration(source, elapsed);
     }
 
     /// A client connection was accepted; the gauge drops when the guard does.

@@ -28,14 +28,17 @@ pub(crate) trait AuthCounters: Send + Sync {
 pub(crate) enum AuthAttemptScheme {
     Basic,
     Negotiate,
-    /// A scheme the proxy does not implement (NTLM, Digest, …) or an unreadable header.
+    /// NTLM, bare (`NTLM …`) or offered inside Negotiate.
+    Ntlm,
+    /// A scheme the proxy does not implement (Digest, …) or an unreadable header.
     Other,
 }
 
 impl AuthAttemptScheme {
-    pub(crate) const ALL: [AuthAttemptScheme; 3] = [
+    pub(crate) const ALL: [AuthAttemptScheme; 4] = [
         AuthAttemptScheme::Basic,
         AuthAttemptScheme::Negotiate,
+        AuthAttemptScheme::Ntlm,
         AuthAttemptScheme::Other,
     ];
 
@@ -43,6 +46,7 @@ impl AuthAttemptScheme {
         match self {
             AuthAttemptScheme::Basic => "basic",
             AuthAttemptScheme::Negotiate => "negotiate",
+            AuthAttemptScheme::Ntlm => "ntlm",
             AuthAttemptScheme::Other => "other",
         }
     }
@@ -53,7 +57,7 @@ impl AuthAttemptScheme {
 pub(crate) struct AuthCounts {
     /// `[successes, failures]` of attempts that presented credentials, indexed by
     /// [`AuthAttemptScheme`] (in [`AuthAttemptScheme::ALL`] order).
-    pub(crate) attempts: [[u64; 2]; 3],
+    pub(crate) attempts: [[u64; 2]; 4],
     /// Failures answered late because the client kept failing.
     pub(crate) throttled: u64,
     pub(crate) hash_verifications: u64,
@@ -61,23 +65,24 @@ pub(crate) struct AuthCounts {
 }
 
 /// How many numbers an [`AuthCounts`] holds, flattened for [`Accumulated`].
-const AUTH_COUNTS: usize = 9;
+const AUTH_COUNTS: usize = 11;
 
 impl AuthCounts {
     fn to_array(self) -> [u64; AUTH_COUNTS] {
-        let [[bs, bf], [ns, nf], [os, of]] = self.attempts;
+        let [[bs, bf], [ns, nf], [ts, tf], [os, of]] = self.attempts;
         let (t, h, c) = (
             self.throttled,
             self.hash_verifications,
             self.credential_cache_hits,
         );
-        [bs, bf, ns, nf, os, of, t, h, c]
+        [bs, bf, ns, nf, ts, tf, os, of, t, h, c]
     }
 
     fn from_array(a: [u64; AUTH_COUNTS]) -> AuthCounts {
-        let [bs, bf, ns, nf, os, of, throttled, hash_verifications, credential_cache_hits] = a;
+        let [bs, bf, ns, nf, ts, tf, os, of, throttled, hash_verifications, credential_cache_hits] =
+            a;
         AuthCounts {
-            attempts: [[bs, bf], [ns, nf], [os, of]],
+            attempts: [[bs, bf], [ns, nf], [ts, tf], [os, of]],
             throttled,
             hash_verifications,
             credential_cache_hits,

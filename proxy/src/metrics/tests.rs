@@ -26,6 +26,7 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
         method: method.into(),
         url: "http://example.test/".into(),
         user: Some("alice".into()),
+        groups: None,
         hierarchy: if result == "TCP_DENIED" {
             Hierarchy::None
         } else {
@@ -358,7 +359,7 @@ fn auth_attempts_are_labelled_by_scheme_and_result() {
     };
     let m = Metrics::new().unwrap();
     let text = m.render().unwrap();
-    for scheme in ["basic", "negotiate", "other"] {
+    for scheme in ["basic", "negotiate", "ntlm", "other"] {
         for result in ["success", "failure"] {
             assert_eq!(attempts(&text, scheme, result), 0.0, "{scheme} {result}");
         }
@@ -379,12 +380,15 @@ fn auth_attempts_are_labelled_by_scheme_and_result() {
     for _ in 0..5 {
         stats.attempt(AuthAttemptScheme::Other, false);
     }
+    stats.attempt(AuthAttemptScheme::Ntlm, true);
     let text = m.render().unwrap();
     for (scheme, result, n) in [
         ("basic", "success", 1.0),
         ("basic", "failure", 2.0),
         ("negotiate", "success", 3.0),
         ("negotiate", "failure", 4.0),
+        ("ntlm", "success", 1.0),
+        ("ntlm", "failure", 0.0),
         ("other", "success", 0.0),
         ("other", "failure", 5.0),
     ] {

@@ -11,6 +11,7 @@ fn args(url: &str) -> ExplainArgs {
         ua: None,
         client: "10.0.0.7".parse().unwrap(),
         user: None,
+        groups: None,
         sni: None,
         resolved: Vec::new(),
         transparent: None,
@@ -151,4 +152,23 @@ fn autodiscover_hosts_are_judged_on_their_addresses() {
 fn bad_urls_are_named() {
     let err = explain(&default_policy(), &args("ftp://x/"), &no_lookups).unwrap_err();
     assert!(err.to_string().contains("ftp scheme"), "{err}");
+}
+
+/// `--groups` feeds a `group` rule, in any spelling; without the group the rule does not match.
+#[test]
+fn groups_given_on_the_command_line_decide_group_rules() {
+    let raw: portcullis_policy::RawPolicy = toml::from_str(
+        "[outlook]\nmode = \"off\"\n[[rules]]\nname = \"no-finance\"\nhost = \"*.test\"\ngroup = \"finance\"\naction = \"deny\"\nreason = \"no\"\n",
+    )
+    .unwrap();
+    let policy = Policy::compile(&raw).unwrap();
+    let mut a = args("http://www.example.test/");
+    a.user = Some("LAB\\alice".to_owned());
+    a.groups = Some(vec!["Staff".to_owned(), "FINANCE".to_owned()]);
+    let out = explain(&policy, &a, &no_lookups).unwrap();
+    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("no-finance"), "{out}");
+    a.groups = Some(vec!["staff".to_owned()]);
+    let out = explain(&policy, &a, &no_lookups).unwrap();
+    assert!(!out.contains("decision: deny"), "{out}");
 }

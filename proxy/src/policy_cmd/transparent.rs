@@ -139,6 +139,7 @@ mod tests {
             ua: None,
             client: client.parse().unwrap(),
             user: None,
+            groups: None,
             sni: None,
             resolved: Vec::new(),
             transparent: None,

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portcullis_policy::{Identity, RequestFacts};
+use portcullis_policy::RequestFacts;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
@@ -37,6 +37,7 @@ pub(super) struct Tunnel {
     port: u16,
     sni: Option<String>,
     user: Option<String>,
+    groups: Option<Arc<[String]>>,
 }
 
 impl Tunnel {
@@ -44,7 +45,7 @@ impl Tunnel {
     pub(super) fn new(
         target: &Target,
         sni: Option<String>,
-        user: Option<String>,
+        (user, groups): (Option<String>, Option<Arc<[String]>>),
         origin: Origin,
     ) -> Tunnel {
         let host = sni.clone().unwrap_or_else(|| target.host.to_string());
@@ -61,6 +62,7 @@ impl Tunnel {
             port: target.port,
             sni,
             user,
+            groups,
         }
     }
 }
@@ -131,7 +133,13 @@ async fn decrypted_request(
     let in_flight = activity.begin_request();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("https://{}{}", tunnel.authority, path);
-    let mut txn = Txn::intercepted(&conn, req.method(), url, tunnel.user.clone());
+    let mut txn = Txn::intercepted(
+        &conn,
+        req.method(),
+        url,
+        tunnel.user.clone(),
+        tunnel.groups.clone(),
+    );
     if let Err(e) = crate::headers::check_transfer_coding(req.headers()) {
         return crate::http::refuse_framing(&proxy, txn, in_flight, e);
     }
@@ -144,7 +152,7 @@ async fn decrypted_request(
     )
     .with_sni(tunnel.sni.as_deref())
     .with_user_agent(crate::headers::user_agent(req.headers()))
-    .with_user(tunnel.user.as_deref().map(Identity::named));
+    .with_user(txn.identity());
     let decision = proxy.policy.decide_request(&facts);
     txn.decided(&decision);
     if let Some(err) = ProxyError::denial(&decision) {

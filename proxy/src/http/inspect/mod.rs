@@ -23,7 +23,7 @@ use bytes::BytesMut;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use portcullis_policy::{Action, Decision, Identity};
+use portcullis_policy::{Action, Decision};
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
@@ -201,7 +201,7 @@ async fn conclude(
     // Squid logs an intercepted CONNECT as `NONE/200 0 CONNECT host:port`, then each decrypted
     // request on its own line.
     txn.inspected();
-    let user = txn.user().map(str::to_owned);
+    let user = (txn.user().map(str::to_owned), txn.groups().cloned());
     let outcome = match peer {
         Some(_) => Outcome {
             result: ResultCode::None,
@@ -300,7 +300,7 @@ impl Interception<'_> {
         }
         let facts = super::connect_facts(self.target, Some(sni), self.conn.client.ip())
             .with_user_agent(plan.user_agent.as_deref())
-            .with_user(txn.user().map(Identity::named));
+            .with_user(txn.identity());
         Some(self.proxy.policy.decide_connect(&facts))
     }
 
