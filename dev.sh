@@ -19,7 +19,8 @@ cd "$(dirname "$0")"
 # front of two instances for the PROXY protocol scale-out test.
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
-  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy)
+  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy
+  faketime)
 
 ensure_packages() {
   local missing=()

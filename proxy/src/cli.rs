@@ -116,7 +116,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 /// Process-wide settings taken from the config, made before any thread starts (the only time
 /// changing the environment is sound). `run` and `check-config` both need them.
-fn prepare_process(config: &Config) {
+pub(crate) fn prepare_process(config: &Config) {
     if let Some(keytab) = &config.auth.negotiate.keytab {
         // MIT krb5 reads the acceptor keytab from KRB5_KTNAME.
         std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));

@@ -46,13 +46,18 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
         path: args.config.clone(),
         ..Default::default()
     };
+    // As `run` does before any thread starts: the keytab path goes into the environment.
+    let config = source.load();
+    if let Ok(config) = &config {
+        crate::cli::prepare_process(config);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
-        match source.load() {
+        match config {
             Ok(config) => {
                 crate::telemetry::init(&crate::config::LogConfig {
                     level: "warn".to_owned(),

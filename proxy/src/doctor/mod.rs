@@ -123,6 +123,8 @@ impl Check {
 /// Everything the doctor found, in the order the checks ran.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
+    /// When the checks ran (HTTP date).
+    pub generated: String,
     pub checks: Vec<Check>,
     pub summary: Summary,
 }
@@ -147,7 +149,11 @@ impl Report {
                 Status::Skip => summary.skip += 1,
             }
         }
-        Report { checks, summary }
+        Report {
+            generated: httpdate::fmt_http_date(std::time::SystemTime::now()),
+            checks,
+            summary,
+        }
     }
 
     /// True when no check failed (warnings do not fail the run).

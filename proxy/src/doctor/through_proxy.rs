@@ -54,7 +54,7 @@ pub(super) async fn run(inputs: &Inputs, policy: Option<&Policy>) -> Vec<Check> 
         )];
     }
     let resolver = crate::upstream::Resolver::new(config).ok();
-    let ca = our_ca(config);
+    let ca = our_ca(proxy).await;
     let mut out = Vec::new();
     let target = outlook::EXCHANGE_ONLINE;
     let expected = policy::decide(policy, resolver.as_ref(), target).await;
@@ -98,12 +98,49 @@ fn connectable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn our_ca(config: &Config) -> Option<rustls::pki_types::CertificateDer<'static>> {
-    if !config.tls.inspect {
+/// The CA the running proxy hands out to clients (`/ca.pem`): the one its leaves must chain to.
+/// The CA files on disk are the CA checks' business; a proxy started before they changed still
+/// uses the old one.
+async fn our_ca(proxy: SocketAddr) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let (status, body) = get_local(proxy, "/ca.pem").await.ok()?;
+    if status != 200 {
         return None;
     }
-    portcullis_certs::read_ca_cert(&config.server.data_dir.join(portcullis_certs::CA_CERT_FILE))
-        .ok()
+    portcullis_certs::ca_cert_from_pem(&body).ok()
+}
+
+/// `GET path` from the proxy itself (origin-form: no credentials needed): status and body.
+async fn get_local(proxy: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {proxy}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        (&mut stream)
+            .take(1024 * 1024)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".to_owned()))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| {
+            format!(
+                "answered {:?}, not HTTP",
+                head.lines().next().unwrap_or_default()
+            )
+        })?;
+    Ok((status, body.to_owned()))
 }
 
 /// One CONNECT, judged against the decision the config makes for it.
@@ -167,8 +204,10 @@ async fn connect_check(
         (Action::Inspect, false) if ca.is_some() => Check::fail(
             FAMILY,
             name,
-            format!("200, but the leaf is issued by {issuer}, not our CA"),
-            "the running proxy uses another CA than server.data_dir holds: restart it",
+            format!(
+                "200, but the leaf is issued by {issuer}, not the CA the proxy serves at /ca.pem"
+            ),
+            "another TLS-inspecting proxy answers on this address: check --proxy",
         ),
         (Action::Inspect, false) => Check::pass(FAMILY, name, format!("200; issued by {issuer}")),
         (_, false) => Check::pass(
@@ -251,45 +290,26 @@ async fn read_head(stream: &mut TcpStream) -> Result<String, String> {
 /// `GET /proxy.pac` from the proxy itself, compared with what the policy renders.
 async fn pac(config: &Config, proxy: SocketAddr, policy: &Policy) -> Check {
     let name = "PAC file served";
-    let authority = proxy.to_string();
-    let exchange = async {
-        let mut stream = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
-        let request =
-            format!("GET /proxy.pac HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        (&mut stream)
-            .take(1024 * 1024)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(String::from_utf8_lossy(&answer).into_owned())
+    let (status, body) = match get_local(proxy, "/proxy.pac").await {
+        Ok(answer) => answer,
+        Err(e) => return Check::fail(FAMILY, name, e, NOT_RUNNING),
     };
-    let answer = match tokio::time::timeout(PROBE_TIMEOUT, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => return Check::fail(FAMILY, name, e, NOT_RUNNING),
-        Err(_) => return Check::fail(FAMILY, name, "no answer within 5 s", NOT_RUNNING),
-    };
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    if !head.starts_with("HTTP/1.1 200") {
+    if status != 200 {
         return Check::fail(
             FAMILY,
             name,
-            format!("answered {:?}", head.lines().next().unwrap_or_default()),
+            format!("answered {status}"),
             "the process on this port is not Portcullis: check --proxy",
         );
     }
-    let rendered = portcullis_policy::pac::render(policy, &authority);
+    let authority = proxy.to_string();
     // The proxy sends the file with a Content-Length; the body is the rendered text as is.
-    if body == rendered {
+    if body == portcullis_policy::pac::render(policy, &authority) {
         Check::pass(
             FAMILY,
             name,
             format!(
-                "matches the policy; clients are sent to {}",
+                "identical to what the policy renders; clients are sent to {}",
                 pac_target(config, &authority)
             ),
         )
