@@ -16,7 +16,8 @@ cd "$(dirname "$0")"
 # (krb5-kdc, krb5-admin-server, krb5-user) for Negotiate; nftables, iptables, iproute2 and socat
 # for the netfilter lab in network namespaces; chromium and libnss3-tools (certutil) for the
 # real-browser interception test; prometheus to scrape the admin endpoint for real; haproxy in
-# front of two instances for the PROXY protocol scale-out test.
+# front of two instances for the PROXY protocol scale-out test; faketime to put `portcullis
+# doctor` ten minutes off the KDC's clock.
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
   nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy

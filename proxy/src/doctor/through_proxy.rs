@@ -172,7 +172,7 @@ async fn connect_check(
     };
     let cause = cause.map(|c| format!(" ({c})")).unwrap_or_default();
     if status != want {
-        if want == 200 && matches!(status, 502 | 503 | 504) {
+        if want == 200 && matches!(status, 502..=504) {
             return Check::warn(
                 FAMILY,
                 name,
