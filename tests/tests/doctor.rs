@@ -417,3 +417,64 @@ fn usage_errors_exit_2_and_an_invalid_config_fails_its_check() {
     assert!(text.contains("server.listen"), "{text}");
     assert!(text.contains("fix: "), "{text}");
 }
+
+/// In a network namespace of its own: with `[netfilter]` in the config, the check fails until
+/// `netfilter apply` loaded the rules, then passes; a config changed since fails it again.
+#[test]
+fn the_netfilter_check_compares_the_live_table_with_the_render() {
+    let probe = Command::new("unshare").args(["-n", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_NETNS").is_none(),
+            "`unshare -n` failed but PORTCULLIS_REQUIRE_NETNS is set"
+        );
+        eprintln!("SKIP: no network namespaces here (run as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nf.toml");
+    let text = |extra: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:3128\"]\ndata_dir = \"{}\"\n[m365]\nfetch = false\n\
+             [netfilter]\naccept_icmp = false\n{extra}",
+            dir.path().join("data").display()
+        )
+    };
+    std::fs::write(&config, text("")).unwrap();
+    let changed = dir.path().join("changed.toml");
+    std::fs::write(&changed, text("lan_networks = [\"10.1.0.0/16\"]\n")).unwrap();
+    let bin = portcullis_bin().display().to_string();
+    let script = format!(
+        "{bin} doctor --config {c}; echo =; {bin} netfilter apply --config {c} 2>/dev/null; \
+         {bin} doctor --config {c}; echo =; {bin} doctor --config {n}",
+        c = config.display(),
+        n = changed.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text
+        .split("\n=\n")
+        .map(|part| {
+            part.lines()
+                .find(|l| l.contains(" netfilter "))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("FAIL netfilter") && lines[0].contains("not loaded"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("PASS netfilter"), "{text}");
+    assert!(
+        lines[2].starts_with("FAIL netfilter") && lines[2].contains("not loaded, e.g."),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: the config changed since the rules were applied"),
+        "{text}"
+    );
+}
