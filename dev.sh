@@ -18,11 +18,12 @@ cd "$(dirname "$0")"
 # real-browser interception test; prometheus to scrape the admin endpoint for real; haproxy in
 # front of two instances for the PROXY protocol scale-out test; slapd and ldap-utils for the
 # directory group tests, gss-ntlmssp and python3-gssapi (an NTLM
-# initiator) for NTLM proxy authentication (issue 20).
+# initiator) for NTLM proxy authentication; faketime to put `portcullis doctor` ten minutes
+# off the KDC's clock.
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
   nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy python3
-  slapd ldap-utils gss-ntlmssp python3-gssapi)
+  slapd ldap-utils gss-ntlmssp python3-gssapi faketime)
 
 ensure_packages() {
   local missing=()

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config` and `POST /reload`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`, `/doctor` and
+//! `POST /reload`.
 //!
 //! It is bound *before* the proxy listeners, so that a probe can tell "alive but not yet
 //! serving" (`/healthz` 200, `/readyz` 503) from "serving" — for instance while a large htpasswd
@@ -141,7 +142,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
-        "/metrics" | "/healthz" | "/readyz" | "/config" if !get => not_allowed("GET, HEAD"),
+        "/metrics" | "/healthz" | "/readyz" | "/config" | "/doctor" if !get => {
+            not_allowed("GET, HEAD")
+        }
         "/metrics" => match state.metrics.render() {
             Ok(text) => text_response(StatusCode::OK, prometheus::TEXT_FORMAT, text),
             Err(e) => plain(
@@ -178,6 +181,18 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
                 "still starting\n".to_owned(),
             ),
         },
+        // Takes no parameters: what it probes comes from the config alone (see `doctor`).
+        "/doctor" => match state.reloader.get() {
+            Some(reloader) => text_response(
+                StatusCode::OK,
+                "application/json",
+                crate::doctor::cache::report(reloader).await.to_json(),
+            ),
+            None => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "still starting\n".to_owned(),
+            ),
+        },
         "/reload" => {
             if req.method() != Method::POST {
                 return not_allowed("POST");
@@ -206,7 +221,8 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         }
         "/" => plain(
             StatusCode::OK,
-            "portcullis admin: /metrics /healthz /readyz /config, POST /reload\n".to_owned(),
+            "portcullis admin: /metrics /healthz /readyz /config /doctor, POST /reload\n"
+                .to_owned(),
         ),
         _ => plain(StatusCode::NOT_FOUND, "not found\n".to_owned()),
     }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AdminListen, Config};
-use crate::{ca_cmd, netfilter_cmd, policy_cmd};
+use crate::{ca_cmd, doctor_cmd, netfilter_cmd, policy_cmd};
 
 /// Portcullis: a forward proxy that keeps Outlook working behind proxy authentication and TLS
 /// inspection.
@@ -51,6 +51,11 @@ pub enum Command {
     /// through its admin endpoint, which reports whether the new config was accepted, or by
     /// signalling the process named in a pid file.
     Reload(ReloadArgs),
+    /// Outlook connectivity self-test: the config, the CA, Kerberos, the policy for Outlook's
+    /// endpoints, the Microsoft 365 list, the route out from this host, the running proxy and
+    /// the netfilter rules; one line per check with PASS/WARN/FAIL, the finding and the fix.
+    /// Exit status 0 when no check fails, 1 when one does, 2 for usage errors.
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,7 +116,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 
 /// Process-wide settings taken from the config, made before any thread starts (the only time
 /// changing the environment is sound). `run` and `check-config` both need them.
-fn prepare_process(config: &Config) {
+pub(crate) fn prepare_process(config: &Config) {
     if let Some(keytab) = &config.auth.negotiate.keytab {
         // MIT krb5 reads the acceptor keytab from KRB5_KTNAME.
         std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
@@ -240,6 +245,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reload(args) => reload(args),
+        Command::Doctor(args) => doctor_cmd::run(args),
     }
 }
 

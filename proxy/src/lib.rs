@@ -17,6 +17,8 @@ pub mod cli;
 mod config;
 mod conn;
 mod context;
+mod doctor;
+mod doctor_cmd;
 mod driver;
 mod error;
 mod groups;

@@ -13,6 +13,8 @@ const DIR: &str = "m365";
 const ENDPOINTS_FILE: &str = "endpoints.json";
 const VERSION_FILE: &str = "version";
 const ID_FILE: &str = "client-request-id";
+/// `<unix seconds> <result> <detail>` of the feed's last check, for `portcullis doctor`.
+const LAST_FETCH_FILE: &str = "last-fetch";
 
 /// The cached list, as loaded for a snapshot.
 #[derive(Debug, Default)]
@@ -91,6 +93,46 @@ pub(crate) fn cached_version(config: &Config) -> Option<String> {
     std::fs::read_to_string(dir(config).join(VERSION_FILE)).ok()
 }
 
+/// When the cached list was stored (its file's modification time).
+pub(crate) fn stored_at(config: &Config) -> Option<std::time::SystemTime> {
+    std::fs::metadata(dir(config).join(ENDPOINTS_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The outcome of the feed's last check (`unchanged`, `updated`, `throttled`, `failed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastFetch {
+    pub at: std::time::SystemTime,
+    pub result: String,
+    pub detail: String,
+}
+
+/// Remembers the feed's last check on disk, so that `portcullis doctor` (another process) can
+/// report it. Best effort: a data directory that cannot take it changes nothing else.
+pub(crate) fn record_fetch(config: &Config, result: &str, detail: &str) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let line = format!("{at} {result} {}\n", detail.replace('\n', " "));
+    let _ = std::fs::create_dir_all(dir(config));
+    if let Err(e) = write_atomically(&dir(config).join(LAST_FETCH_FILE), line.as_bytes()) {
+        tracing::debug!(error = %e, "cannot record the Microsoft 365 fetch result");
+    }
+}
+
+/// The last check [`record_fetch`] remembered.
+pub(crate) fn last_fetch(config: &Config) -> Option<LastFetch> {
+    let text = std::fs::read_to_string(dir(config).join(LAST_FETCH_FILE)).ok()?;
+    let mut parts = text.trim_end().splitn(3, ' ');
+    let secs = parts.next()?.parse::<u64>().ok()?;
+    Some(LastFetch {
+        at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        result: parts.next()?.to_owned(),
+        detail: parts.next().unwrap_or_default().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests")]
@@ -121,6 +163,14 @@ mod tests {
         assert_eq!(
             (cached.sets.len(), cached.version.as_deref()),
             (1, Some("2026010100"))
+        );
+        assert!(stored_at(&config).is_some());
+        assert_eq!(last_fetch(&config), None);
+        record_fetch(&config, "failed", "dns error:\nno such host");
+        let last = last_fetch(&config).unwrap();
+        assert_eq!(
+            (last.result.as_str(), last.detail.as_str()),
+            ("failed", "dns error: no such host")
         );
         std::fs::write(dir.path().join("m365/endpoints.json"), "garbage").unwrap();
         assert!(load_cached(&config).sets.is_empty());

@@ -44,6 +44,7 @@ pub(crate) async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
         if settings.fetch {
             let result = check(&proxy).await;
             let ok = !matches!(result, Err(Failure::Other(_)));
+            record(&proxy, &result).await;
             match result {
                 Ok(Checked::Unchanged) => proxy.metrics.m365_fetched("unchanged"),
                 Ok(Checked::Updated { version, sets }) => {
@@ -73,6 +74,21 @@ pub(crate) async fn run(reloader: Arc<Reloader>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Keeps the outcome on disk for `portcullis doctor`.
+async fn record(proxy: &crate::context::Proxy, result: &Result<Checked, Failure>) {
+    let (what, detail) = match result {
+        Ok(Checked::Unchanged) => ("unchanged", String::new()),
+        Ok(Checked::Updated { version, .. }) => ("updated", version.clone()),
+        Err(Failure::Throttled) => ("throttled", "429 too many requests".to_owned()),
+        Err(Failure::Other(e)) => ("failed", e.clone()),
+    };
+    let config = Arc::clone(&proxy.config);
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::m365_cache::record_fetch(&config, what, &detail);
+    })
+    .await;
 }
 
 /// One failed check, logged by what came before it (see [`run`]).

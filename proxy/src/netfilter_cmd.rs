@@ -160,11 +160,6 @@ const IPTABLES: [(Family, &str, &str); 2] = [
 /// Loads the config and compiles its `[netfilter]` section with the proxy's listeners as facts.
 fn spec(common: &Common) -> anyhow::Result<NetfilterSpec> {
     let config = load_config(common.config.as_deref())?;
-    let facts = NetfilterFacts {
-        proxy_listen: config.server.listen.clone(),
-        transparent_http: config.server.transparent_http_listen.clone(),
-        transparent_tls: config.server.transparent_tls_listen.clone(),
-    };
     let mode = common.mode.map(|m| match m {
         ModeArg::Gateway => Mode::Gateway,
         ModeArg::Host => Mode::Host,
@@ -173,13 +168,26 @@ fn spec(common: &Common) -> anyhow::Result<NetfilterSpec> {
         || "<embedded default>".to_owned(),
         |p| p.display().to_string(),
     );
+    compile(&config, mode).with_context(|| format!("invalid config {origin}"))
+}
+
+/// Compiles `[netfilter]` with the proxy's listeners as facts: what `render` prints (and
+/// `portcullis doctor` compares with the live ruleset).
+pub(crate) fn compile(
+    config: &crate::config::Config,
+    mode: Option<Mode>,
+) -> Result<NetfilterSpec, netfilter::CompileError> {
+    let facts = NetfilterFacts {
+        proxy_listen: config.server.listen.clone(),
+        transparent_http: config.server.transparent_http_listen.clone(),
+        transparent_tls: config.server.transparent_tls_listen.clone(),
+    };
     netfilter::compile(&config.netfilter, &facts, mode)
-        .with_context(|| format!("invalid config {origin}"))
 }
 
 /// Runs `program args`, feeding `stdin`, and returns its standard output. A failure names the
 /// program and carries its standard error (nft's errors point at the offending line).
-fn tool(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+pub(crate) fn tool(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {

@@ -350,6 +350,11 @@ impl Reloader {
         self.current.load_full()
     }
 
+    /// Where the configuration is read from (`portcullis doctor` loads it the same way).
+    pub(crate) fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
     /// Re-reads and validates everything and swaps the snapshot; on error the old one stays.
     /// Logs the outcome (so SIGHUP and `/reload` report the same way) and counts it.
     pub(crate) async fn reload(&self) -> Result<ReloadReport, LoadError> {

@@ -16,7 +16,7 @@ const KRB5_OIDS: [&[u8]; 2] = [
 const MAX_DEPTH: usize = 10;
 
 /// One TLV: (tag, value, rest). Single-byte tags, definite lengths up to 4 bytes.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

@@ -29,6 +29,7 @@ pub(super) fn handle(
             &authority,
             &proxy.listen_label(),
             ca.map(|ca| (ca.subject(), ca.fingerprint())),
+            crate::doctor::cache::info_line().as_deref(),
         ),
         (&Method::GET | &Method::HEAD, "/ca.pem", Some(ca)) => download(
             ca.cert_pem().into_bytes(),

@@ -122,6 +122,7 @@ pub(super) fn info_page(
     proxy: &str,
     listen: &str,
     ca: Option<(&str, String)>,
+    self_test: Option<&str>,
 ) -> Response<ProxyBody> {
     let proxy = escape(proxy);
     let use_it = format!(
@@ -181,6 +182,12 @@ pub(super) fn info_page(
         ),
     }
     body.push_str(&use_it);
+    if let Some(summary) = self_test {
+        body.push_str(&format!(
+            "\n<section id=\"self-test\"><h2>Self-test</h2><p>{}</p></section>",
+            escape(summary)
+        ));
+    }
     html(StatusCode::OK, "Portcullis forward proxy", &body)
 }
 

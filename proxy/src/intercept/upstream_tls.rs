@@ -57,38 +57,15 @@ fn alpn_sets() -> [Vec<Vec<u8>>; 3] {
 
 impl UpstreamTls {
     pub(crate) fn new(config: &TlsConfig) -> Result<UpstreamTls, UpstreamTlsError> {
-        let mut roots = RootCertStore::empty();
-        // The OS store, honouring SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL-based tools do.
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            tracing::warn!("no CA certificates in the system store; using the Mozilla roots");
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        }
+        let mut roots = system_roots();
         if let Some(path) = &config.upstream_ca_file {
-            let pem = std::fs::read(path).map_err(|error| UpstreamTlsError::Read {
-                path: path.clone(),
-                error,
-            })?;
-            let mut added = 0;
-            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let cert: CertificateDer<'static> =
-                    cert.map_err(|error| UpstreamTlsError::Pem {
-                        path: path.clone(),
-                        error,
-                    })?;
+            for cert in extra_roots(path)? {
                 roots
                     .add(cert)
                     .map_err(|error| UpstreamTlsError::Certificate {
                         path: path.clone(),
                         error,
                     })?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(UpstreamTlsError::NoCertificates { path: path.clone() });
             }
         }
         let count = roots.len();
@@ -141,6 +118,41 @@ impl UpstreamTls {
         };
         Arc::clone(&set[index])
     }
+}
+
+/// The OS store, honouring SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL-based tools do; the
+/// Mozilla roots when it is empty.
+pub(crate) fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        tracing::warn!("no CA certificates in the system store; using the Mozilla roots");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+/// The certificates of `tls.upstream_ca_file`: at least one, or an error naming the file.
+pub(crate) fn extra_roots(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, UpstreamTlsError> {
+    let path = path.to_owned();
+    let pem = std::fs::read(&path).map_err(|error| UpstreamTlsError::Read {
+        path: path.clone(),
+        error,
+    })?;
+    let certs = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|error| UpstreamTlsError::Pem {
+            path: path.clone(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(UpstreamTlsError::NoCertificates { path });
+    }
+    Ok(certs)
 }
 
 pub(crate) use super::cert_errors::classify_handshake_error;
