@@ -124,7 +124,10 @@ mod tests {
         for (raw, want) in [
             ("Finance", "finance"),
             ("  FINANCE ", "finance"),
-            ("CN=Finance, OU=Groups ,DC=lab,DC=test", "cn=finance,ou=groups,dc=lab,dc=test"),
+            (
+                "CN=Finance, OU=Groups ,DC=lab,DC=test",
+                "cn=finance,ou=groups,dc=lab,dc=test",
+            ),
             ("cn = Finance Team,ou=groups", "cn=finance team,ou=groups"),
             ("cn=a\\, b,ou=g", "cn=a\\, b,ou=g"),
             ("Ärzte", "ärzte"),
@@ -143,7 +146,10 @@ mod tests {
         ));
         assert!(group_matches("ÄRZTE", "ärzte"));
         assert!(!group_matches("finance2", "finance"));
-        assert!(!group_matches("cn=finance,ou=other", "cn=finance,ou=groups"));
+        assert!(!group_matches(
+            "cn=finance,ou=other",
+            "cn=finance,ou=groups"
+        ));
     }
 
     #[test]
@@ -152,7 +158,10 @@ mod tests {
             group_aliases("CN=Finance,OU=Groups,DC=lab,DC=test"),
             vec!["cn=finance,ou=groups,dc=lab,dc=test", "finance"]
         );
-        assert_eq!(group_aliases("cn=a\\, b,ou=g"), vec!["cn=a\\, b,ou=g", "a, b"]);
+        assert_eq!(
+            group_aliases("cn=a\\, b,ou=g"),
+            vec!["cn=a\\, b,ou=g", "a, b"]
+        );
         // Not a CN first: only the DN.
         assert_eq!(group_aliases("ou=Groups,dc=x"), vec!["ou=groups,dc=x"]);
     }
@@ -172,21 +181,33 @@ mod tests {
         let decide = |groups: &[&str]| {
             let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
             let identity = Identity::with_groups("alice", &groups);
-            let facts = ConnectFacts::new("a.test", 443, [10, 0, 0, 1].into()).with_user(Some(identity));
+            let facts =
+                ConnectFacts::new("a.test", 443, [10, 0, 0, 1].into()).with_user(Some(identity));
             let d = policy.decide_connect(&facts);
-            (matches!(d.action, Action::Deny { .. }), d.rule.name.to_string())
+            (
+                matches!(d.action, Action::Deny { .. }),
+                d.rule.name.to_string(),
+            )
         };
         for (groups, rule) in [
             (&["finance"][..], "no-finance"),
             (&["FINANCE"], "no-finance"),
             (&["cn=other,ou=groups", "finance"], "no-finance"),
-            (&group_aliases_ref("cn=finance,ou=groups,dc=lab,dc=test"), "no-finance"),
+            (
+                &group_aliases_ref("cn=finance,ou=groups,dc=lab,dc=test"),
+                "no-finance",
+            ),
             (&["cn=staff,ou=groups,dc=lab,dc=test"], "no-staff"),
             (&["CN=Staff,OU=Groups, DC=lab, DC=test"], "no-staff"),
         ] {
             assert_eq!(decide(groups), (true, rule.to_owned()), "{groups:?}");
         }
-        for groups in [&[][..], &["finance2"], &["cn=staff,ou=other,dc=lab,dc=test"], &["staff"]] {
+        for groups in [
+            &[][..],
+            &["finance2"],
+            &["cn=staff,ou=other,dc=lab,dc=test"],
+            &["staff"],
+        ] {
             assert!(!decide(groups).0, "{groups:?}");
         }
     }
@@ -201,7 +222,14 @@ mod tests {
 
     #[test]
     fn account_names_meet() {
-        for raw in ["alice", "Alice", "LAB\\alice", "lab\\ALICE", "alice@LAB.TEST", " ALICE@lab.test "] {
+        for raw in [
+            "alice",
+            "Alice",
+            "LAB\\alice",
+            "lab\\ALICE",
+            "alice@LAB.TEST",
+            " ALICE@lab.test ",
+        ] {
             assert_eq!(account_name(raw), "alice", "{raw:?}");
         }
         assert_eq!(account_name("bob.smith"), "bob.smith");

@@ -31,8 +31,18 @@ pub(super) fn compile(
              nothing serves",
         ));
     }
-    let http_port = port(ic.http_port, &facts.transparent_http, "http_port", "server.transparent_http_listen")?;
-    let https_port = port(ic.https_port, &facts.transparent_tls, "https_port", "server.transparent_tls_listen")?;
+    let http_port = port(
+        ic.http_port,
+        &facts.transparent_http,
+        "http_port",
+        "server.transparent_http_listen",
+    )?;
+    let https_port = port(
+        ic.https_port,
+        &facts.transparent_tls,
+        "https_port",
+        "server.transparent_tls_listen",
+    )?;
     if http_port.is_some() && http_port == https_port {
         return Err(invalid(
             format!("{P}.intercept.https_port"),
@@ -71,7 +81,10 @@ fn port(
     };
     let listener_port = first.port();
     if listener_port == 0 {
-        return Err(invalid(listen_key.to_owned(), "port 0 (chosen by the OS) cannot be a redirect target"));
+        return Err(invalid(
+            listen_key.to_owned(),
+            "port 0 (chosen by the OS) cannot be a redirect target",
+        ));
     }
     if let Some(other) = reachable.iter().find(|a| a.port() != listener_port) {
         return Err(invalid(

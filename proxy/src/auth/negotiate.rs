@@ -109,8 +109,14 @@ impl Negotiate {
                 .map_err(|e| NegotiateError::NoNtlm(e.to_string()));
         }
         let Some(principal) = &self.principal else {
-            // No principal: accept tickets for any service principal in the keytab.
-            Cred::acquire(None, None, CredUsage::Accept, None)
+            // No principal: accept tickets for any service principal in the keytab. Checked
+            // for Kerberos alone: with gss-ntlmssp installed, acquiring for every mechanism
+            // succeeds through NTLMSSP even when the keytab is missing.
+            let mut kerberos = OidSet::new();
+            kerberos
+                .add(GSS_MECH_KRB5)
+                .map_err(|e| NegotiateError::NoCredentials(e.to_string()))?;
+            Cred::acquire(None, None, CredUsage::Accept, Some(&kerberos))
                 .map_err(|e| NegotiateError::NoCredentials(e.to_string()))?;
             return Ok(None);
         };

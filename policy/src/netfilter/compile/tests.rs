@@ -14,7 +14,10 @@ fn facts() -> NetfilterFacts {
             "10.0.0.1:3128".parse().unwrap(),
             "[::]:8080".parse().unwrap(),
         ],
-        transparent_http: vec!["0.0.0.0:3129".parse().unwrap(), "[::]:3129".parse().unwrap()],
+        transparent_http: vec![
+            "0.0.0.0:3129".parse().unwrap(),
+            "[::]:3129".parse().unwrap(),
+        ],
         transparent_tls: vec!["0.0.0.0:3130".parse().unwrap()],
     }
 }
@@ -268,7 +271,10 @@ fn config_round_trips_through_toml() {
 fn intercept_redirects_to_the_transparent_listeners_ports() {
     let spec = ok("[intercept]\nenabled = true\n");
     let ic = spec.intercept.unwrap();
-    assert_eq!(ic.redirects().collect::<Vec<_>>(), [(80, 3129), (443, 3130)]);
+    assert_eq!(
+        ic.redirects().collect::<Vec<_>>(),
+        [(80, 3129), (443, 3130)]
+    );
     assert!(ic.reject_quic, "on by default with interception");
     let nft = crate::netfilter::nft::render(&spec);
     assert!(nft.contains("tcp dport 80 redirect to :3129"), "{nft}");
@@ -283,7 +289,10 @@ fn intercept_redirects_to_the_transparent_listeners_ports() {
     let mut only_http = facts();
     only_http.transparent_tls.clear();
     let spec = compile(&parse("[intercept]\nenabled = true\n"), &only_http, None).unwrap();
-    assert_eq!(spec.intercept.unwrap().redirects().collect::<Vec<_>>(), [(80, 3129)]);
+    assert_eq!(
+        spec.intercept.unwrap().redirects().collect::<Vec<_>>(),
+        [(80, 3129)]
+    );
 }
 
 #[test]
@@ -305,15 +314,22 @@ fn intercept_refuses_to_redirect_where_nothing_listens() {
     assert_eq!(err.key(), "server.transparent_http_listen", "{err}");
     assert!(err.to_string().contains("loopback"), "{err}");
     let split = NetfilterFacts {
-        transparent_tls: vec!["0.0.0.0:3130".parse().unwrap(), "[::]:3131".parse().unwrap()],
+        transparent_tls: vec![
+            "0.0.0.0:3130".parse().unwrap(),
+            "[::]:3131".parse().unwrap(),
+        ],
         ..none
     };
     let err = compile(&cfg, &split, None).unwrap_err();
     assert!(err.to_string().contains("different ports"), "{err}");
-    let err = compile(&parse("[intercept]\nenabled = true\nhttps_port = 443\n"), &NetfilterFacts {
-        transparent_tls: Vec::new(),
-        ..facts()
-    }, None)
+    let err = compile(
+        &parse("[intercept]\nenabled = true\nhttps_port = 443\n"),
+        &NetfilterFacts {
+            transparent_tls: Vec::new(),
+            ..facts()
+        },
+        None,
+    )
     .unwrap_err();
     assert!(err.to_string().contains("is empty"), "{err}");
 }
