@@ -6,7 +6,12 @@
 //! scale_load origin LISTENERS                      # prints {"ports":[..]} then serves
 //! scale_load tunnels PROXY TARGETS N PARALLEL SOURCES
 //! scale_load burst PROXY TARGET N CLIENTS
+//! scale_load tls-origin LISTENERS CA_FILE          # writes its CA to CA_FILE, prints {"ports":[..]}
+//! scale_load intercepted PROXY PORTS N PARALLEL SOURCES PROXY_CA_FILE
 //! ```
+//! `intercepted` opens `CONNECT localhost:PORT` tunnels the proxy inspects: a TLS handshake with
+//! the proxy's minted certificate (trusting PROXY_CA_FILE), one request and its response, then
+//! the connection is held idle, as a mail client's keep-alive connection is.
 //! TARGETS and SOURCES are comma-separated (`127.0.0.1:4000,127.0.0.1:4001`, `127.0.1.1,…`);
 //! tunnels spread over them round-robin, so one run is not bounded by one address's ephemeral
 //! ports. A tunnel counts once the origin's byte came back through it (the relay is running).
@@ -52,7 +57,16 @@ fn main() -> Result<()> {
             arg(3)?.parse()?,
             arg(4)?.parse()?,
         )),
-        other => bail!("unknown mode {other:?}: origin, tunnels or burst"),
+        "tls-origin" => runtime.block_on(tls_origin(arg(1)?.parse()?, arg(2)?)),
+        "intercepted" => runtime.block_on(intercepted(
+            arg(1)?.parse()?,
+            list(arg(2)?)?,
+            arg(3)?.parse()?,
+            arg(4)?.parse()?,
+            list(arg(5)?)?,
+            arg(6)?,
+        )),
+        other => bail!("unknown mode {other:?}: origin, tunnels, burst, tls-origin or intercepted"),
     }
 }
 
@@ -62,7 +76,11 @@ where
 {
     let items = text
         .split(',')
-        .map(|s| s.trim().parse::<T>().with_context(|| format!("bad list item {s:?}")))
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .with_context(|| format!("bad list item {s:?}"))
+        })
         .collect::<Result<Vec<T>>>()?;
     if items.is_empty() {
         bail!("empty list");
@@ -167,15 +185,30 @@ async fn tunnels(
     parallel: usize,
     sources: Vec<IpAddr>,
 ) -> Result<()> {
+    hold_many(n, parallel, move |i| {
+        let (source, target) = (sources[i % sources.len()], targets[i % targets.len()]);
+        open_tunnel(proxy, source, target)
+    })
+    .await
+}
+
+/// Opens `n` connections with `open` (at most `parallel` at a time), prints the JSON line and
+/// holds them until standard input closes.
+async fn hold_many<T, F, Fut>(n: usize, parallel: usize, open: F) -> Result<()>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (source, target) = (sources[i % sources.len()], targets[i % targets.len()]);
         let gate = Arc::clone(&gate);
+        let opening = open(i);
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            tokio::time::timeout(TIMEOUT, open_tunnel(proxy, source, target)).await?
+            tokio::time::timeout(TIMEOUT, opening).await?
         });
     }
     let (mut open, mut errors) = (Vec::with_capacity(n), Errors::default());
@@ -270,4 +303,120 @@ async fn send_back_to_back(
         });
     }
     answers
+}
+
+/// A TLS origin for `localhost` on `listeners` listeners: answers each request with a 1-byte
+/// body and keeps the connection open. Its (fresh) CA goes to `ca_file` for the proxy to trust.
+async fn tls_origin(listeners: usize, ca_file: &str) -> Result<()> {
+    let (ca, chain, key) = portcullis_e2e::tls::origin_certificate(&["localhost"]);
+    std::fs::write(ca_file, ca).with_context(|| format!("writing {ca_file}"))?;
+    let acceptor = portcullis_e2e::tls::acceptor(chain, key);
+    let mut ports = Vec::new();
+    for _ in 0..listeners {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(4096)?;
+        ports.push(listener.local_addr()?.port());
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        let _ = answer_requests(tls).await;
+                    }
+                });
+            }
+        });
+    }
+    println!("{}", serde_json::json!({ "ports": ports }));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Answers every request head on `stream` with `200` and a 1-byte body, until it closes.
+async fn answer_requests<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+) -> Result<()> {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ny")
+                .await?;
+        }
+    }
+}
+
+async fn intercepted(
+    proxy: SocketAddr,
+    ports: Vec<u16>,
+    n: usize,
+    parallel: usize,
+    sources: Vec<IpAddr>,
+    proxy_ca: &str,
+) -> Result<()> {
+    let pem = std::fs::read(proxy_ca).with_context(|| format!("reading {proxy_ca}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    hold_many(n, parallel, move |i| {
+        let (source, port) = (sources[i % sources.len()], ports[i % ports.len()]);
+        open_intercepted(proxy, source, port, connector.clone())
+    })
+    .await
+}
+
+/// CONNECT, TLS with the proxy's minted certificate, one request answered: the proxy now holds
+/// a decrypted client connection and (pooled) an origin connection.
+async fn open_intercepted(
+    proxy: SocketAddr,
+    source: IpAddr,
+    port: u16,
+    connector: tokio_rustls::TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut stream = connect_from(source, proxy).await?;
+    let authority = format!("localhost:{port}");
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    read_head(&mut stream).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, stream).await?;
+    let request = format!("GET /idle HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    // The head, then the 1-byte body.
+    let mut reader = BufReader::new(&mut tls);
+    let mut status = String::new();
+    reader.read_line(&mut status).await?;
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{}", status.trim());
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            bail!("closed in the response head");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = [0u8; 1];
+    reader.read_exact(&mut body).await?;
+    Ok(tls)
 }
