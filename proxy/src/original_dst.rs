@@ -40,7 +40,9 @@ pub(crate) enum NotRedirected {
     Unknown(nix::Error),
     #[error("the original destination {0} is this listener itself: the connection was not redirected, and serving it would connect the proxy to itself")]
     Itself(SocketAddr),
-    #[error("the original destination {0} is one of this proxy's own listeners (a forwarding loop)")]
+    #[error(
+        "the original destination {0} is one of this proxy's own listeners (a forwarding loop)"
+    )]
     OwnListener(SocketAddr),
 }
 
@@ -62,7 +64,10 @@ fn read(stream: &TcpStream, local: SocketAddr) -> nix::Result<SocketAddr> {
     let addr = if local.is_ipv4() {
         SocketAddr::from(SockaddrIn::from(getsockopt(stream, sockopt::OriginalDst)?))
     } else {
-        SocketAddr::from(SockaddrIn6::from(getsockopt(stream, sockopt::Ip6tOriginalDst)?))
+        SocketAddr::from(SockaddrIn6::from(getsockopt(
+            stream,
+            sockopt::Ip6tOriginalDst,
+        )?))
     };
     // An IPv4-mapped IPv6 address is the IPv4 one, as everywhere else (`policy::Host`).
     Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()))

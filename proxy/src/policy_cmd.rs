@@ -86,7 +86,10 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             let mut args = args;
             if let (Some(user), None) = (&args.user, &args.groups) {
                 if let Some(groups) = resolve_groups(&config, user, &runtime)? {
-                    println!("(groups of {user} from [auth.groups]: {})", groups.join(", "));
+                    println!(
+                        "(groups of {user} from [auth.groups]: {})",
+                        groups.join(", ")
+                    );
                     args.groups = Some(groups);
                 }
             }

@@ -351,7 +351,10 @@ mod tests {
         assert_eq!(json["result"], "TCP_DENIED");
         assert_eq!(json["hierarchy"], "HIER_DIRECT");
         assert!(json.get("channel").is_none());
-        assert!(json.get("listener").is_none(), "only transparent lines name it");
+        assert!(
+            json.get("listener").is_none(),
+            "only transparent lines name it"
+        );
         r.transparent = Some(TransparentKind::Tls);
         r.hierarchy = Hierarchy::OriginalDst;
         let json = serde_json::to_value(&r).unwrap_or_default();

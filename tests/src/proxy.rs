@@ -59,7 +59,15 @@ impl TestProxy {
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
         let bin = portcullis_bin().display().to_string();
         let config_path = config_path.display().to_string();
-        let args = ["netns", "exec", netns, &bin, "run", "--config", &config_path];
+        let args = [
+            "netns",
+            "exec",
+            netns,
+            &bin,
+            "run",
+            "--config",
+            &config_path,
+        ];
         TestProxy::spawn_program(Path::new("ip"), dir, &args, &[], true)
             .unwrap_or_else(|e| panic!("proxy did not start: {e}"))
     }

@@ -32,9 +32,13 @@ impl Drop for Slapd {
 /// they are not; `PORTCULLIS_REQUIRE_SLAPD=1` (set by `./dev.sh test`) turns a skip into a
 /// failure.
 pub fn available() -> bool {
-    let ok = ["/usr/sbin/slapd", "/usr/sbin/slapadd", "/usr/bin/ldapmodify"]
-        .iter()
-        .all(|p| std::path::Path::new(p).exists());
+    let ok = [
+        "/usr/sbin/slapd",
+        "/usr/sbin/slapadd",
+        "/usr/bin/ldapmodify",
+    ]
+    .iter()
+    .all(|p| std::path::Path::new(p).exists());
     if !ok {
         assert!(
             std::env::var_os("PORTCULLIS_REQUIRE_SLAPD").is_none(),
@@ -94,16 +98,67 @@ impl Slapd {
         std::fs::create_dir(w.join("db")).unwrap_or_else(|e| panic!("{e}"));
         // A lab CA and a server certificate for 127.0.0.1 signed by it (webpki refuses a CA
         // certificate used as the server's own).
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         std::fs::write(
             w.join("tls.ext"),
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         for args in [
-            &["req", "-x509", ec[0], ec[1], ec[2], ec[3], ec[4], "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Lab LDAP CA"][..],
-            &["req", ec[0], ec[1], ec[2], ec[3], ec[4], "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=127.0.0.1"],
-            &["x509", "-req", "-in", "tls.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.pem", "-days", "2", "-extfile", "tls.ext"],
+            &[
+                "req",
+                "-x509",
+                ec[0],
+                ec[1],
+                ec[2],
+                ec[3],
+                ec[4],
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Lab LDAP CA",
+            ][..],
+            &[
+                "req",
+                ec[0],
+                ec[1],
+                ec[2],
+                ec[3],
+                ec[4],
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "tls.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "tls.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "tls.ext",
+            ],
         ] {
             let out = Command::new("openssl")
                 .args(args)
@@ -148,7 +203,10 @@ impl Slapd {
             ("finance", vec![group_dn("team-a"), user_dn("bob")]),
             ("staff", vec![group_dn("finance")]),
         ] {
-            ldif += &format!("dn: {}\nobjectClass: groupOfNames\ncn: {group}\n", group_dn(group));
+            ldif += &format!(
+                "dn: {}\nobjectClass: groupOfNames\ncn: {group}\n",
+                group_dn(group)
+            );
             for m in members {
                 ldif += &format!("member: {m}\n");
             }

@@ -196,9 +196,12 @@ async fn kerberos_user_gets_directory_groups() {
         let proxy_url = proxy_url(&proxy);
         let env = env.clone();
         async move {
-            curl_env(&["--proxy-negotiate", "-U", ":", "-x", &proxy_url, &url], &env)
-                .await
-                .status
+            curl_env(
+                &["--proxy-negotiate", "-U", ":", "-x", &proxy_url, &url],
+                &env,
+            )
+            .await
+            .status
         }
     };
     assert_eq!(get("/finance/q").await, 403, "{}", proxy.stderr());
@@ -208,5 +211,8 @@ async fn kerberos_user_gets_directory_groups() {
     assert_eq!(line["user"], "alice@LAB.TEST", "{line}");
     assert_eq!(line["rule"], "no-finance", "{line}");
     let groups = line["groups"].to_string();
-    assert!(groups.contains("\"finance\"") && groups.contains("\"team-a\""), "{line}");
+    assert!(
+        groups.contains("\"finance\"") && groups.contains("\"team-a\""),
+        "{line}"
+    );
 }

@@ -56,7 +56,14 @@ while True:
 print(r.status, body.decode().strip())
 "#;
 
-fn gss_client(dir: &Path, proxy: &TestProxy, scheme: &str, user: &str, pw: &str, url: &str) -> String {
+fn gss_client(
+    dir: &Path,
+    proxy: &TestProxy,
+    scheme: &str,
+    user: &str,
+    pw: &str,
+    url: &str,
+) -> String {
     let script = dir.join("client.py");
     std::fs::write(&script, CLIENT).unwrap();
     let out = Command::new("/usr/bin/python3")
@@ -64,7 +71,11 @@ fn gss_client(dir: &Path, proxy: &TestProxy, scheme: &str, user: &str, pw: &str,
         .args([&proxy.addr.port().to_string(), scheme, user, pw, url])
         .output()
         .unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 async fn curl_ntlm(proxy: &TestProxy, credentials: &str, extra: &[&str], url: &str) -> u16 {
@@ -103,23 +114,48 @@ async fn curl_ntlm_authenticates_and_groups_apply() {
     let offered: Vec<&str> = r
         .headers
         .lines()
-        .filter_map(|l| l.strip_prefix("proxy-authenticate: ").or_else(|| l.strip_prefix("Proxy-Authenticate: ")))
+        .filter_map(|l| {
+            l.strip_prefix("proxy-authenticate: ")
+                .or_else(|| l.strip_prefix("Proxy-Authenticate: "))
+        })
         .collect();
     assert_eq!(offered.len(), 2, "{}", r.headers);
     assert_eq!(offered[0].trim(), "NTLM", "{}", r.headers);
     assert!(offered[1].starts_with("Basic "), "{}", r.headers);
 
-    assert_eq!(curl_ntlm(&proxy, "LAB\\alice:alice-pw", &[], &page).await, 200, "{}", proxy.stderr());
-    assert_eq!(curl_ntlm(&proxy, "bob:bob-pw", &[], &page).await, 200, "{}", proxy.stderr());
+    assert_eq!(
+        curl_ntlm(&proxy, "LAB\\alice:alice-pw", &[], &page).await,
+        200,
+        "{}",
+        proxy.stderr()
+    );
+    assert_eq!(
+        curl_ntlm(&proxy, "bob:bob-pw", &[], &page).await,
+        200,
+        "{}",
+        proxy.stderr()
+    );
     assert_eq!(curl_ntlm(&proxy, "LAB\\alice:wrong", &[], &page).await, 407);
     assert_eq!(curl_ntlm(&proxy, "LAB\\carol:x", &[], &page).await, 407);
     // A CONNECT tunnel authenticated by NTLM.
     let ca = tls_origin.ca_file.as_ref().unwrap().display().to_string();
     let tunnelled = format!("https://localhost:{}/", tls_origin.addr.port());
-    let status = curl_ntlm(&proxy, "LAB\\bob:bob-pw", &["-p", "--cacert", &ca], &tunnelled).await;
+    let status = curl_ntlm(
+        &proxy,
+        "LAB\\bob:bob-pw",
+        &["-p", "--cacert", &ca],
+        &tunnelled,
+    )
+    .await;
     assert_eq!(status, 200, "{}", proxy.stderr());
     // `LAB\alice` is the account alice: the group file's finance denies her.
-    let denied = curl_ntlm(&proxy, "LAB\\alice:alice-pw", &[], &origin.url("/finance/x")).await;
+    let denied = curl_ntlm(
+        &proxy,
+        "LAB\\alice:alice-pw",
+        &[],
+        &origin.url("/finance/x"),
+    )
+    .await;
     assert_eq!(denied, 403, "{}", proxy.stderr());
 
     // 407 without credentials; two legs each for alice, bob, the wrong password, carol, the
@@ -127,15 +163,18 @@ async fn curl_ntlm_authenticates_and_groups_apply() {
     let log = proxy.access_log(13);
     let joined = log.join("\n");
     assert!(
-        log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" alice@LAB ")),
+        log.iter()
+            .any(|l| l.contains("TCP_MISS/200") && l.contains(" alice@LAB ")),
         "{joined}"
     );
     assert!(
-        log.iter().any(|l| l.contains("TCP_TUNNEL/200") && l.contains(" bob@LAB ")),
+        log.iter()
+            .any(|l| l.contains("TCP_TUNNEL/200") && l.contains(" bob@LAB ")),
         "{joined}"
     );
     assert!(
-        log.iter().any(|l| l.contains("TCP_DENIED/403") && l.contains(" alice@LAB ")),
+        log.iter()
+            .any(|l| l.contains("TCP_DENIED/403") && l.contains(" alice@LAB ")),
         "{joined}"
     );
     assert!(!log.iter().any(|l| l.contains("carol")), "{joined}");
@@ -166,24 +205,71 @@ async fn ntlm_inside_negotiate() {
     };
     let page = origin.url("/");
     let proxy = start("[\"negotiate\", \"ntlm\"]");
-    let out = gss_client(dir.path(), &proxy, "Negotiate", "LAB\\alice", "alice-pw", &page);
+    let out = gss_client(
+        dir.path(),
+        &proxy,
+        "Negotiate",
+        "LAB\\alice",
+        "alice-pw",
+        &page,
+    );
     assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
-    let out = gss_client(dir.path(), &proxy, "Negotiate", "LAB\\alice", "wrong", &page);
+    let out = gss_client(
+        dir.path(),
+        &proxy,
+        "Negotiate",
+        "LAB\\alice",
+        "wrong",
+        &page,
+    );
     assert!(out.starts_with("407"), "{out}");
     // NTLM wrapped in SPNEGO, settled by the Kerberos acceptor: allowed since `ntlm` is on.
-    let out = gss_client(dir.path(), &proxy, "Negotiate+spnego", "LAB\\alice", "alice-pw", &page);
+    let out = gss_client(
+        dir.path(),
+        &proxy,
+        "Negotiate+spnego",
+        "LAB\\alice",
+        "alice-pw",
+        &page,
+    );
     assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
     let out = gss_client(dir.path(), &proxy, "NTLM", "LAB\\bob", "bob-pw", &page);
     assert!(out.starts_with("200"), "{out}\n{}", proxy.stderr());
     let log = proxy.access_log(8);
-    assert!(log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" alice ")), "{log:?}");
-    assert!(log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" bob ")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_MISS/200") && l.contains(" alice ")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_MISS/200") && l.contains(" bob ")),
+        "{log:?}"
+    );
 
     let kerberos_only = start("[\"negotiate\"]");
-    let out = gss_client(dir.path(), &kerberos_only, "Negotiate", "LAB\\alice", "alice-pw", &page);
+    let out = gss_client(
+        dir.path(),
+        &kerberos_only,
+        "Negotiate",
+        "LAB\\alice",
+        "alice-pw",
+        &page,
+    );
     assert!(out.starts_with("407"), "{out}");
     // Nor does NTLM get in wrapped in SPNEGO while `ntlm` is not enabled.
-    let out = gss_client(dir.path(), &kerberos_only, "Negotiate+spnego", "LAB\\alice", "alice-pw", &page);
+    let out = gss_client(
+        dir.path(),
+        &kerberos_only,
+        "Negotiate+spnego",
+        "LAB\\alice",
+        "alice-pw",
+        &page,
+    );
     assert!(out.starts_with("407"), "{out}\n{}", kerberos_only.stderr());
-    assert!(kerberos_only.stderr().contains("NTLM is not enabled"), "{}", kerberos_only.stderr());
+    assert!(
+        kerberos_only.stderr().contains("NTLM is not enabled"),
+        "{}",
+        kerberos_only.stderr()
+    );
 }

@@ -61,11 +61,31 @@ async fn group_file_decides_and_is_reloaded_on_change() {
         groups.display()
     ));
     let finance = origin.url("/finance/report");
-    for (user, want) in [("alice", 403), ("LAB\\alice", 403), ("Alice@LAB.TEST", 403), ("bob", 200), ("carol", 200)] {
-        assert_eq!(get(&proxy, user, &finance).await, want, "{user}\n{}", proxy.stderr());
+    for (user, want) in [
+        ("alice", 403),
+        ("LAB\\alice", 403),
+        ("Alice@LAB.TEST", 403),
+        ("bob", 200),
+        ("carol", 200),
+    ] {
+        assert_eq!(
+            get(&proxy, user, &finance).await,
+            want,
+            "{user}\n{}",
+            proxy.stderr()
+        );
     }
     // A group the client claims in a header is nothing: groups come from the file only.
-    let r = curl(&["-x", &proxy.url(), "-U", "bob:pw", "-H", "X-Groups: finance", &finance]).await;
+    let r = curl(&[
+        "-x",
+        &proxy.url(),
+        "-U",
+        "bob:pw",
+        "-H",
+        "X-Groups: finance",
+        &finance,
+    ])
+    .await;
     assert_eq!(r.status, 200);
     let log = json_lines(&proxy, 6);
     let alice = log.iter().find(|l| l["user"] == "alice").unwrap();
@@ -78,14 +98,22 @@ async fn group_file_decides_and_is_reloaded_on_change() {
     std::fs::write(&groups, "finance: alice bob\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&proxy, "bob", &finance).await != 403 {
-        assert!(Instant::now() < deadline, "edit not picked up\n{}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "edit not picked up\n{}",
+            proxy.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A broken file keeps the previous groups, and says so.
     std::fs::write(&groups, "finance alice bob carol\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy.stderr().contains("group file reload failed") {
-        assert!(Instant::now() < deadline, "no complaint\n{}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no complaint\n{}",
+            proxy.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(proxy.stderr().contains("line 1"), "{}", proxy.stderr());
@@ -101,7 +129,10 @@ fn a_missing_group_file_is_a_start_error_naming_the_key() {
         Ok(_) => panic!("started without its group file"),
         Err(e) => e,
     };
-    assert!(err.contains("auth.groups.file") && err.contains("/nonexistent/htgroup"), "{err}");
+    assert!(
+        err.contains("auth.groups.file") && err.contains("/nonexistent/htgroup"),
+        "{err}"
+    );
 }
 
 fn ldap_proxy(dir: &Path, directory: &Slapd, extra: &str) -> TestProxy {
@@ -136,7 +167,12 @@ async fn directory_groups_nested_decide_rules() {
         ("carol", &finance, 200),
         ("carol", &staff, 200),
     ] {
-        assert_eq!(get(&proxy, user, url).await, want, "{user} {url}\n{}", proxy.stderr());
+        assert_eq!(
+            get(&proxy, user, url).await,
+            want,
+            "{user} {url}\n{}",
+            proxy.stderr()
+        );
     }
     let log = json_lines(&proxy, 8);
     let alice = log.iter().find(|l| l["user"] == "alice").unwrap();
@@ -146,17 +182,28 @@ async fn directory_groups_nested_decide_rules() {
         .iter()
         .filter_map(|g| g.as_str())
         .collect();
-    for want in ["team-a", "finance", "staff", "cn=staff,ou=groups,dc=lab,dc=test"] {
+    for want in [
+        "team-a",
+        "finance",
+        "staff",
+        "cn=staff,ou=groups,dc=lab,dc=test",
+    ] {
         assert!(groups.contains(&want), "{want} in {groups:?}");
     }
     let s = scrape_until(&proxy.admin_url(), |s| {
-        s.value("portcullis_group_lookups_total", &[r#"source="ldap""#, r#"result="hit""#]) >= 1.0
+        s.value(
+            "portcullis_group_lookups_total",
+            &[r#"source="ldap""#, r#"result="hit""#],
+        ) >= 1.0
     })
     .await;
     // Three accounts looked up once each (the cache answers the rest; the spellings of alice
     // are one account).
     assert_eq!(
-        s.value("portcullis_group_lookups_total", &[r#"source="ldap""#, r#"result="miss""#]),
+        s.value(
+            "portcullis_group_lookups_total",
+            &[r#"source="ldap""#, r#"result="miss""#]
+        ),
         3.0,
         "{}",
         s.0
@@ -181,12 +228,21 @@ async fn directory_change_after_ttl_and_outage_keeps_cached_answers() {
     let origin = TestOrigin::http().await;
     let proxy = ldap_proxy(dir.path(), &directory, "ttl = \"1s\"\ntimeout = \"1s\"");
     let finance = origin.url("/finance/x");
-    assert_eq!(get(&proxy, "carol", &finance).await, 200, "{}", proxy.stderr());
+    assert_eq!(
+        get(&proxy, "carol", &finance).await,
+        200,
+        "{}",
+        proxy.stderr()
+    );
     assert_eq!(get(&proxy, "alice", &finance).await, 403);
     directory.add_member("team-a", &slapd::user_dn("carol"));
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(&proxy, "carol", &finance).await != 403 {
-        assert!(Instant::now() < deadline, "change not picked up\n{}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "change not picked up\n{}",
+            proxy.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -194,18 +250,31 @@ async fn directory_change_after_ttl_and_outage_keeps_cached_answers() {
     // Past the TTL: the refreshes fail, the cached answers stay.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for user in ["alice", "carol", "alice", "carol"] {
-        assert_eq!(get(&proxy, user, &finance).await, 403, "{user}\n{}", proxy.stderr());
+        assert_eq!(
+            get(&proxy, user, &finance).await,
+            403,
+            "{user}\n{}",
+            proxy.stderr()
+        );
     }
     // bob was never looked up: no answer to fall back on, so his rule does not match — and
     // the request does not hang.
     let started = Instant::now();
     assert_eq!(get(&proxy, "bob", &finance).await, 200);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let s = scrape_until(&proxy.admin_url(), |s| {
         s.value("portcullis_group_lookups_total", &[r#"result="error""#]) >= 1.0
     })
     .await;
-    assert!(s.value("portcullis_group_lookups_total", &[r#"result="stale""#]) >= 1.0, "{}", s.0);
+    assert!(
+        s.value("portcullis_group_lookups_total", &[r#"result="stale""#]) >= 1.0,
+        "{}",
+        s.0
+    );
     assert!(
         proxy.stderr().contains("directory group lookup failed"),
         "{}",
@@ -216,7 +285,11 @@ async fn directory_change_after_ttl_and_outage_keeps_cached_answers() {
     directory.resume();
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&proxy, "bob", &finance).await != 403 {
-        assert!(Instant::now() < deadline, "directory back, bob still unknown\n{}", proxy.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "directory back, bob still unknown\n{}",
+            proxy.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -246,15 +319,29 @@ async fn directory_over_tls_with_failover() {
         format!("ldaps://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
     let ldaps = tls_proxy(dir.path(), &directory, &[&dead, &directory.url_tls()], &ca);
-    assert_eq!(get(&ldaps, "alice", &finance).await, 403, "{}", ldaps.stderr());
-    assert!(ldaps.stderr().contains("trying the next"), "{}", ldaps.stderr());
+    assert_eq!(
+        get(&ldaps, "alice", &finance).await,
+        403,
+        "{}",
+        ldaps.stderr()
+    );
+    assert!(
+        ldaps.stderr().contains("trying the next"),
+        "{}",
+        ldaps.stderr()
+    );
     let starttls = tls_proxy(
         dir.path(),
         &directory,
         &[&directory.url()],
         &format!("starttls = true\n{ca}"),
     );
-    assert_eq!(get(&starttls, "bob", &finance).await, 403, "{}", starttls.stderr());
+    assert_eq!(
+        get(&starttls, "bob", &finance).await,
+        403,
+        "{}",
+        starttls.stderr()
+    );
 
     // Trusting another CA: the TLS handshake fails, alice gets no groups, the rule does not match.
     let other_ca = dir.path().join("other.pem");
@@ -266,7 +353,12 @@ async fn directory_over_tls_with_failover() {
         &[&directory.url_tls()],
         &format!("ca_file = {:?}", other_ca.display().to_string()),
     );
-    assert_eq!(get(&untrusted, "alice", &finance).await, 200, "{}", untrusted.stderr());
+    assert_eq!(
+        get(&untrusted, "alice", &finance).await,
+        200,
+        "{}",
+        untrusted.stderr()
+    );
     assert!(
         untrusted.stderr().contains("directory group lookup failed"),
         "{}",

@@ -20,7 +20,11 @@ impl Netns {
     /// `PORTCULLIS_REQUIRE_NETNS=1` a missing capability fails the test instead.
     fn new() -> Option<Netns> {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("pcsc{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "pcsc{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let added = Command::new("ip").args(["netns", "add", &name]).output();
         if !added.as_ref().is_ok_and(|o| o.status.success()) {
             let why = match added {
@@ -44,7 +48,11 @@ impl Netns {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -60,7 +68,9 @@ impl Netns {
             .unwrap_or_else(|e| panic!("scale_load: {e}"));
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{e}"));
         let json = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("scale_load {args:?} printed {line:?}: {e}"));
         (child, json)
@@ -105,7 +115,10 @@ fn origin(ns: &Netns) -> (Running, Vec<String>) {
 }
 
 fn proxy_in(ns: &Netns, targets: &[String], extra: &str) -> TestProxy {
-    let ports: Vec<&str> = targets.iter().filter_map(|t| t.rsplit(':').next()).collect();
+    let ports: Vec<&str> = targets
+        .iter()
+        .filter_map(|t| t.rsplit(':').next())
+        .collect();
     TestProxy::start_in_netns(
         &ns.0,
         &format!(
@@ -123,7 +136,9 @@ fn open_fds(pid: i32) -> usize {
 }
 
 fn as_u64(json: &serde_json::Value, key: &str) -> u64 {
-    json[key].as_u64().unwrap_or_else(|| panic!("no {key} in {json}"))
+    json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
 }
 
 #[test]
@@ -151,9 +166,15 @@ fn idle_tunnels_hold_two_descriptors_and_little_memory_each() {
     eprintln!("{N} idle tunnels: {fds} descriptors, {rss} KiB resident more than before");
     // Two sockets each; splice pipes only in the bounded pool (64 pipes, 128 descriptors),
     // where a design that kept a pipe pair per direction would hold 6 each.
-    assert!(fds <= 2 * N + 128 + 16, "{fds} descriptors for {N} idle tunnels");
+    assert!(
+        fds <= 2 * N + 128 + 16,
+        "{fds} descriptors for {N} idle tunnels"
+    );
     assert!(fds >= 2 * N, "{fds} descriptors: are the tunnels open?");
-    assert!(rss * 1024 / N as u64 <= 24 * 1024, "{rss} KiB for {N} idle tunnels");
+    assert!(
+        rss * 1024 / N as u64 <= 24 * 1024,
+        "{rss} KiB for {N} idle tunnels"
+    );
 
     // Still tunnels: closing the clients ends them, and the descriptors go back.
     let stdin: Option<ChildStdin> = tunnels.0.stdin.take();
@@ -163,10 +184,17 @@ fn idle_tunnels_hold_two_descriptors_and_little_memory_each() {
     while open_fds(pid) > fds_before + 128 + 16 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(open_fds(pid) <= fds_before + 128 + 16, "descriptors not released");
+    assert!(
+        open_fds(pid) <= fds_before + 128 + 16,
+        "descriptors not released"
+    );
     let log = proxy.access_log(N);
     assert_eq!(log.len(), N);
-    assert!(log.iter().all(|l| l.contains("TCP_TUNNEL/200")), "{}", log[0]);
+    assert!(
+        log.iter().all(|l| l.contains("TCP_TUNNEL/200")),
+        "{}",
+        log[0]
+    );
 }
 
 /// 5,000 CONNECTs sent back to back by one client, then by 50 clients at once: all answered,
@@ -178,12 +206,22 @@ fn reconnect_burst_is_answered_without_listen_overflows() {
     let proxy = proxy_in(&ns, &targets, "max_connections_per_client = 0");
     for clients in ["1", "50"] {
         let overflows = ns.tcp_ext("ListenOverflows");
-        let (child, burst) = ns.load(&["burst", &proxy.addr.to_string(), &targets[0], "5000", clients]);
+        let (child, burst) = ns.load(&[
+            "burst",
+            &proxy.addr.to_string(),
+            &targets[0],
+            "5000",
+            clients,
+        ]);
         let mut running = Running(child);
         let _ = running.0.stdin.take().map(|mut s| s.flush());
         let _ = running.0.wait();
         eprintln!("burst from {clients} client(s): {burst}");
         assert_eq!(as_u64(&burst, "ok"), 5000, "{burst}");
-        assert_eq!(ns.tcp_ext("ListenOverflows"), overflows, "accept queue overflowed: {burst}");
+        assert_eq!(
+            ns.tcp_ext("ListenOverflows"),
+            overflows,
+            "accept queue overflowed: {burst}"
+        );
     }
 }

@@ -326,10 +326,18 @@ fn start(backend: &str) -> Lab {
         "certificates",
     );
     htpasswd(Path::new(&lab.path("users")), "-B", "u", "pw");
-    let (py, cert, key) = (lab.path("origin.py"), lab.path("origin.pem"), lab.path("origin.key"));
+    let (py, cert, key) = (
+        lab.path("origin.py"),
+        lab.path("origin.pem"),
+        lab.path("origin.key"),
+    );
     lab.spawn("org", &["python3", &py, "serve", &cert, &key], "origin.log");
     lab.wait_for("origin.log", "ready");
-    assert_eq!(lab.udp_probe("10.88.2.2"), "echo:ping", "baseline: QUIC reaches the origin");
+    assert_eq!(
+        lab.udp_probe("10.88.2.2"),
+        "echo:ping",
+        "baseline: QUIC reaches the origin"
+    );
     let config = lab.path("portcullis.toml");
     std::fs::write(&config, config_text(&lab)).unwrap();
     let bin = portcullis_bin().display().to_string();
@@ -338,7 +346,15 @@ fn start(backend: &str) -> Lab {
     must(
         lab.exec(
             "gw",
-            &[&bin, "netfilter", "apply", "--config", &config, "--format", backend],
+            &[
+                &bin,
+                "netfilter",
+                "apply",
+                "--config",
+                &config,
+                "--format",
+                backend,
+            ],
         ),
         "netfilter apply",
     );
@@ -357,9 +373,19 @@ fn proxy_ca(lab: &Lab) -> String {
 /// `ORIGINAL_DST`.
 fn http_reaches_the_original_destination(lab: &Lab) {
     let (status, body) = lab.curl(&["http://10.88.2.2/"]);
-    assert_eq!((status, body.as_str()), (200, "origin-http host=10.88.2.2\n"));
-    let (status, body) = lab.curl(&["--resolve", "www.lab.test:80:10.88.2.2", "http://www.lab.test/a?b"]);
-    assert_eq!((status, body.as_str()), (200, "origin-http host=www.lab.test\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-http host=10.88.2.2\n")
+    );
+    let (status, body) = lab.curl(&[
+        "--resolve",
+        "www.lab.test:80:10.88.2.2",
+        "http://www.lab.test/a?b",
+    ]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-http host=www.lab.test\n")
+    );
     let line = |l: &str| {
         l.contains("TCP_MISS/200")
             && l.contains("GET http://www.lab.test/a?b")
@@ -376,16 +402,43 @@ fn tls_tunnel_inspect_deny(lab: &Lab, v6: bool) {
     let ca = proxy_ca(lab);
     let www = format!("www.lab.test:443:{ip}");
     let (status, body) = lab.curl(&["--cacert", &ca, "--resolve", &www, "https://www.lab.test/"]);
-    assert_eq!((status, body.as_str()), (200, "origin-tls host=www.lab.test\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-tls host=www.lab.test\n")
+    );
     let origin_ca = lab.path("originCA.pem");
-    let (status, err) = lab.curl(&["--cacert", &origin_ca, "--resolve", &www, "https://www.lab.test/"]);
-    assert_eq!(status, 0, "inspected: the origin CA must not verify the leaf: {err}");
+    let (status, err) = lab.curl(&[
+        "--cacert",
+        &origin_ca,
+        "--resolve",
+        &www,
+        "https://www.lab.test/",
+    ]);
+    assert_eq!(
+        status, 0,
+        "inspected: the origin CA must not verify the leaf: {err}"
+    );
     let outlook = format!("outlook.office365.com:443:{ip}");
-    let (status, body) = lab.curl(&["--cacert", &origin_ca, "--resolve", &outlook, "https://outlook.office365.com/"]);
-    assert_eq!((status, body.as_str()), (200, "origin-tls host=outlook.office365.com\n"));
+    let (status, body) = lab.curl(&[
+        "--cacert",
+        &origin_ca,
+        "--resolve",
+        &outlook,
+        "https://outlook.office365.com/",
+    ]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-tls host=outlook.office365.com\n")
+    );
     if !v6 {
         let denied = "denied.lab.test:443:10.88.2.2";
-        let (status, body) = lab.curl(&["--cacert", &ca, "--resolve", denied, "https://denied.lab.test/"]);
+        let (status, body) = lab.curl(&[
+            "--cacert",
+            &ca,
+            "--resolve",
+            denied,
+            "https://denied.lab.test/",
+        ]);
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("denied in the lab"), "{body}");
     }
@@ -411,7 +464,10 @@ fn nft_redirect_serves_http_and_tls_by_the_original_destination() {
 
     // IPv6: IP6T_SO_ORIGINAL_DST on the v6-only listeners.
     let (status, body) = lab.curl(&["http://[fd88:2::2]/"]);
-    assert_eq!((status, body.as_str()), (200, "origin-http host=[fd88:2::2]\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-http host=[fd88:2::2]\n")
+    );
     tls_tunnel_inspect_deny(&lab, true);
 
     // QUIC is rejected (ICMP port unreachable), so clients fall back to TCP.
@@ -427,7 +483,9 @@ fn nft_redirect_serves_http_and_tls_by_the_original_destination() {
         "metrics",
     );
     assert!(
-        metrics.contains("portcullis_transparent_connections_refused_total{listener=\"transparent_http\"} 1"),
+        metrics.contains(
+            "portcullis_transparent_connections_refused_total{listener=\"transparent_http\"} 1"
+        ),
         "{metrics}"
     );
     assert!(
@@ -446,43 +504,90 @@ fn nft_redirect_never_trusts_a_name_the_original_destination_does_not_have() {
     // An Outlook SNI (tunnel, auth-exempt if believed) aimed at an address the policy denies:
     // decided on the address, refused inside TLS.
     let forged = "outlook.office365.com:443:10.88.2.3";
-    let (status, body) = lab.curl(&["--cacert", &ca, "--resolve", forged, "https://outlook.office365.com/"]);
+    let (status, body) = lab.curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        forged,
+        "https://outlook.office365.com/",
+    ]);
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("not on the lab list"), "{body}");
     // The same with a Host header on plain HTTP, from the exempt client and the other one.
     for source in ["10.88.1.2", "10.88.1.3"] {
-        let args = ["--interface", source, "-H", "Host: outlook.office365.com", "http://10.88.2.3/"];
+        let args = [
+            "--interface",
+            source,
+            "-H",
+            "Host: outlook.office365.com",
+            "http://10.88.2.3/",
+        ];
         let (status, body) = lab.curl(&args);
         assert_eq!(status, 403, "from {source}: {body}");
-        assert!(body.contains("not on the lab list"), "from {source}: {body}");
+        assert!(
+            body.contains("not on the lab list"),
+            "from {source}: {body}"
+        );
     }
     // The real name at its real address earns its exemption, even for a client that must
     // otherwise authenticate.
-    let args = ["--interface", "10.88.1.3", "-H", "Host: outlook.office365.com", "http://10.88.2.2/"];
+    let args = [
+        "--interface",
+        "10.88.1.3",
+        "-H",
+        "Host: outlook.office365.com",
+        "http://10.88.2.2/",
+    ];
     let (status, body) = lab.curl(&args);
-    assert_eq!((status, body.as_str()), (200, "origin-http host=outlook.office365.com\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin-http host=outlook.office365.com\n")
+    );
 
     // Authentication cannot be asked for: a client outside auth.exempt_clients going to a
     // destination that needs it is refused with a page saying why (HTTP, and inside TLS).
     let out = lab.exec(
         "cli",
-        &["curl", "-sS", "-m", "10", "-i", "--interface", "10.88.1.3", "http://10.88.2.2/"],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "-i",
+            "--interface",
+            "10.88.1.3",
+            "http://10.88.2.2/",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     assert!(text.contains("transparent-auth-required"), "{text}");
     assert!(text.contains("proxy authentication"), "{text}");
     let www = "www.lab.test:443:10.88.2.2";
-    let args = ["--interface", "10.88.1.3", "--cacert", &ca, "--resolve", www, "https://www.lab.test/"];
+    let args = [
+        "--interface",
+        "10.88.1.3",
+        "--cacert",
+        &ca,
+        "--resolve",
+        www,
+        "https://www.lab.test/",
+    ];
     let (status, body) = lab.curl(&args);
     assert_eq!(status, 403, "{body}");
-    let refusals =
-        |log: &str| log.lines().filter(|l| l.contains("10.88.1.3") && l.contains("TCP_DENIED/403")).count();
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("10.88.1.3") && l.contains("TCP_DENIED/403"))
+            .count()
+    };
     let log = lab.access_log_until(|log| refusals(log) >= 3);
     let refused = refusals(&log);
     // The plain request, the forged Host, and the request inside TLS: one line each.
     assert_eq!(refused, 3, "{log}");
-    assert!(!log.contains("ORIGINAL_DST/10.88.2.3"), "the forged names reached their address: {log}");
+    assert!(
+        !log.contains("ORIGINAL_DST/10.88.2.3"),
+        "the forged names reached their address: {log}"
+    );
 }
 
 #[test]
@@ -515,7 +620,10 @@ fn render_wires_redirects_to_the_transparent_listeners() {
     let out = render("nft");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("netfilter.intercept.enabled") && err.contains("no transparent listener"), "{err}");
+    assert!(
+        err.contains("netfilter.intercept.enabled") && err.contains("no transparent listener"),
+        "{err}"
+    );
     let listeners = "[server]\ntransparent_http_listen = [\"0.0.0.0:8129\", \"[::]:8129\"]\n\
                      transparent_tls_listen = [\"0.0.0.0:8130\", \"[::]:8130\"]\n";
     std::fs::write(&config, format!("{listeners}{base}")).unwrap();

@@ -35,12 +35,17 @@ impl Auth {
             return failed("auth-ntlm-unsupported");
         }
         let asked_for = spn::requested_spn(&token);
-        self.finish(conn, negotiate.step(&conn.negotiate, token).await, "Negotiate", || {
-            asked_for
-                .as_deref()
-                .unwrap_or("(not readable from the token)")
-                .to_owned()
-        })
+        self.finish(
+            conn,
+            negotiate.step(&conn.negotiate, token).await,
+            "Negotiate",
+            || {
+                asked_for
+                    .as_deref()
+                    .unwrap_or("(not readable from the token)")
+                    .to_owned()
+            },
+        )
     }
 
     /// NTLM messages, from `NTLM …` or inside `Negotiate …` (`scheme`: the one the client used,
@@ -106,7 +111,12 @@ impl Auth {
     }
 
     #[cfg(not(feature = "negotiate"))]
-    pub(super) async fn ntlm(&self, _conn: &ConnAuth, _param: &str, _scheme: &'static str) -> Outcome {
+    pub(super) async fn ntlm(
+        &self,
+        _conn: &ConnAuth,
+        _param: &str,
+        _scheme: &'static str,
+    ) -> Outcome {
         Outcome::failed("auth-scheme-not-enabled")
     }
 }

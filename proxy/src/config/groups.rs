@@ -109,11 +109,17 @@ pub(super) fn validate(groups: &GroupsConfig) -> Result<(), KeyError> {
     let key = |k: &str| format!("auth.groups.{k}");
     for (i, kind) in groups.sources.iter().enumerate() {
         if groups.sources[..i].contains(kind) {
-            return Err(KeyError::new(key("sources"), format!("{kind:?} is listed twice")));
+            return Err(KeyError::new(
+                key("sources"),
+                format!("{kind:?} is listed twice"),
+            ));
         }
     }
     if groups.sources.contains(&GroupSourceKind::File) && groups.file.is_none() {
-        return Err(KeyError::new(key("file"), "the \"file\" source needs a group file"));
+        return Err(KeyError::new(
+            key("file"),
+            "the \"file\" source needs a group file",
+        ));
     }
     if groups.ttl.is_zero() {
         return Err(KeyError::new(key("ttl"), "must be longer than zero"));
@@ -136,7 +142,10 @@ pub(super) fn validate(groups: &GroupsConfig) -> Result<(), KeyError> {
 fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
     let key = |k: &str| format!("auth.groups.ldap.{k}");
     if ldap.urls.is_empty() {
-        return Err(KeyError::new(key("urls"), "needs at least one ldap:// or ldaps:// URL"));
+        return Err(KeyError::new(
+            key("urls"),
+            "needs at least one ldap:// or ldaps:// URL",
+        ));
     }
     for (i, url) in ldap.urls.iter().enumerate() {
         if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
@@ -153,7 +162,10 @@ fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
         }
     }
     if ldap.base_dn.trim().is_empty() {
-        return Err(KeyError::new(key("base_dn"), "must name where users are searched"));
+        return Err(KeyError::new(
+            key("base_dn"),
+            "must name where users are searched",
+        ));
     }
     if !ldap.user_filter.contains("{user}") {
         return Err(KeyError::new(key("user_filter"), "must contain {user}"));
@@ -168,7 +180,10 @@ fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
         ));
     }
     if ldap.connect_timeout.is_zero() {
-        return Err(KeyError::new(key("connect_timeout"), "must be longer than zero"));
+        return Err(KeyError::new(
+            key("connect_timeout"),
+            "must be longer than zero",
+        ));
     }
     Ok(())
 }

@@ -54,7 +54,11 @@ impl FileSource {
 
     /// The groups `account` (an [`account_name`]) is listed in.
     pub(crate) fn groups_of(&self, account: &str) -> Vec<String> {
-        self.members.load().get(account).cloned().unwrap_or_default()
+        self.members
+            .load()
+            .get(account)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Re-reads the file if it changed (`force`: even if it did not). A broken file keeps the
@@ -129,9 +133,14 @@ mod tests {
 
     #[test]
     fn members_by_account_name() {
-        let m = parse("# c\n\nFinance: alice Bob\nstaff: LAB\\alice carol@LAB.TEST\nfinance: alice\nempty:\n")
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(m.get("alice"), Some(&vec!["finance".to_owned(), "staff".to_owned()]));
+        let m = parse(
+            "# c\n\nFinance: alice Bob\nstaff: LAB\\alice carol@LAB.TEST\nfinance: alice\nempty:\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            m.get("alice"),
+            Some(&vec!["finance".to_owned(), "staff".to_owned()])
+        );
         assert_eq!(m.get("bob"), Some(&vec!["finance".to_owned()]));
         assert_eq!(m.get("carol"), Some(&vec!["staff".to_owned()]));
         assert_eq!(m.len(), 3);
@@ -139,7 +148,10 @@ mod tests {
 
     #[test]
     fn bad_lines_are_named() {
-        assert_eq!(parse("ok: a\nno colon here\n").err(), Some((2, "expected `group: user1 user2`")));
+        assert_eq!(
+            parse("ok: a\nno colon here\n").err(),
+            Some((2, "expected `group: user1 user2`"))
+        );
         assert_eq!(parse(": a\n").err().map(|e| e.0), Some(1));
         assert_eq!(parse("two words: a\n").err().map(|e| e.0), Some(1));
     }

@@ -108,7 +108,11 @@ impl LdapSource {
             [] => return Ok(Vec::new()),
             [dn] => dn.clone(),
             _ => {
-                tracing::warn!(account, filter, "the user filter matched more than one entry; no directory groups");
+                tracing::warn!(
+                    account,
+                    filter,
+                    "the user filter matched more than one entry; no directory groups"
+                );
                 return Ok(Vec::new());
             }
         };
@@ -136,15 +140,26 @@ impl LdapSource {
 
     /// Repeated `group_filter` searches from `user_dn`: every group that contains it,
     /// directly or through other groups.
-    async fn nested(&self, ldap: &mut Ldap, base: &str, user_dn: &str) -> Result<Vec<String>, LdapError> {
+    async fn nested(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        user_dn: &str,
+    ) -> Result<Vec<String>, LdapError> {
         let mut seen: HashSet<String> = HashSet::new();
         let mut found = Vec::new();
         let mut todo = vec![user_dn.to_owned()];
         while let Some(dn) = todo.pop() {
-            let filter = self.config.group_filter.replace("{dn}", &ldap_escape(dn.as_str()));
+            let filter = self
+                .config
+                .group_filter
+                .replace("{dn}", &ldap_escape(dn.as_str()));
             for group in self.search(ldap, base, &filter).await? {
                 if found.len() >= MAX_GROUPS {
-                    tracing::warn!(user_dn, "more than {MAX_GROUPS} nested groups; the rest are ignored");
+                    tracing::warn!(
+                        user_dn,
+                        "more than {MAX_GROUPS} nested groups; the rest are ignored"
+                    );
                     return Ok(found);
                 }
                 if seen.insert(group.to_lowercase()) {
@@ -157,7 +172,12 @@ impl LdapSource {
     }
 
     /// The DNs of the entries `filter` finds under `base` (no attributes fetched).
-    async fn search(&self, ldap: &mut Ldap, base: &str, filter: &str) -> Result<Vec<String>, LdapError> {
+    async fn search(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        filter: &str,
+    ) -> Result<Vec<String>, LdapError> {
         let failed = |reason: String| LdapError::Search {
             base: base.to_owned(),
             reason,

@@ -26,8 +26,8 @@ use portcullis_policy::account_name;
 
 use crate::config::{GroupSourceKind, GroupsConfig};
 use crate::metrics::{GroupLookup, GroupSource, Metrics};
-pub(crate) use file::GroupFileError;
 use file::FileSource;
+pub(crate) use file::GroupFileError;
 pub(crate) use ldap::LdapSetupError;
 use ldap::LdapSource;
 
@@ -77,11 +77,17 @@ impl Groups {
         if config.sources.is_empty() {
             return Ok(None);
         }
-        let file = match (&config.file, config.sources.contains(&GroupSourceKind::File)) {
+        let file = match (
+            &config.file,
+            config.sources.contains(&GroupSourceKind::File),
+        ) {
             (Some(path), true) => Some(FileSource::load(path).map_err(GroupsSetupError::File)?),
             _ => None,
         };
-        let ldap = match (&config.ldap, config.sources.contains(&GroupSourceKind::Ldap)) {
+        let ldap = match (
+            &config.ldap,
+            config.sources.contains(&GroupSourceKind::Ldap),
+        ) {
             (Some(ldap), true) => Some(Arc::new(
                 LdapSource::new(ldap).map_err(GroupsSetupError::Ldap)?,
             )),
@@ -117,7 +123,10 @@ impl Groups {
                     None => Vec::new(),
                 },
                 GroupSourceKind::Ldap => match &self.ldap {
-                    Some(ldap) => self.directory_answer(ldap, &account, metrics).await.to_vec(),
+                    Some(ldap) => self
+                        .directory_answer(ldap, &account, metrics)
+                        .await
+                        .to_vec(),
                     None => Vec::new(),
                 },
             };
@@ -142,7 +151,12 @@ impl Groups {
         let now = Instant::now();
         let cached = self.cache.lock().ok().and_then(|cache| {
             cache.get(account).map(|e| {
-                (e.groups.clone(), e.fetched, e.retry_at, Arc::clone(&e.refreshing))
+                (
+                    e.groups.clone(),
+                    e.fetched,
+                    e.retry_at,
+                    Arc::clone(&e.refreshing),
+                )
             })
         });
         match cached {

@@ -42,7 +42,11 @@ pub(crate) async fn names_destination(proxy: &Proxy, name: &str, dst: SocketAddr
 
 /// Why a transparent transaction the policy allows is still refused: proxy authentication is
 /// on and neither the client, the destination nor `server.transparent_auth` exempts it.
-pub(crate) fn auth_refusal(proxy: &Proxy, conn: &ConnCtx, decision: &Decision) -> Option<ProxyError> {
+pub(crate) fn auth_refusal(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    decision: &Decision,
+) -> Option<ProxyError> {
     let auth = proxy.auth.as_ref()?;
     let passes = decision.auth == AuthRequirement::Exempt
         || auth.is_exempt_client(conn.client.ip())
@@ -74,20 +78,37 @@ pub(super) async fn handle(
         Some(name) => names_destination(&proxy, name, dst).await,
         None => false,
     };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     // The client's name stays in the URL (and so in `Host` upstream: virtual hosts need it);
     // the port, and the address connected to, are the original destination's.
     let uri = claimed
         .as_deref()
         .and_then(|name| absolute(&Host::new(name).to_uri_host(), dst.port(), &path))
-        .or_else(|| absolute(&Host::new(&dst.ip().to_string()).to_uri_host(), dst.port(), &path));
+        .or_else(|| {
+            absolute(
+                &Host::new(&dst.ip().to_string()).to_uri_host(),
+                dst.port(),
+                &path,
+            )
+        });
     let Some(uri) = uri else {
         let err = ProxyError::BadRequest(format!("invalid request target {path:?}"));
         return txn.fail(&proxy, in_flight, err);
     };
     txn.set_url(uri.to_string());
     *req.uri_mut() = uri;
-    let decision = decide(&proxy, &conn, &req, verified.then_some(claimed).flatten(), dst, &path);
+    let decision = decide(
+        &proxy,
+        &conn,
+        &req,
+        verified.then_some(claimed).flatten(),
+        dst,
+        &path,
+    );
     txn.decided(&decision);
     let refusal = ProxyError::denial(&decision).or_else(|| auth_refusal(&proxy, &conn, &decision));
     if let Some(err) = refusal {
@@ -103,7 +124,12 @@ pub(super) async fn handle(
 fn claimed_host(req: &Request<Incoming>) -> Option<String> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_owned(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?.to_owned(),
+        None => req
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_owned(),
     };
     let authority: http::uri::Authority = authority.parse().ok()?;
     Some(authority.host().to_owned()).filter(|h| !h.is_empty())
@@ -131,10 +157,15 @@ fn decide(
     let ip: [IpAddr; 1] = [dst.ip()];
     let by_address = Host::new(&dst.ip().to_string());
     let host = verified.as_deref().unwrap_or(by_address.as_str());
-    let mut facts =
-        RequestFacts::new(req.method().as_str(), host, dst.port(), path, conn.client.ip())
-            .with_user_agent(crate::headers::user_agent(req.headers()))
-            .with_resolved(Some(&ip));
+    let mut facts = RequestFacts::new(
+        req.method().as_str(),
+        host,
+        dst.port(),
+        path,
+        conn.client.ip(),
+    )
+    .with_user_agent(crate::headers::user_agent(req.headers()))
+    .with_resolved(Some(&ip));
     facts.dest_ip = Some(dst.ip());
     let decision = proxy.policy.decide_request(&facts);
     tracing::debug!(%host, %dst, decision = %decision, "transparent HTTP decision");

@@ -25,7 +25,11 @@ impl AuthView {
     pub(crate) fn new(config: &Config, client: IpAddr) -> AuthView {
         AuthView {
             enabled: !config.auth.schemes.is_empty(),
-            client_exempt: config.auth.exempt_clients.iter().any(|n| n.contains(&client)),
+            client_exempt: config
+                .auth
+                .exempt_clients
+                .iter()
+                .any(|n| n.contains(&client)),
             all_exempt: config.server.transparent_auth == TransparentAuth::Exempt,
         }
     }
@@ -105,7 +109,10 @@ fn named<'u>(url: &'u Url, dest: IpAddr, lookup: Lookup<'_>, out: &mut String) -
     }
     match lookup(&url.host, url.port) {
         Ok(addrs) if addrs.iter().any(|a| a.to_canonical() == dest) => {
-            out.push_str(&format!("({} resolves to {dest}: the name is used)\n", url.host));
+            out.push_str(&format!(
+                "({} resolves to {dest}: the name is used)\n",
+                url.host
+            ));
             Some(url.host.as_str())
         }
         Ok(addrs) => {
@@ -173,12 +180,18 @@ mod tests {
     #[test]
     fn a_name_counts_only_at_its_own_address() {
         let real = run("https://outlook.office365.com/", "10.0.0.9", "10.88.2.2");
-        assert!(real.contains("resolves to 10.88.2.2: the name is used"), "{real}");
+        assert!(
+            real.contains("resolves to 10.88.2.2: the name is used"),
+            "{real}"
+        );
         assert!(real.contains("decision: tunnel"), "{real}");
         assert!(real.contains("relayed untouched"), "{real}");
         assert!(real.contains("the destination is exempt"), "{real}");
         let forged = run("https://outlook.office365.com/", "10.0.0.9", "10.88.2.3");
-        assert!(forged.contains("not 10.88.2.3: decided on the address alone"), "{forged}");
+        assert!(
+            forged.contains("not 10.88.2.3: decided on the address alone"),
+            "{forged}"
+        );
         assert!(forged.contains("decision: deny"), "{forged}");
         assert!(forged.contains("403 with the reason"), "{forged}");
     }
@@ -199,7 +212,10 @@ mod tests {
         let stranger = explain_from("10.0.0.9");
         assert!(stranger.contains("transparent-auth-required"), "{stranger}");
         let exempt = explain_from("10.0.0.2");
-        assert!(exempt.contains("forwarded to the original destination"), "{exempt}");
+        assert!(
+            exempt.contains("forwarded to the original destination"),
+            "{exempt}"
+        );
         assert!(exempt.contains("auth.exempt_clients"), "{exempt}");
     }
 }

@@ -167,14 +167,10 @@ fn admit(
             .spawn(refuse_busy(stream, "max_connections_per_client"));
         return;
     };
-    let ctx = Arc::new(ConnCtx::new(
-        client,
-        local,
-        slot,
-        client_slot,
-        &proxy.metrics,
-    )
-    .with_original_dst(transparent));
+    let ctx = Arc::new(
+        ConnCtx::new(client, local, slot, client_slot, &proxy.metrics)
+            .with_original_dst(transparent),
+    );
     let tasks = proxy.tasks.clone();
     tasks.spawn(crate::conn::serve(
         proxy,

@@ -58,7 +58,11 @@ pub(super) fn raise_fd_limit(max_connections: usize) {
         return;
     };
     let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        tracing::debug!(from = soft, to = hard, "raised the open-file limit to its hard limit");
+        tracing::debug!(
+            from = soft,
+            to = hard,
+            "raised the open-file limit to its hard limit"
+        );
         hard
     } else {
         soft

@@ -244,12 +244,13 @@ fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
         } else {
             "server.listen"
         };
-        let listener =
-            listen::bind(*addr, server.listen_backlog, false).map_err(|error| StartError::Listen {
+        let listener = listen::bind(*addr, server.listen_backlog, false).map_err(|error| {
+            StartError::Listen {
                 addr: *addr,
                 key,
                 error,
-            })?;
+            }
+        })?;
         bound.push(Bound {
             addr: listener.local_addr()?,
             listener,

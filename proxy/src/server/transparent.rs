@@ -19,11 +19,14 @@ pub(super) fn bind(server: &ServerConfig) -> Result<Vec<Bound>, StartError> {
         .map(|a| (a, TransparentKind::Tls, "server.transparent_tls_listen"));
     let mut bound = Vec::new();
     for (addr, kind, key) in http.chain(tls) {
-        let listener = super::listen::bind(*addr, server.listen_backlog, true).map_err(|error| StartError::Listen {
-            addr: *addr,
-            key,
-            error,
-        })?;
+        let listener =
+            super::listen::bind(*addr, server.listen_backlog, true).map_err(|error| {
+                StartError::Listen {
+                    addr: *addr,
+                    key,
+                    error,
+                }
+            })?;
         bound.push(Bound {
             addr: listener.local_addr()?,
             listener,

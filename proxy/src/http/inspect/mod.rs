@@ -37,8 +37,8 @@ use crate::intercept::Interceptor;
 use crate::metrics::TlsTunnelReason;
 use crate::record::ResultCode;
 use crate::tunnel::{ClientStream, TunnelClient};
-pub(crate) use transparent::serve as serve_transparent;
 use handshake::{connect_origin, handshake_client, log_failed_interception};
+pub(crate) use transparent::serve as serve_transparent;
 
 /// One CONNECT (or transparent TLS connection) being intercepted, from its ClientHello on.
 struct Interception<'a> {
@@ -143,13 +143,26 @@ pub(super) async fn run(
     let decision = tls.decide_on_sni(&txn, &plan);
     let settled = tls.settle(&mut txn, &plan, decision);
     let hello = Hello { accepted, seen };
-    conclude(&tls, &conn, txn, hello, client, Some(upstream), settled, plan.idle).await;
+    conclude(
+        &tls,
+        &conn,
+        txn,
+        hello,
+        client,
+        Some(upstream),
+        settled,
+        plan.idle,
+    )
+    .await;
 }
 
 /// Carries out what [`Interception::settle`] decided: relay the bytes, or finish the
 /// handshakes and serve the decrypted requests (or the 403 page). `upstream`: the origin
 /// connection already dialled (a CONNECT's); `None` dials the target now, unless denied.
-#[expect(clippy::too_many_arguments, reason = "one tunnel's parts, each moved in once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one tunnel's parts, each moved in once"
+)]
 async fn conclude(
     tls: &Interception<'_>,
     conn: &Arc<ConnCtx>,
@@ -212,7 +225,14 @@ async fn conclude(
     };
     proxy.access_log.log(txn.record(outcome, 200, 0, None));
     let tunnel = decrypted::Tunnel::new(tls.target, tls.sni.clone(), user, origin);
-    decrypted::serve(Arc::clone(proxy), Arc::clone(conn), client_tls, Arc::new(tunnel), idle).await;
+    decrypted::serve(
+        Arc::clone(proxy),
+        Arc::clone(conn),
+        client_tls,
+        Arc::new(tunnel),
+        idle,
+    )
+    .await;
 }
 
 /// The one line of a tunnel whose origin could not be reached before anything was relayed.

@@ -151,11 +151,17 @@ impl<'a> Relay<'a> {
     /// Refused (logged `TCP_DENIED`, closed: there is no way to show a page) when the policy
     /// denies or authentication would be needed; otherwise the origin is dialled and the bytes
     /// (`prefix` first) relayed.
-    async fn or_refuse(self, mut txn: Txn, decision: Decision, client: ClientStream, prefix: Bytes) {
+    async fn or_refuse(
+        self,
+        mut txn: Txn,
+        decision: Decision,
+        client: ClientStream,
+        prefix: Bytes,
+    ) {
         let proxy = self.proxy;
         txn.decided(&decision);
-        let refusal = ProxyError::denial(&decision)
-            .or_else(|| auth_refusal(proxy, &self.conn, &decision));
+        let refusal =
+            ProxyError::denial(&decision).or_else(|| auth_refusal(proxy, &self.conn, &decision));
         if matches!(decision.action, Action::Inspect | Action::Tunnel) && refusal.is_none() {
             match proxy.dialer.dial(&self.target.host, self.target.port).await {
                 Ok(upstream) => {
