@@ -15,6 +15,7 @@ pub mod host;
 pub mod m365;
 pub mod netfilter;
 pub mod pac;
+pub mod route;
 mod rule;
 
 pub use config::RawPolicy;
@@ -27,3 +28,4 @@ pub use error::CompileError;
 pub use exchange::ExchangeClass;
 pub use explain::{ConditionMatch, Explanation};
 pub use host::Host;
+pub use route::Route;
