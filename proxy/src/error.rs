@@ -99,6 +99,16 @@ pub(crate) enum ProxyError {
     /// a certificate).
     #[error("cannot mint a certificate: {0}")]
     CertificateMint(String),
+    /// A parent proxy answered our request with 407: the credentials in
+    /// `[[upstream.parents]]` are wrong. The admin's problem, never a 407 for the client.
+    #[error("the parent proxy {parent} refused this proxy's credentials (407); check upstream.parents user and password_file")]
+    ParentAuth { parent: String },
+    /// A parent proxy refused the CONNECT with this status.
+    #[error("the parent proxy {parent} refused the request with status {status}")]
+    ParentRefused { parent: String, status: u16 },
+    /// Every parent of the route is down (or in its back-off).
+    #[error("no parent proxy of route {route} is available: {last}")]
+    ParentsDown { route: String, last: String },
 }
 
 impl ProxyError {
@@ -138,6 +148,11 @@ impl ProxyError {
             | ProxyError::ClientTlsAborted(_)
             | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
             ProxyError::CertificateMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The parent's policy said no: as our own refusals.
+            ProxyError::ParentRefused { status: 403, .. } => StatusCode::FORBIDDEN,
+            ProxyError::ParentAuth { .. }
+            | ProxyError::ParentRefused { .. }
+            | ProxyError::ParentsDown { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -150,6 +165,7 @@ impl ProxyError {
             } => Some("server.connect_ports"),
             ProxyError::PortNotAllowed { .. } => Some("server.http_ports"),
             ProxyError::DestinationDenied { .. } => Some("upstream.deny_networks"),
+            ProxyError::ParentAuth { .. } => Some("upstream.parents"),
             _ => None,
         }
     }
@@ -179,6 +195,9 @@ impl ProxyError {
             ProxyError::ClientTlsAborted(_) => "client-tls-aborted",
             ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
             ProxyError::CertificateMint(_) => "certificate-mint-failed",
+            ProxyError::ParentAuth { .. } => "parent-auth-failed",
+            ProxyError::ParentRefused { .. } => "parent-refused",
+            ProxyError::ParentsDown { .. } => "parents-down",
         }
     }
 }

@@ -29,6 +29,7 @@ mod m365_cache;
 mod m365_feed;
 mod metrics;
 mod netfilter_cmd;
+mod parents;
 mod pinned;
 mod policy_cmd;
 mod ports;

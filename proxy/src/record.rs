@@ -54,6 +54,10 @@ pub(crate) enum Hierarchy {
     Direct,
     /// Answered without an origin (error pages, 407, the proxy's own pages).
     None,
+    /// Through a parent proxy, the first one up of a failover route (issue 19).
+    FirstUpParent,
+    /// Through the one parent proxy of its route (issue 19).
+    DefaultParent,
 }
 
 impl Hierarchy {
@@ -61,6 +65,8 @@ impl Hierarchy {
         match self {
             Hierarchy::Direct => "HIER_DIRECT",
             Hierarchy::None => "HIER_NONE",
+            Hierarchy::FirstUpParent => "FIRSTUP_PARENT",
+            Hierarchy::DefaultParent => "DEFAULT_PARENT",
         }
     }
 }
@@ -156,7 +162,7 @@ impl Record {
 
     /// Whether bytes moved between the proxy and an origin (the upstream byte counters).
     pub(crate) fn reached_origin(&self) -> bool {
-        self.hierarchy == Hierarchy::Direct
+        self.hierarchy != Hierarchy::None
     }
 }
 
@@ -305,6 +311,8 @@ mod tests {
         }
         assert_eq!(Hierarchy::Direct.as_str(), "HIER_DIRECT");
         assert_eq!(Hierarchy::None.as_str(), "HIER_NONE");
+        assert_eq!(Hierarchy::FirstUpParent.as_str(), "FIRSTUP_PARENT");
+        assert_eq!(Hierarchy::DefaultParent.as_str(), "DEFAULT_PARENT");
         let mut r = record(ResultCode::TcpDenied, Channel::Plain);
         r.hierarchy = Hierarchy::Direct;
         let json = serde_json::to_value(&r).unwrap_or_default();

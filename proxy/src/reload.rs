@@ -33,6 +33,7 @@ use crate::config::{AdminListen, Config, ConfigError};
 use crate::context::Proxy;
 use crate::intercept::{CaInit, InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
+use crate::parents::{ParentSpec, Parents};
 use crate::upstream::{http_client, Dialer, Resolver};
 
 /// Where the configuration comes from, so a reload reads the same file with the same
@@ -94,6 +95,8 @@ pub(crate) enum FileError {
     Auth(AuthSetupError),
     #[error("{0}")]
     Intercept(InterceptError),
+    #[error("{0}")]
+    ParentPassword(crate::parents::PasswordFileError),
 }
 
 impl FileError {
@@ -103,6 +106,7 @@ impl FileError {
             FileError::HostsFile(_) => "upstream.hosts_file",
             FileError::Auth(e) => e.key(),
             FileError::Intercept(e) => e.key(),
+            FileError::ParentPassword(_) => "upstream.parents[].password_file",
         }
     }
 }
@@ -123,6 +127,8 @@ pub(crate) struct Loaded {
     resolver: Resolver,
     auth: Option<Auth>,
     policy: Arc<portcullis_policy::Policy>,
+    /// Parent proxies with their password files read.
+    parents: Vec<ParentSpec>,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
 }
@@ -142,6 +148,8 @@ pub(crate) fn load(
     };
     let resolver = Resolver::new(&config).map_err(|e| file_error(FileError::HostsFile(e)))?;
     let auth = Auth::new(&config.auth).map_err(|e| file_error(FileError::Auth(e)))?;
+    let parents =
+        crate::parents::load_specs(&config).map_err(|e| file_error(FileError::ParentPassword(e)))?;
     let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
@@ -175,6 +183,7 @@ pub(crate) fn load(
         resolver,
         auth,
         policy,
+        parents,
         interceptor,
     })
 }
@@ -204,6 +213,7 @@ pub(crate) fn assemble(
         resolver,
         auth,
         policy,
+        parents,
         interceptor,
     } = loaded;
     let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
@@ -229,6 +239,19 @@ pub(crate) fn assemble(
             (dialer, client)
         }
     };
+    let parents = match previous {
+        Some((prev, _))
+            if Arc::ptr_eq(&prev.dialer, &dialer) && prev.parents.reusable(&parents, &config) =>
+        {
+            Arc::clone(&prev.parents)
+        }
+        _ => Arc::new(Parents::new(
+            parents,
+            &config,
+            Arc::clone(&dialer),
+            Arc::clone(&shared.metrics),
+        )),
+    };
     let interceptor = match (interceptor, previous) {
         (Some(fresh), _) => fresh.map(Arc::new),
         (None, Some((prev, _))) => prev.interceptor.clone(),
@@ -249,6 +272,7 @@ pub(crate) fn assemble(
         config: Arc::new(config),
         dialer,
         client,
+        parents,
         access_log: shared.access_log.clone(),
         auth,
         policy,

@@ -10,6 +10,7 @@
 
 mod auth;
 mod error;
+mod parents;
 mod redact;
 mod sections;
 mod tls;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use auth::NegotiateConfig;
 pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
+pub(crate) use parents::ParentConfig;
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
     M365Config, ServerConfig, Timeouts, UpstreamConfig,

@@ -11,6 +11,7 @@
 //! cache) are read at scrape time ([`sources`]) instead of being counted twice.
 
 mod families;
+mod parents;
 mod sources;
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ pub(crate) use crate::error::Side;
 use crate::record::{Disposition, Record};
 use families::{AuthFamilies, ConfigFamilies, Connections, Requests, Tls};
 use sources::{raise, Sources};
+pub(crate) use parents::ParentFailure;
 pub(crate) use sources::{AuthAttemptScheme, AuthCounters, AuthCounts, CertCacheStats};
 
 /// Why a CONNECT tunnel's TLS was passed through instead of intercepted.
@@ -135,6 +137,7 @@ pub(crate) struct Metrics {
     auth: AuthFamilies,
     tls: Tls,
     config: ConfigFamilies,
+    parents: parents::ParentFamilies,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -156,6 +159,7 @@ impl Metrics {
             auth: AuthFamilies::register(&registry)?,
             tls: Tls::register(&registry)?,
             config: ConfigFamilies::register(&registry)?,
+            parents: parents::ParentFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
             process: process_registry()?,

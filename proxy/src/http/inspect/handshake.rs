@@ -37,6 +37,7 @@ pub(super) async fn connect_origin(
     denied: Option<ProxyError>,
 ) -> Origin {
     let (proxy, target, sni) = (tls.proxy, tls.target, tls.sni.as_deref());
+    let tls_plan = tls.plan;
     let origin_name = sni.unwrap_or(target.host.as_str());
     let tls_config = tls
         .interceptor
@@ -66,6 +67,13 @@ pub(super) async fn connect_origin(
                 tls_config,
                 Arc::clone(&proxy.dialer),
                 tls,
+                tls_plan.hop,
+                match &tls_plan.route {
+                    route @ portcullis_policy::Route::Parents(_) => {
+                        Some((Arc::clone(&proxy.parents), route.clone()))
+                    }
+                    portcullis_policy::Route::Direct => None,
+                },
             );
             Origin {
                 session: Some(Arc::new(session)),
@@ -103,7 +111,7 @@ pub(super) fn log_failed_interception(
     proxy: &Proxy,
     mut txn: Txn,
     origin: &Origin,
-    peer: Option<std::net::IpAddr>,
+    hop: crate::parents::Hop,
     failure: HandshakeFailure,
 ) {
     let cause = match &origin.error {
@@ -116,7 +124,7 @@ pub(super) fn log_failed_interception(
         result: failure.result,
         error: Some(cause.cause()),
         ..if origin.session.is_some() {
-            Outcome::direct(peer)
+            Outcome::via(hop)
         } else {
             Outcome::LOCAL
         }

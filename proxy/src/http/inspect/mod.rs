@@ -32,6 +32,7 @@ use crate::error::ProxyError;
 use crate::intercept::hello::{peek, read_client_hello, FirstBytes};
 use crate::intercept::Interceptor;
 use crate::metrics::TlsTunnelReason;
+use crate::parents::Hop;
 use crate::record::ResultCode;
 use crate::tunnel::TunnelClient;
 use handshake::{connect_origin, handshake_client, log_failed_interception};
@@ -47,6 +48,8 @@ struct Interception<'a> {
     alpn: Vec<Vec<u8>>,
     /// How long the client may take to finish its handshake.
     wait: Duration,
+    /// The CONNECT's plan: its route and hop matter to the origin session.
+    plan: &'a TunnelPlan,
 }
 
 /// What happens to a tunnel once its ClientHello is in.
@@ -78,7 +81,6 @@ pub(super) async fn run(
     let Some(interceptor) = proxy.interceptor.clone() else {
         return;
     };
-    let peer = upstream.peer_addr().ok().map(|a| a.ip());
     // A silent client gets no longer than a silent tunnel would.
     let wait = proxy.config.timeouts.client_header.min(plan.idle);
     let mut client = TokioIo::new(client);
@@ -91,7 +93,8 @@ pub(super) async fn run(
         Err(bytes) => {
             let client = TunnelClient::new(client.into_inner(), bytes);
             let reason = TlsTunnelReason::NonTls;
-            return relay_untouched(&proxy, conn, txn, client, upstream, plan.idle, reason).await;
+            let relay = (plan.idle, plan.hop);
+            return relay_untouched(&proxy, conn, txn, client, upstream, relay, reason).await;
         }
     };
     let hello = accepted.client_hello();
@@ -106,12 +109,14 @@ pub(super) async fn run(
             .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
             .unwrap_or_default(),
         wait,
+        plan: &plan,
     };
     let (denied, remember_refusal) = match tls.settle(&mut txn, &plan) {
         Settled::Relay { reason, idle } => {
             // rustls has seen the ClientHello; the origin gets the same bytes.
             let client = TunnelClient::new(client.into_inner(), seen.freeze());
-            return relay_untouched(&proxy, conn, txn, client, upstream, idle, reason).await;
+            let relay = (idle, plan.hop);
+            return relay_untouched(&proxy, conn, txn, client, upstream, relay, reason).await;
         }
         Settled::Inspect {
             denied,
@@ -123,7 +128,7 @@ pub(super) async fn run(
     let handshake = handshake_client(&tls, start, &origin, remember_refusal.as_deref()).await;
     let client_tls = match handshake {
         Ok(tls) => tls,
-        Err(failure) => return log_failed_interception(&proxy, txn, &origin, peer, failure),
+        Err(failure) => return log_failed_interception(&proxy, txn, &origin, plan.hop, failure),
     };
     let sni = tls.sni;
     proxy.metrics.tls_intercepted();
@@ -133,7 +138,7 @@ pub(super) async fn run(
     let user = txn.user().map(str::to_owned);
     let outcome = Outcome {
         result: ResultCode::None,
-        ..Outcome::direct(peer)
+        ..Outcome::via(plan.hop)
     };
     proxy.access_log.log(txn.record(outcome, 200, 0, None));
     let tunnel = decrypted::Tunnel::new(&target, sni, user, origin);
@@ -147,11 +152,11 @@ async fn relay_untouched(
     txn: Txn,
     client: TunnelClient,
     upstream: TcpStream,
-    idle: Duration,
+    relay: (Duration, Hop),
     reason: TlsTunnelReason,
 ) {
     proxy.metrics.tls_tunnelled(reason);
-    relay_and_log(proxy, conn, txn, client, upstream, idle).await;
+    relay_and_log(proxy, conn, txn, client, upstream, relay).await;
 }
 
 impl Interception<'_> {
