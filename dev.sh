@@ -16,10 +16,11 @@ cd "$(dirname "$0")"
 # (krb5-kdc, krb5-admin-server, krb5-user) for Negotiate; nftables, iptables, iproute2 and socat
 # for the netfilter lab in network namespaces; chromium and libnss3-tools (certutil) for the
 # real-browser interception test; prometheus to scrape the admin endpoint for real; haproxy in
-# front of two instances for the PROXY protocol scale-out test.
+# front of two instances for the PROXY protocol scale-out test; squid as an authenticating
+# parent proxy (issue 19).
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
-  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy)
+  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy squid)
 
 ensure_packages() {
   local missing=()
@@ -81,7 +82,7 @@ case "${1:-}" in
     if [ "$(id -u)" -eq 0 ]; then export PORTCULLIS_REQUIRE_NETNS=1; fi
     # The packages above were installed: a missing KDC is a failure, not a skip.
     export PORTCULLIS_REQUIRE_KDC=1 PORTCULLIS_REQUIRE_CHROMIUM=1 PORTCULLIS_REQUIRE_PROMETHEUS=1 \
-      PORTCULLIS_REQUIRE_PAC=1 PORTCULLIS_REQUIRE_HAPROXY=1
+      PORTCULLIS_REQUIRE_PAC=1 PORTCULLIS_REQUIRE_HAPROXY=1 PORTCULLIS_REQUIRE_SQUID=1
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --workspace --no-fail-fast "$@"
     else

@@ -165,7 +165,6 @@ impl ProxyError {
             } => Some("server.connect_ports"),
             ProxyError::PortNotAllowed { .. } => Some("server.http_ports"),
             ProxyError::DestinationDenied { .. } => Some("upstream.deny_networks"),
-            ProxyError::ParentAuth { .. } => Some("upstream.parents"),
             _ => None,
         }
     }

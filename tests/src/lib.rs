@@ -9,6 +9,7 @@ pub mod origin;
 pub mod proxy;
 pub mod raw_origin;
 pub mod scrape;
+pub mod squid;
 pub mod tls;
 pub mod users;
 
