@@ -52,8 +52,7 @@ impl Session {
         tls: Arc<rustls::ClientConfig>,
         dialer: Arc<Dialer>,
         first: TlsStream<TcpStream>,
-        hop: Hop,
-        via: Option<(Arc<Parents>, Route)>,
+        (hop, via): (Hop, Option<(Arc<Parents>, Route)>),
     ) -> Session {
         let h2 = first.get_ref().1.alpn_protocol() == Some(super::upstream_tls::H2);
         Session {

@@ -150,7 +150,7 @@ impl Body for RetryBody {
     fn size_hint(&self) -> SizeHint {
         match &self.state {
             State::Taken(body) => body.size_hint(),
-            State::Waiting(_) => self.hint.clone(),
+            State::Waiting(_) => self.hint,
         }
     }
 }
@@ -173,7 +173,7 @@ impl Parents {
             }
             let mut req = Request::new(RetryBody {
                 state: State::Waiting(Arc::clone(&slot)),
-                hint: hint.clone(),
+                hint,
                 end,
             });
             *req.method_mut() = head.method.clone();

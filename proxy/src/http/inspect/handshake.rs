@@ -38,6 +38,13 @@ pub(super) async fn connect_origin(
 ) -> Origin {
     let (proxy, target, sni) = (tls.proxy, tls.target, tls.sni.as_deref());
     let tls_plan = tls.plan;
+    // Reconnections to the origin go the way the tunnel went.
+    let via = match &tls_plan.route {
+        route @ portcullis_policy::Route::Parents(_) => {
+            Some((Arc::clone(&proxy.parents), route.clone()))
+        }
+        portcullis_policy::Route::Direct => None,
+    };
     let origin_name = sni.unwrap_or(target.host.as_str());
     let tls_config = tls
         .interceptor
@@ -67,13 +74,7 @@ pub(super) async fn connect_origin(
                 tls_config,
                 Arc::clone(&proxy.dialer),
                 tls,
-                tls_plan.hop,
-                match &tls_plan.route {
-                    route @ portcullis_policy::Route::Parents(_) => {
-                        Some((Arc::clone(&proxy.parents), route.clone()))
-                    }
-                    portcullis_policy::Route::Direct => None,
-                },
+                (tls_plan.hop, via),
             );
             Origin {
                 session: Some(Arc::new(session)),
