@@ -105,8 +105,8 @@ impl Policy {
         }
 
         // The profile's own route, direct unless `policy.outlook.route` says otherwise.
-        let outlook_route = Route::compile("policy.outlook.route", &outlook.route)?
-            .unwrap_or(Route::Direct);
+        let outlook_route =
+            Route::compile("policy.outlook.route", &outlook.route)?.unwrap_or(Route::Direct);
         let first_builtin = rules.len();
         if let Some(action) = profile_action {
             let long = Some(TimeoutProfile::LongPoll);
@@ -250,8 +250,8 @@ impl Policy {
         }
 
         let default = default_rule(&raw.default)?;
-        let default_route = Route::compile("policy.default_route", &raw.default_route)?
-            .unwrap_or(Route::Direct);
+        let default_route =
+            Route::compile("policy.default_route", &raw.default_route)?.unwrap_or(Route::Direct);
         let pac = PacSettings::compile(&raw.pac)?;
         Ok(Policy {
             index: Index::build(&rules),

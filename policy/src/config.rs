@@ -237,7 +237,10 @@ pub struct RawOutlook {
     /// Where the profile's traffic goes. `direct` by default: Microsoft's advice is to send
     /// Optimize and Allow endpoints straight out, not through further proxies. A rule in
     /// `policy.rules` that matches first (with its own `route`) still wins.
-    #[serde(deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub route: Vec<String>,
 }
 

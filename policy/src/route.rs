@@ -124,7 +124,10 @@ mod tests {
             (&[""][..], "parent name"),
         ] {
             let err = compile(raw).unwrap_err().to_string();
-            assert!(err.contains("policy.default_route") && err.contains(why), "{raw:?}: {err}");
+            assert!(
+                err.contains("policy.default_route") && err.contains(why),
+                "{raw:?}: {err}"
+            );
         }
     }
 
@@ -180,7 +183,16 @@ mod tests {
         let client = "10.0.0.7".parse().unwrap();
         let d = p.decide_connect(&crate::ConnectFacts::new("bad.example", 443, client));
         assert!(matches!(d.action, crate::Action::Deny { .. }));
-        assert!(d.to_string().contains("route [\"corp\", \"backup\"]"), "{d}");
+        assert!(
+            d.to_string().contains("route [\"corp\", \"backup\"]"),
+            "{d}"
+        );
+        // `policy explain` prints every decision's route.
+        let e = p.explain_connect(&crate::ConnectFacts::new("www.example.com", 443, client));
+        assert!(
+            e.to_string().contains("route:    [\"corp\", \"backup\"]\n"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -192,7 +204,8 @@ mod tests {
         let err = crate::Policy::compile(&raw).unwrap_err().to_string();
         assert!(err.contains("policy.outlook.route"), "{err}");
         let raw: crate::RawPolicy =
-            toml::from_str("[[rules]]\nhost = \"x.test\"\naction = \"tunnel\"\nroute = \"a b\"\n").unwrap();
+            toml::from_str("[[rules]]\nhost = \"x.test\"\naction = \"tunnel\"\nroute = \"a b\"\n")
+                .unwrap();
         let err = crate::Policy::compile(&raw).unwrap_err().to_string();
         assert!(err.contains("policy.rules[0].route"), "{err}");
     }

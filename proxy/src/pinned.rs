@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -23,7 +23,7 @@ use crate::error::classify_error;
 use portcullis_policy::Host;
 
 use crate::error::ProxyError;
-use crate::parents::{Hop, Parents};
+use crate::parents::{Hop, Parents, PrivateParent};
 use crate::upstream::{Dialer, Resolution};
 use portcullis_policy::Route;
 
@@ -43,7 +43,7 @@ struct Pin {
     peer: Option<IpAddr>,
     /// Set when the connection goes to a parent proxy: where it went, and the credentials
     /// each request must carry to it.
-    parent: Option<(Hop, Option<HeaderValue>)>,
+    parent: Option<(Hop, PrivateParent)>,
 }
 
 /// Whether the request carries connection-oriented origin credentials.
@@ -136,23 +136,23 @@ impl PinnedOrigin {
             _ => false,
         };
         if !reusable {
-            let (tcp, hop, credentials) = parents.connect_plain(route).await?;
-            let sender = handshake(tcp).await?;
+            let conn = parents.connect_plain(route).await?;
+            let sender = handshake(conn.stream).await?;
             tracing::debug!(%authority, "client connection pinned to its own parent connection (connection-oriented origin auth)");
             *slot = Some(Pin {
                 authority,
                 sender,
-                peer: hop.peer,
-                parent: Some((hop, credentials)),
+                peer: conn.hop.peer,
+                parent: Some((conn.hop, conn.parent)),
             });
         }
         let Some(pin) = slot.as_mut() else {
             return Err(ProxyError::Upstream("no pinned connection".into()));
         };
-        let Some((hop, credentials)) = pin.parent.clone() else {
+        let Some((hop, parent)) = pin.parent.clone() else {
             return Err(ProxyError::Upstream("no pinned parent connection".into()));
         };
-        match credentials {
+        match parent.credentials {
             Some(value) => req.headers_mut().insert(PROXY_AUTHORIZATION, value),
             None => req.headers_mut().remove(PROXY_AUTHORIZATION),
         };
@@ -163,7 +163,7 @@ impl PinnedOrigin {
             .map_err(|e| classify_error(&e))?;
         if response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             return Err(ProxyError::ParentAuth {
-                parent: hop.peer.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                parent: parent.name.to_string(),
             });
         }
         Ok((response, hop))

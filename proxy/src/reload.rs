@@ -148,8 +148,8 @@ pub(crate) fn load(
     };
     let resolver = Resolver::new(&config).map_err(|e| file_error(FileError::HostsFile(e)))?;
     let auth = Auth::new(&config.auth).map_err(|e| file_error(FileError::Auth(e)))?;
-    let parents =
-        crate::parents::load_specs(&config).map_err(|e| file_error(FileError::ParentPassword(e)))?;
+    let parents = crate::parents::load_specs(&config)
+        .map_err(|e| file_error(FileError::ParentPassword(e)))?;
     let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {

@@ -222,7 +222,11 @@ impl Dialer {
 
     /// Resolves and connects to a parent proxy under `timeouts.upstream_connect`. Parents are
     /// the admin's own choice, so `deny_networks` does not apply; our own listeners still do.
-    pub(crate) async fn dial_parent(&self, host: &Host, port: u16) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn dial_parent(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, ProxyError> {
         let dial = async {
             let addrs = self.resolver.resolve(host, port).await?;
             self.connect_checked(host, port, addrs, &[]).await

@@ -21,7 +21,13 @@ fn parent_toml(dir: &Path, name: &str, addr: &str, user: &str, password: &str) -
 }
 
 /// Our proxy requiring its own Basic credentials (bob), routing everything to `parents`.
-fn chained_proxy(dir: &Path, origin_port: u16, parents: &str, route: &str, extra: &str) -> TestProxy {
+fn chained_proxy(
+    dir: &Path,
+    origin_port: u16,
+    parents: &str,
+    route: &str,
+    extra: &str,
+) -> TestProxy {
     let users = dir.join("clients.htpasswd");
     htpasswd(&users, "-B", "bob", "bob-pw");
     TestProxy::start(&format!(
@@ -42,7 +48,13 @@ async fn squid_parent_with_basic_auth_carries_http_and_connect() {
     let squid = Squid::start(&[("alice", "alice-pw")]);
     let origin = TestOrigin::http().await;
     let dir = tempfile::tempdir().unwrap();
-    let parents = parent_toml(dir.path(), "corp", &squid.addr.to_string(), "alice", "alice-pw");
+    let parents = parent_toml(
+        dir.path(),
+        "corp",
+        &squid.addr.to_string(),
+        "alice",
+        "alice-pw",
+    );
     let proxy = chained_proxy(dir.path(), origin.addr.port(), &parents, "\"corp\"", "");
     let url = origin.url("/hello");
 
@@ -53,28 +65,41 @@ async fn squid_parent_with_basic_auth_carries_http_and_connect() {
 
     // The parent saw our credentials' user for both, and never the client's own.
     let log = squid.access_log(2);
-    assert!(log.iter().any(|l| l.contains("TCP_MISS/200 GET") && l.ends_with("user=alice")), "{log:?}");
     assert!(
-        log.iter().any(|l| l.contains("TCP_TUNNEL/200 CONNECT") && l.ends_with("user=alice")),
+        log.iter()
+            .any(|l| l.contains("TCP_MISS/200 GET") && l.ends_with("user=alice")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_TUNNEL/200 CONNECT") && l.ends_with("user=alice")),
         "{log:?}"
     );
     assert!(!log.iter().any(|l| l.contains("user=bob")), "{log:?}");
     // Neither did the origin: no Proxy-Authorization got past us or the parent.
-    assert!(origin.seen().iter().all(|s| !s.headers.contains_key("proxy-authorization")));
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| !s.headers.contains_key("proxy-authorization")));
 
     // Our log names the parent hop as Squid does, with the user who authenticated to us.
     let ours = proxy.access_log(2);
     assert!(
-        ours.iter().any(|l| l.contains("TCP_MISS/200") && l.contains(" bob DEFAULT_PARENT/127.0.0.1")),
+        ours.iter()
+            .any(|l| l.contains("TCP_MISS/200") && l.contains(" bob DEFAULT_PARENT/127.0.0.1")),
         "{ours:?}"
     );
     assert!(
-        ours.iter().any(|l| l.contains("TCP_TUNNEL/200") && l.contains("DEFAULT_PARENT/127.0.0.1")),
+        ours.iter()
+            .any(|l| l.contains("TCP_TUNNEL/200") && l.contains("DEFAULT_PARENT/127.0.0.1")),
         "{ours:?}"
     );
     let metrics = scrape(&proxy.admin_url()).await;
     assert!(metrics.value("portcullis_parent_requests_total", &["parent=\"corp\""]) >= 2.0);
-    assert_eq!(metrics.value("portcullis_parent_up", &["parent=\"corp\""]), 1.0);
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"corp\""]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,24 +110,55 @@ async fn a_parent_refusing_our_credentials_is_an_error_for_the_admin_not_a_407()
     let squid = Squid::start(&[("alice", "alice-pw")]);
     let origin = TestOrigin::http().await;
     let dir = tempfile::tempdir().unwrap();
-    let parents = parent_toml(dir.path(), "corp", &squid.addr.to_string(), "alice", "wrong");
+    let parents = parent_toml(
+        dir.path(),
+        "corp",
+        &squid.addr.to_string(),
+        "alice",
+        "wrong",
+    );
     let proxy = chained_proxy(dir.path(), origin.addr.port(), &parents, "\"corp\"", "");
     let url = origin.url("/");
 
     let get = curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &url]).await;
     assert_eq!(get.status, 502, "{get:?}");
-    assert_eq!(get.header("x-portcullis-error").as_deref(), Some("parent-auth-failed"));
+    assert_eq!(
+        get.header("x-portcullis-error").as_deref(),
+        Some("parent-auth-failed")
+    );
     assert!(get.header("proxy-authenticate").is_none(), "{get:?}");
-    assert!(get.body_text().contains("refused this proxy"), "{}", get.body_text());
-    let connect = curl(&["-p", "-x", &proxy.url(), "-U", "bob:bob-pw", "-w", "%{http_connect}", &url]).await;
+    assert!(
+        get.body_text().contains("refused this proxy"),
+        "{}",
+        get.body_text()
+    );
+    let connect = curl(&[
+        "-p",
+        "-x",
+        &proxy.url(),
+        "-U",
+        "bob:bob-pw",
+        "-w",
+        "%{http_connect}",
+        &url,
+    ])
+    .await;
     assert!(connect.headers.contains("502"), "{connect:?}");
     assert!(!connect.headers.contains("407"), "{connect:?}");
     let ours = proxy.access_log(2);
     assert!(ours.iter().all(|l| l.contains("/502 ")), "{ours:?}");
     // Our credentials are not the parent's health: it stays up.
     let metrics = scrape(&proxy.admin_url()).await;
-    assert!(metrics.value("portcullis_parent_failures_total", &["parent=\"corp\"", "kind=\"auth\""]) >= 2.0);
-    assert_eq!(metrics.value("portcullis_parent_up", &["parent=\"corp\""]), 1.0);
+    assert!(
+        metrics.value(
+            "portcullis_parent_failures_total",
+            &["parent=\"corp\"", "kind=\"auth\""]
+        ) >= 2.0
+    );
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"corp\""]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,9 +170,26 @@ async fn failover_to_the_second_parent_and_back_after_a_restart() {
     let mut second = Squid::start(&[("alice", "alice-pw")]);
     let origin = TestOrigin::http().await;
     let dir = tempfile::tempdir().unwrap();
-    let parents = parent_toml(dir.path(), "p1", &first.addr.to_string(), "alice", "alice-pw")
-        + &parent_toml(dir.path(), "p2", &second.addr.to_string(), "alice", "alice-pw");
-    let proxy = chained_proxy(dir.path(), origin.addr.port(), &parents, "[\"p1\", \"p2\"]", "");
+    let parents = parent_toml(
+        dir.path(),
+        "p1",
+        &first.addr.to_string(),
+        "alice",
+        "alice-pw",
+    ) + &parent_toml(
+        dir.path(),
+        "p2",
+        &second.addr.to_string(),
+        "alice",
+        "alice-pw",
+    );
+    let proxy = chained_proxy(
+        dir.path(),
+        origin.addr.port(),
+        &parents,
+        "[\"p1\", \"p2\"]",
+        "",
+    );
     let url = origin.url("/");
     let via = proxy.url();
     let get_args = ["-x", via.as_str(), "-U", "bob:bob-pw", url.as_str()];
@@ -126,30 +199,62 @@ async fn failover_to_the_second_parent_and_back_after_a_restart() {
 
     assert_eq!(get().await.status, 200);
     let log = first.access_log(1);
-    assert!(log.iter().any(|l| l.contains("TCP_MISS/200")), "p1 is first while it is up: {log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("TCP_MISS/200")),
+        "p1 is first while it is up: {log:?}"
+    );
 
     first.stop();
     // Both kinds of request reach the origin through p2, without an error for the client.
     let (g, t) = (get().await, tunnel().await);
-    assert_eq!((g.status, t.status), (200, 200), "{g:?}\n{t:?}\n{}", proxy.stderr());
+    assert_eq!(
+        (g.status, t.status),
+        (200, 200),
+        "{g:?}\n{t:?}\n{}",
+        proxy.stderr()
+    );
     let log = second.access_log(1);
     assert!(!log.is_empty(), "p2 carried nothing");
     let ours = proxy.access_log(3);
-    assert!(ours.iter().any(|l| l.contains("FIRSTUP_PARENT/127.0.0.1")), "{ours:?}");
+    assert!(
+        ours.iter().any(|l| l.contains("FIRSTUP_PARENT/127.0.0.1")),
+        "{ours:?}"
+    );
     let admin = proxy.admin_url();
     let metrics = scrape(&admin).await;
-    assert_eq!(metrics.value("portcullis_parent_up", &["parent=\"p1\""]), 0.0);
-    assert_eq!(metrics.value("portcullis_parent_up", &["parent=\"p2\""]), 1.0);
-    assert!(metrics.value("portcullis_parent_failures_total", &["parent=\"p1\"", "kind=\"connect\""]) >= 1.0);
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"p1\""]),
+        0.0
+    );
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"p2\""]),
+        1.0
+    );
+    assert!(
+        metrics.value(
+            "portcullis_parent_failures_total",
+            &["parent=\"p1\"", "kind=\"connect\""]
+        ) >= 1.0
+    );
     let ready = curl(&[&format!("{admin}/readyz")]).await;
-    assert!(ready.body_text().contains("parents: ok: down: p1"), "{}", ready.body_text());
+    assert!(
+        ready.body_text().contains("parents: ok: down: p1"),
+        "{}",
+        ready.body_text()
+    );
 
     // Everything down: a 502 naming the route, and /readyz says so.
     second.stop();
     let down = get().await;
     assert_eq!(down.status, 502, "{down:?}");
-    assert_eq!(down.header("x-portcullis-error").as_deref(), Some("parents-down"));
-    let page = down.body_text().replace("&quot;", "\"").replace("&#34;", "\"");
+    assert_eq!(
+        down.header("x-portcullis-error").as_deref(),
+        Some("parents-down")
+    );
+    let page = down
+        .body_text()
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"");
     assert!(page.contains("route [\"p1\", \"p2\"]"), "{page}");
     let ready = curl(&[&format!("{admin}/readyz")]).await;
     assert_eq!(ready.status, 503, "{}", ready.body_text());
@@ -159,9 +264,15 @@ async fn failover_to_the_second_parent_and_back_after_a_restart() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let back = get().await;
     assert_eq!(back.status, 200, "{back:?}\n{}", proxy.stderr());
-    assert!(first.access_log(2).len() >= 2, "p1 did not carry the request after its restart");
+    assert!(
+        first.access_log(2).len() >= 2,
+        "p1 did not carry the request after its restart"
+    );
     let metrics = scrape(&admin).await;
-    assert_eq!(metrics.value("portcullis_parent_up", &["parent=\"p1\""]), 1.0);
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"p1\""]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,11 +283,24 @@ async fn deny_rules_apply_before_any_route() {
     let squid = Squid::start(&[("alice", "alice-pw")]);
     let origin = TestOrigin::http().await;
     let dir = tempfile::tempdir().unwrap();
-    let parents = parent_toml(dir.path(), "corp", &squid.addr.to_string(), "alice", "alice-pw");
+    let parents = parent_toml(
+        dir.path(),
+        "corp",
+        &squid.addr.to_string(),
+        "alice",
+        "alice-pw",
+    );
     let rule = "[[policy.rules]]\nname = \"blocked\"\npath = \"/secret\"\naction = \"deny\"\n\
                 reason = \"not here\"\nroute = \"corp\"\n";
     let proxy = chained_proxy(dir.path(), origin.addr.port(), &parents, "\"corp\"", rule);
-    let denied = curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &origin.url("/secret")]).await;
+    let denied = curl(&[
+        "-x",
+        &proxy.url(),
+        "-U",
+        "bob:bob-pw",
+        &origin.url("/secret"),
+    ])
+    .await;
     assert_eq!(denied.status, 403, "{denied:?}");
     let ok = curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &origin.url("/open")]).await;
     assert_eq!(ok.status, 200, "{ok:?}");
@@ -201,7 +325,13 @@ async fn inspection_through_a_portcullis_parent_verifies_the_origin() {
          [policy]\ndefault = {{ action = \"tunnel\" }}\n",
         parent_users.display()
     ));
-    let parents = parent_toml(dir.path(), "chain", &parent.addr.to_string(), "chain", "chain-pw");
+    let parents = parent_toml(
+        dir.path(),
+        "chain",
+        &parent.addr.to_string(),
+        "chain",
+        "chain-pw",
+    );
     let ours = TestProxy::start(&format!(
         "[server]\nconnect_ports = {ports}\n\
          [tls]\nupstream_ca_file = \"{}\"\n\
@@ -209,21 +339,48 @@ async fn inspection_through_a_portcullis_parent_verifies_the_origin() {
         good.ca_file.as_ref().unwrap().display()
     ));
     let ca = ours.dir.path().join("data/ca.pem").display().to_string();
-    let ok = curl(&["-x", &ours.url(), "--cacert", &ca, &format!("https://localhost:{}/hi", good.addr.port())]).await;
+    let ok = curl(&[
+        "-x",
+        &ours.url(),
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{}/hi", good.addr.port()),
+    ])
+    .await;
     assert_eq!(ok.status, 200, "{ok:?}\n{}", ours.stderr());
-    assert_eq!(good.seen()[0].headers["via"], "1.1 portcullis", "decrypted by ours, tunnelled by the parent");
-    let refused = curl(&["-x", &ours.url(), "--cacert", &ca, &format!("https://localhost:{}/hi", bad.addr.port())]).await;
+    assert_eq!(
+        good.seen()[0].headers["via"],
+        "1.1 portcullis",
+        "decrypted by ours, tunnelled by the parent"
+    );
+    let refused = curl(&[
+        "-x",
+        &ours.url(),
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{}/hi", bad.addr.port()),
+    ])
+    .await;
     assert_eq!(refused.status, 502, "{refused:?}");
-    assert!(bad.seen().is_empty(), "a request reached an origin that failed verification");
+    assert!(
+        bad.seen().is_empty(),
+        "a request reached an origin that failed verification"
+    );
 
     let log = ours.access_log(3);
     assert!(
-        log.iter().any(|l| l.contains("TCP_MISS/200") && l.contains("https://localhost:") && l.contains("DEFAULT_PARENT/127.0.0.1")),
+        log.iter().any(|l| l.contains("TCP_MISS/200")
+            && l.contains("https://localhost:")
+            && l.contains("DEFAULT_PARENT/127.0.0.1")),
         "{log:?}"
     );
     let parent_log = parent.access_log(2);
     assert!(
-        parent_log.iter().filter(|l| l.contains("TCP_TUNNEL/200") && l.contains(" chain ")).count() >= 1,
+        parent_log
+            .iter()
+            .filter(|l| l.contains("TCP_TUNNEL/200") && l.contains(" chain "))
+            .count()
+            >= 1,
         "{parent_log:?}"
     );
 }
@@ -231,12 +388,20 @@ async fn inspection_through_a_portcullis_parent_verifies_the_origin() {
 /// Config mistakes are refused with the key to fix.
 #[test]
 fn unknown_parents_and_missing_password_files_name_their_key() {
-    let err = TestProxy::try_start("[policy]\ndefault_route = \"nowhere\"\n").err().unwrap();
-    assert!(err.contains("policy.default_route") && err.contains("nowhere"), "{err}");
+    let err = TestProxy::try_start("[policy]\ndefault_route = \"nowhere\"\n")
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("policy.default_route") && err.contains("nowhere"),
+        "{err}"
+    );
     let err = TestProxy::try_start(
         "[[upstream.parents]]\nname = \"corp\"\naddress = \"127.0.0.1:1\"\nuser = \"a\"\npassword_file = \"/nonexistent/pw\"\n",
     )
     .err()
     .unwrap();
-    assert!(err.contains("upstream.parents") && err.contains("/nonexistent/pw"), "{err}");
+    assert!(
+        err.contains("upstream.parents") && err.contains("/nonexistent/pw"),
+        "{err}"
+    );
 }

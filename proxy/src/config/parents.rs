@@ -38,12 +38,15 @@ fn split_address(address: &str) -> Result<(Host, u16), &'static str> {
     let (host, port) = address
         .rsplit_once(':')
         .ok_or("host:port (the port is required)")?;
-    let port: u16 = port.parse().map_err(|_| "the port is not a number 1-65535")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "the port is not a number 1-65535")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if port == 0 || bare.is_empty() || bare.contains(|c: char| c.is_whitespace() || c == '/') {
         return Err("host:port with a host name or address and a port 1-65535");
     }
-    if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && bare.contains(':'))
+    if host.starts_with('[') != host.ends_with(']')
+        || (!host.starts_with('[') && bare.contains(':'))
     {
         return Err("an IPv6 address goes in brackets: [2001:db8::1]:3128");
     }
@@ -57,14 +60,23 @@ pub(super) fn validate(parents: &[ParentConfig], policy: &RawPolicy) -> Result<(
         if !is_parent_name(&p.name) || p.name == "direct" {
             return Err(KeyError::new(
                 key("name"),
-                format!("{:?}: letters, digits, '-', '_', '.' only, and not \"direct\"", p.name),
+                format!(
+                    "{:?}: letters, digits, '-', '_', '.' only, and not \"direct\"",
+                    p.name
+                ),
             ));
         }
         if parents[..i].iter().any(|q| q.name == p.name) {
-            return Err(KeyError::new(key("name"), format!("{:?} is used twice", p.name)));
+            return Err(KeyError::new(
+                key("name"),
+                format!("{:?} is used twice", p.name),
+            ));
         }
         if let Err(why) = split_address(&p.address) {
-            return Err(KeyError::new(key("address"), format!("{:?}: {why}", p.address)));
+            return Err(KeyError::new(
+                key("address"),
+                format!("{:?}: {why}", p.address),
+            ));
         }
         match (&p.user, &p.password_file) {
             (Some(user), Some(_)) if user.is_empty() || user.contains(':') => {
@@ -74,10 +86,16 @@ pub(super) fn validate(parents: &[ParentConfig], policy: &RawPolicy) -> Result<(
                 ))
             }
             (Some(_), None) => {
-                return Err(KeyError::new(key("password_file"), "required when user is set"))
+                return Err(KeyError::new(
+                    key("password_file"),
+                    "required when user is set",
+                ))
             }
             (None, Some(_)) => {
-                return Err(KeyError::new(key("user"), "required when password_file is set"))
+                return Err(KeyError::new(
+                    key("user"),
+                    "required when password_file is set",
+                ))
             }
             _ => {}
         }
@@ -109,7 +127,14 @@ mod tests {
     fn addresses() {
         assert!(split_address("proxy.corp.example:3128").is_ok());
         assert!(split_address("[2001:db8::1]:8080").is_ok());
-        for bad in ["proxy", "proxy:0", "proxy:x", ":3128", "2001:db8::1:3128", "[::1:3128"] {
+        for bad in [
+            "proxy",
+            "proxy:0",
+            "proxy:x",
+            ":3128",
+            "2001:db8::1:3128",
+            "[::1:3128",
+        ] {
             assert!(split_address(bad).is_err(), "{bad}");
         }
     }

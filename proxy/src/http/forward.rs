@@ -24,11 +24,11 @@ use crate::error::ProxyError;
 use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us};
 use crate::intercept::session::Session;
 use crate::parents::Hop;
-use portcullis_policy::Route as PolicyRoute;
 use crate::pinned::{send_once, starts_connection_auth};
 use crate::ports::{self, PortRange};
 use crate::tunnel::relay;
 use crate::upstream::Resolution;
+use portcullis_policy::Route as PolicyRoute;
 
 /// Where a prepared request goes.
 enum Route<'a> {
@@ -304,7 +304,9 @@ async fn round_trip(
         Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.hop)),
         Route::Parents(way) => {
             if let Some(host) = req.uri().host() {
-                proxy.dialer.check_literal(&portcullis_policy::Host::new(host))?;
+                proxy
+                    .dialer
+                    .check_literal(&portcullis_policy::Host::new(host))?;
             }
             if pin {
                 Box::pin(conn.pinned.send_via(&proxy.parents, way, req)).await

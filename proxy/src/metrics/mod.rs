@@ -23,8 +23,8 @@ use prometheus::{Encoder as _, IntGauge, Registry, TextEncoder};
 pub(crate) use crate::error::Side;
 use crate::record::{Disposition, Record};
 use families::{AuthFamilies, ConfigFamilies, Connections, Requests, Tls};
-use sources::{raise, Sources};
 pub(crate) use parents::ParentFailure;
+use sources::{raise, Sources};
 pub(crate) use sources::{AuthAttemptScheme, AuthCounters, AuthCounts, CertCacheStats};
 
 /// Why a CONNECT tunnel's TLS was passed through instead of intercepted.

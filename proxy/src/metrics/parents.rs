@@ -30,7 +30,9 @@ impl ParentFailure {
                 ParentFailure::Connect
             }
             ProxyError::ParentAuth { .. } => ParentFailure::Auth,
-            ProxyError::ParentRefused { status: 502 | 503, .. } => ParentFailure::Unavailable,
+            ProxyError::ParentRefused {
+                status: 502 | 503, ..
+            } => ParentFailure::Unavailable,
             ProxyError::ParentRefused { .. } => ParentFailure::Refused,
             _ => ParentFailure::Unavailable,
         }

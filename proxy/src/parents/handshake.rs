@@ -104,7 +104,10 @@ async fn read_head(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
 
 /// The end (exclusive) of the first `\r\n\r\n` in `bytes`.
 fn find_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
 }
 
 /// Reads exactly `n` bytes already peeked (and so already there).
@@ -144,8 +147,14 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(status_of(b"HTTP/1.1 200 Connection established\r\n\r\n"), Some(200));
-        assert_eq!(status_of(b"HTTP/1.0 407 Proxy Authentication Required\r\n"), Some(407));
+        assert_eq!(
+            status_of(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            Some(200)
+        );
+        assert_eq!(
+            status_of(b"HTTP/1.0 407 Proxy Authentication Required\r\n"),
+            Some(407)
+        );
         assert_eq!(status_of(b"HTTP/1.1 503\r\n\r\n"), Some(503));
         assert_eq!(status_of(b"SSH-2.0-OpenSSH\r\n"), None);
         assert_eq!(status_of(b"HTTP/1.1 20 x\r\n"), None);
@@ -174,7 +183,11 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            for piece in [&b"HTTP/1.1 200 OK\r\nX: y\r"[..], b"\n\r", b"\nSSH-2.0-origin"] {
+            for piece in [
+                &b"HTTP/1.1 200 OK\r\nX: y\r"[..],
+                b"\n\r",
+                b"\nSSH-2.0-origin",
+            ] {
                 s.write_all(piece).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -133,6 +133,20 @@ impl Parent {
     }
 }
 
+/// A parent connection of one client connection's own ([`Parents::connect_plain`]).
+pub(crate) struct PrivateConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) hop: Hop,
+    pub(crate) parent: PrivateParent,
+}
+
+/// Which parent a private connection goes to, and what each request on it must carry.
+#[derive(Debug, Clone)]
+pub(crate) struct PrivateParent {
+    pub(crate) name: Arc<str>,
+    pub(crate) credentials: Option<HeaderValue>,
+}
+
 /// Every configured parent of one snapshot.
 pub(crate) struct Parents {
     list: Vec<Arc<Parent>>,
@@ -242,7 +256,8 @@ impl Parents {
         tracing::warn!(parent = parent.name(), error = %err, backoff = ?self.backoff, "parent proxy marked down");
         *parent.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.backoff);
-        self.metrics.parent_failed(parent.name(), ParentFailure::of(err));
+        self.metrics
+            .parent_failed(parent.name(), ParentFailure::of(err));
         self.metrics.parent_health(parent.name(), false);
     }
 
@@ -263,12 +278,8 @@ impl Parents {
             if parent.is_down() {
                 continue;
             }
-            let attempt = handshake::connect(
-                &self.dialer,
-                &parent.spec,
-                authority,
-                self.connect_timeout,
-            );
+            let attempt =
+                handshake::connect(&self.dialer, &parent.spec, authority, self.connect_timeout);
             match attempt.await {
                 Ok(stream) => {
                     self.succeeded(parent);
@@ -281,7 +292,8 @@ impl Parents {
                     last = Some(e);
                 }
                 Err(Attempt::Fatal(e)) => {
-                    self.metrics.parent_failed(parent.name(), ParentFailure::of(&e));
+                    self.metrics
+                        .parent_failed(parent.name(), ParentFailure::of(&e));
                     return Err(e);
                 }
             }
@@ -293,16 +305,17 @@ impl Parents {
     /// client connection that sends connection-oriented origin credentials (NTLM/Negotiate):
     /// the parent pins its origin connection to this one, so it must never be pooled. Returns
     /// the credentials every request on it must carry.
-    pub(crate) async fn connect_plain(
-        &self,
-        route: &Route,
-    ) -> Result<(TcpStream, Hop, Option<HeaderValue>), ProxyError> {
+    pub(crate) async fn connect_plain(&self, route: &Route) -> Result<PrivateConn, ProxyError> {
         let mut last = None;
         for parent in self.route(route) {
             if parent.is_down() {
                 continue;
             }
-            match self.dialer.dial_parent(&parent.spec.host, parent.spec.port).await {
+            match self
+                .dialer
+                .dial_parent(&parent.spec.host, parent.spec.port)
+                .await
+            {
                 Ok(stream) => {
                     self.succeeded(parent);
                     let peer = stream.peer_addr().ok().map(|a| a.ip());
@@ -310,7 +323,14 @@ impl Parents {
                         hierarchy: Self::hierarchy(route),
                         peer,
                     };
-                    return Ok((stream, hop, parent.spec.credentials.clone()));
+                    return Ok(PrivateConn {
+                        stream,
+                        hop,
+                        parent: PrivateParent {
+                            name: Arc::clone(&parent.spec.name),
+                            credentials: parent.spec.credentials.clone(),
+                        },
+                    });
                 }
                 Err(e) => {
                     self.failed(parent, &e);

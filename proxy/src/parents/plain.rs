@@ -194,7 +194,8 @@ impl Parents {
                     let err = ProxyError::ParentAuth {
                         parent: parent.name().to_owned(),
                     };
-                    self.metrics.parent_failed(parent.name(), super::ParentFailure::of(&err));
+                    self.metrics
+                        .parent_failed(parent.name(), super::ParentFailure::of(&err));
                     return Err(err);
                 }
                 Ok(response) => {
@@ -217,4 +218,3 @@ impl Parents {
         Err(self.all_down(route, last))
     }
 }
-
