@@ -17,10 +17,10 @@ cd "$(dirname "$0")"
 # for the netfilter lab in network namespaces; chromium and libnss3-tools (certutil) for the
 # real-browser interception test; prometheus to scrape the admin endpoint for real; haproxy in
 # front of two instances for the PROXY protocol scale-out test; squid as an authenticating
-# parent proxy (issue 19).
+# parent proxy (issue 19; squid-openssl, which conflicts with plain squid, as the lab recipes use).
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
-  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy squid)
+  nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy squid-openssl)
 
 ensure_packages() {
   local missing=()

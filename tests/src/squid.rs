@@ -1,5 +1,5 @@
-//! A real Squid (Debian `squid`) as a parent proxy requiring Basic authentication, in the
-//! foreground on a loopback port of its own, with its own directory: tests run in parallel.
+//! A real Squid (Debian `squid-openssl`) as a parent proxy requiring Basic authentication, in
+//! the foreground on a loopback port of its own, with its own directory: tests run in parallel.
 //! The set-up follows /work/shared/recipes/PARENT.md.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +17,7 @@ pub fn available() -> bool {
     if !found {
         assert!(
             std::env::var_os("PORTCULLIS_REQUIRE_SQUID").is_none(),
-            "Squid (Debian squid) is missing but PORTCULLIS_REQUIRE_SQUID is set"
+            "Squid (Debian squid-openssl) is missing but PORTCULLIS_REQUIRE_SQUID is set"
         );
         eprintln!("skipped: Squid is not installed");
     }
