@@ -159,6 +159,13 @@ async fn a_parent_refusing_our_credentials_is_an_error_for_the_admin_not_a_407()
         metrics.value("portcullis_parent_up", &["parent=\"corp\""]),
         1.0
     );
+
+    // The password file is read again on reload: fixing it fixes the chain.
+    std::fs::write(dir.path().join("corp.password"), "alice-pw\n").unwrap();
+    let reload = curl(&["-X", "POST", &format!("{}/reload", proxy.admin_url())]).await;
+    assert_eq!(reload.status, 200, "{reload:?}");
+    let fixed = curl(&["-x", &proxy.url(), "-U", "bob:bob-pw", &url]).await;
+    assert_eq!(fixed.status, 200, "{fixed:?}\n{}", proxy.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
