@@ -103,6 +103,9 @@ pub(crate) enum ProxyError {
     /// `[[upstream.parents]]` are wrong. The admin's problem, never a 407 for the client.
     #[error("the parent proxy {parent} refused this proxy's credentials (407); check upstream.parents user and password_file")]
     ParentAuth { parent: String },
+    /// No credentials could be made for a parent (no Kerberos ticket for its service).
+    #[error("cannot authenticate to the parent proxy {parent}: {reason}")]
+    ParentCredentials { parent: String, reason: String },
     /// A parent proxy refused the CONNECT with this status.
     #[error("the parent proxy {parent} refused the request with status {status}")]
     ParentRefused { parent: String, status: u16 },
@@ -151,6 +154,7 @@ impl ProxyError {
             // The parent's policy said no: as our own refusals.
             ProxyError::ParentRefused { status: 403, .. } => StatusCode::FORBIDDEN,
             ProxyError::ParentAuth { .. }
+            | ProxyError::ParentCredentials { .. }
             | ProxyError::ParentRefused { .. }
             | ProxyError::ParentsDown { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -194,7 +198,9 @@ impl ProxyError {
             ProxyError::ClientTlsAborted(_) => "client-tls-aborted",
             ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
             ProxyError::CertificateMint(_) => "certificate-mint-failed",
-            ProxyError::ParentAuth { .. } => "parent-auth-failed",
+            ProxyError::ParentAuth { .. } | ProxyError::ParentCredentials { .. } => {
+                "parent-auth-failed"
+            }
             ProxyError::ParentRefused { .. } => "parent-refused",
             ProxyError::ParentsDown { .. } => "parents-down",
         }

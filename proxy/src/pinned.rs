@@ -152,7 +152,7 @@ impl PinnedOrigin {
         let Some((hop, parent)) = pin.parent.clone() else {
             return Err(ProxyError::Upstream("no pinned parent connection".into()));
         };
-        match parent.credentials {
+        match parent.credentials.header(&parent.name).await? {
             Some(value) => req.headers_mut().insert(PROXY_AUTHORIZATION, value),
             None => req.headers_mut().remove(PROXY_AUTHORIZATION),
         };

@@ -412,3 +412,138 @@ fn unknown_parents_and_missing_password_files_name_their_key() {
         "{err}"
     );
 }
+
+/// Negotiate to the parent: a second Portcullis requiring Kerberos from the test KDC. Ours
+/// holds alice's ticket cache and asks for `HTTP@localhost` itself (libgssapi as initiator),
+/// with a fresh token on every request, also on a reused pooled connection, and every CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_credentials_to_a_negotiate_parent() {
+    if !portcullis_e2e::kdc::available() {
+        return;
+    }
+    let kdc = portcullis_e2e::kdc::Kdc::start(&["localhost"]);
+    let cc = kdc.kinit_alice();
+    let origin = TestOrigin::http().await;
+    let krb5 = ("KRB5_CONFIG", kdc.krb5_conf().display().to_string());
+    let parent = TestProxy::start_with_env(
+        &format!(
+            "[server]\nconnect_ports = [{}]\nvia_pseudonym = \"parent\"\n\
+             [auth]\nschemes = [\"negotiate\"]\n[auth.negotiate]\nkeytab = \"{}\"\n\
+             [tls]\ninspect = false\n",
+            origin.addr.port(),
+            kdc.keytab().display()
+        ),
+        &[
+            krb5.clone(),
+            ("KRB5RCACHEDIR", kdc.rcache().display().to_string()),
+        ],
+    );
+    let ours = TestProxy::start_with_env(
+        &format!(
+            "[server]\nconnect_ports = [{}]\n[tls]\ninspect = false\n\
+             [policy]\ndefault_route = \"kerberos\"\n\
+             [[upstream.parents]]\nname = \"kerberos\"\naddress = \"localhost:{}\"\nnegotiate = true\n",
+            origin.addr.port(),
+            parent.addr.port()
+        ),
+        &[krb5.clone(), ("KRB5CCNAME", format!("FILE:{}", cc.display()))],
+    );
+    let url = origin.url("/krb");
+    for _ in 0..2 {
+        let get = curl(&["-x", &ours.url(), &url]).await;
+        assert_eq!(
+            get.status,
+            200,
+            "{get:?}\n{}\n{}",
+            ours.stderr(),
+            parent.stderr()
+        );
+    }
+    let tunnel = curl(&["-p", "-x", &ours.url(), &url]).await;
+    assert_eq!(tunnel.status, 200, "{tunnel:?}\n{}", ours.stderr());
+    let log = parent.access_log(3);
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("TCP_MISS/200") && l.contains(" alice@LAB.TEST "))
+            .count(),
+        2,
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("TCP_TUNNEL/200") && l.contains(" alice@LAB.TEST ")),
+        "{log:?}"
+    );
+    // The parent authenticated every request and the CONNECT with a token of its own (a
+    // replayed one would fail its replay cache), though the second GET reused the first's
+    // pooled connection.
+    let metrics = scrape(&parent.admin_url()).await;
+    let attempts = |result: &str| {
+        metrics.value(
+            "portcullis_auth_attempts_total",
+            &["scheme=\"negotiate\"", &format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!(attempts("success"), 3.0, "{}", parent.stderr());
+    assert_eq!(attempts("failure"), 0.0, "{}", parent.stderr());
+    assert_eq!(
+        metrics.value("portcullis_client_connections_total", &[]),
+        2.0,
+        "one pooled connection for both GETs, one for the CONNECT"
+    );
+
+    // Without a ticket for the parent's service: a clear error, never a 407.
+    let wrong = TestProxy::start_with_env(
+        &format!(
+            "[server]\nconnect_ports = [{}]\n[tls]\ninspect = false\n\
+             [[upstream.parents]]\nname = \"kerberos\"\naddress = \"localhost:{}\"\n\
+             negotiate = true\nservice_principal = \"HTTP@nowhere.lab.test\"\n\
+             [policy]\ndefault_route = \"kerberos\"\n",
+            origin.addr.port(),
+            parent.addr.port()
+        ),
+        &[krb5, ("KRB5CCNAME", format!("FILE:{}", cc.display()))],
+    );
+    let refused = curl(&["-x", &wrong.url(), &url]).await;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert_eq!(
+        refused.header("x-portcullis-error").as_deref(),
+        Some("parent-auth-failed")
+    );
+    assert!(
+        refused.header("proxy-authenticate").is_none(),
+        "{refused:?}"
+    );
+    assert!(
+        refused.body_text().contains("nowhere.lab.test"),
+        "{}",
+        refused.body_text()
+    );
+    let connect = curl(&["-p", "-x", &wrong.url(), "-w", "%{http_connect}", &url]).await;
+    assert!(connect.headers.contains("502"), "{connect:?}");
+    assert!(!connect.headers.contains("407"), "{connect:?}");
+    assert!(
+        connect.headers.contains("parent-auth-failed"),
+        "{connect:?}"
+    );
+    // Our ticket is not the parent's health: it stays up, the failures count as auth.
+    let metrics = scrape(&wrong.admin_url()).await;
+    assert_eq!(
+        metrics.value(
+            "portcullis_parent_failures_total",
+            &["parent=\"kerberos\"", "kind=\"auth\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("portcullis_parent_up", &["parent=\"kerberos\""]),
+        1.0
+    );
+    // The parent never saw a request from it.
+    assert_eq!(
+        scrape(&parent.admin_url())
+            .await
+            .value("portcullis_client_connections_total", &[]),
+        2.0
+    );
+}

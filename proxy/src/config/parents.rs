@@ -1,6 +1,7 @@
 //! `[[upstream.parents]]`: parent proxies this proxy can chain to, and the checks that tie the
 //! policy's `route` keys to them. Credentials never sit in the config text: the password is
-//! read from `password_file` when the config is loaded (and again on every reload).
+//! read from `password_file` when the config is loaded (and again on every reload), and a
+//! Kerberos ticket (`negotiate`) comes from the process's own credential cache or client keytab.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,14 @@ pub struct ParentConfig {
     /// Read at start and on every reload, so rotating it needs no config change.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Authenticate to the parent with Kerberos (Negotiate) instead: a ticket for
+    /// `service_principal` from the process's client credentials (`KRB5CCNAME`, or the client
+    /// keytab `KRB5_CLIENT_KTNAME`).
+    #[serde(default)]
+    pub negotiate: bool,
+    /// The parent's service as a host-based name; default `HTTP@<address host>`.
+    #[serde(default)]
+    pub service_principal: Option<String>,
 }
 
 impl ParentConfig {
@@ -53,6 +62,16 @@ fn split_address(address: &str) -> Result<(Host, u16), &'static str> {
     Ok((Host::new(host), port))
 }
 
+/// `HTTP@proxy.corp.example`: GSS-API's host-based service form, not a Kerberos principal.
+fn is_host_based(name: &str) -> bool {
+    name.split_once('@').is_some_and(|(service, host)| {
+        !service.is_empty()
+            && !host.is_empty()
+            && !name.contains(|c: char| c == '/' || c.is_whitespace())
+            && !host.contains('@')
+    })
+}
+
 /// Each parent well-formed and named once; every route names configured parents.
 pub(super) fn validate(parents: &[ParentConfig], policy: &RawPolicy) -> Result<(), KeyError> {
     for (i, p) in parents.iter().enumerate() {
@@ -77,6 +96,36 @@ pub(super) fn validate(parents: &[ParentConfig], policy: &RawPolicy) -> Result<(
                 key("address"),
                 format!("{:?}: {why}", p.address),
             ));
+        }
+        if p.negotiate && (p.user.is_some() || p.password_file.is_some()) {
+            return Err(KeyError::new(
+                key("negotiate"),
+                "choose Basic (user, password_file) or negotiate, not both",
+            ));
+        }
+        if p.negotiate && !cfg!(feature = "negotiate") {
+            return Err(KeyError::new(
+                key("negotiate"),
+                "this build has no Negotiate support (feature `negotiate`)",
+            ));
+        }
+        match &p.service_principal {
+            Some(_) if !p.negotiate => {
+                return Err(KeyError::new(
+                    key("service_principal"),
+                    "only used with negotiate = true",
+                ))
+            }
+            Some(service) if !is_host_based(service) => {
+                return Err(KeyError::new(
+                    key("service_principal"),
+                    format!(
+                        "{service:?}: a host-based service name, service@host \
+                         (\"HTTP@proxy.corp.example\" for HTTP/proxy.corp.example@REALM)"
+                    ),
+                ))
+            }
+            _ => {}
         }
         match (&p.user, &p.password_file) {
             (Some(user), Some(_)) if user.is_empty() || user.contains(':') => {
@@ -136,6 +185,22 @@ mod tests {
             "[::1:3128",
         ] {
             assert!(split_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_based_service_names() {
+        assert!(is_host_based("HTTP@proxy.corp.example"));
+        for bad in [
+            "HTTP/proxy.corp.example@CORP.EXAMPLE",
+            "HTTP/proxy.corp.example",
+            "proxy.corp.example",
+            "@proxy",
+            "HTTP@",
+            "HTTP@a@b",
+            "HTTP@proxy corp",
+        ] {
+            assert!(!is_host_based(bad), "{bad}");
         }
     }
 }

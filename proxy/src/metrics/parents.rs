@@ -29,7 +29,9 @@ impl ParentFailure {
             ProxyError::Refused { .. } | ProxyError::Connect { .. } | ProxyError::Dns { .. } => {
                 ParentFailure::Connect
             }
-            ProxyError::ParentAuth { .. } => ParentFailure::Auth,
+            ProxyError::ParentAuth { .. } | ProxyError::ParentCredentials { .. } => {
+                ParentFailure::Auth
+            }
             ProxyError::ParentRefused {
                 status: 502 | 503, ..
             } => ParentFailure::Unavailable,

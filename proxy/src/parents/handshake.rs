@@ -22,13 +22,16 @@ pub(super) async fn connect(
 ) -> Result<TcpStream, Attempt> {
     let name = &parent.name;
     let exchange = async {
+        // Credentials first: without a ticket for the parent there is nothing to connect for.
+        let credentials = parent.credentials.header(name).await;
+        let credentials = credentials.map_err(Attempt::Fatal)?;
         let mut stream = dialer
             .dial_parent(&parent.host, parent.port)
             .await
             .map_err(Attempt::Failover)?;
         let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-        if let Some(credentials) = &parent.credentials {
-            // Base64 of user:password: ASCII by construction.
+        if let Some(credentials) = credentials {
+            // A scheme and base64: ASCII by construction.
             head.push_str("Proxy-Authorization: ");
             head.push_str(credentials.to_str().unwrap_or_default());
             head.push_str("\r\n");

@@ -10,16 +10,15 @@
 //! `handshake.rs` speaks CONNECT to a parent; `plain.rs` sends plain HTTP through a parent's
 //! pool of keep-alive connections.
 
+mod credentials;
 mod handshake;
 mod plain;
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use http::HeaderValue;
+pub(crate) use credentials::Credentials;
 use portcullis_policy::{Host, Route};
 use tokio::net::TcpStream;
 
@@ -52,17 +51,16 @@ pub(crate) struct ParentSpec {
     name: Arc<str>,
     host: Host,
     port: u16,
-    /// `Basic base64(user:password)`.
-    credentials: Option<HeaderValue>,
+    credentials: Credentials,
 }
 
 /// Why a parent's password file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("parent {parent:?}: cannot use password file {file}: {reason}")]
 pub(crate) struct PasswordFileError {
-    parent: String,
-    file: String,
-    reason: String,
+    pub(super) parent: String,
+    pub(super) file: String,
+    pub(super) reason: String,
 }
 
 /// Reads every parent's password file: blocking, called where the other files are read.
@@ -77,8 +75,14 @@ fn spec(p: &ParentConfig) -> Result<ParentSpec, PasswordFileError> {
         reason: format!("invalid address {:?}", p.address),
     })?;
     let credentials = match (&p.user, &p.password_file) {
-        (Some(user), Some(file)) => Some(basic(&p.name, user, file)?),
-        _ => None,
+        (Some(user), Some(file)) => credentials::basic(&p.name, user, file)?,
+        _ if p.negotiate => Credentials::Negotiate {
+            service: p
+                .service_principal
+                .clone()
+                .unwrap_or_else(|| format!("HTTP@{}", host.as_str())),
+        },
+        _ => Credentials::None,
     };
     Ok(ParentSpec {
         name: p.name.as_str().into(),
@@ -86,24 +90,6 @@ fn spec(p: &ParentConfig) -> Result<ParentSpec, PasswordFileError> {
         port,
         credentials,
     })
-}
-
-fn basic(parent: &str, user: &str, file: &Path) -> Result<HeaderValue, PasswordFileError> {
-    let error = |reason: String| PasswordFileError {
-        parent: parent.to_owned(),
-        file: file.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(file).map_err(|e| error(e.to_string()))?;
-    let password = text.lines().next().unwrap_or("");
-    if password.is_empty() {
-        return Err(error("the file is empty".into()));
-    }
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let mut value = HeaderValue::from_str(&format!("Basic {token}"))
-        .map_err(|_| error("the password is not a valid header value".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// One parent at run time: where it is, its credentials, its health and its connection pool.
@@ -144,7 +130,7 @@ pub(crate) struct PrivateConn {
 #[derive(Debug, Clone)]
 pub(crate) struct PrivateParent {
     pub(crate) name: Arc<str>,
-    pub(crate) credentials: Option<HeaderValue>,
+    pub(crate) credentials: Credentials,
 }
 
 /// Every configured parent of one snapshot.

@@ -180,10 +180,19 @@ impl Parents {
             *req.uri_mut() = head.uri.clone();
             *req.version_mut() = head.version;
             *req.headers_mut() = head.headers.clone();
-            match &parent.spec.credentials {
+            // A fresh value per request: a Negotiate token is good for one use, and the
+            // request may go out on any pooled connection, new or reused.
+            let credentials = match parent.spec.credentials.header(parent.name()).await {
+                Ok(credentials) => credentials,
+                Err(err) => {
+                    self.metrics
+                        .parent_failed(parent.name(), super::ParentFailure::of(&err));
+                    return Err(err);
+                }
+            };
+            match credentials {
                 Some(credentials) => {
-                    req.headers_mut()
-                        .insert(PROXY_AUTHORIZATION, credentials.clone());
+                    req.headers_mut().insert(PROXY_AUTHORIZATION, credentials);
                 }
                 None => {
                     req.headers_mut().remove(PROXY_AUTHORIZATION);
