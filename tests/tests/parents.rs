@@ -547,3 +547,53 @@ async fn kerberos_credentials_to_a_negotiate_parent() {
         2.0
     );
 }
+
+/// The service way: no `kinit`, a client keytab (`KRB5_CLIENT_KTNAME`) and a memory cache the
+/// process fills and renews itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kerberos_to_a_parent_from_a_client_keytab() {
+    if !portcullis_e2e::kdc::available() {
+        return;
+    }
+    let kdc = portcullis_e2e::kdc::Kdc::start(&["localhost"]);
+    let keytab = kdc.client_keytab_alice();
+    let origin = TestOrigin::http().await;
+    let krb5 = ("KRB5_CONFIG", kdc.krb5_conf().display().to_string());
+    let parent = TestProxy::start_with_env(
+        &format!(
+            "[server]\nvia_pseudonym = \"parent\"\n\
+             [auth]\nschemes = [\"negotiate\"]\n[auth.negotiate]\nkeytab = \"{}\"\n",
+            kdc.keytab().display()
+        ),
+        &[
+            krb5.clone(),
+            ("KRB5RCACHEDIR", kdc.rcache().display().to_string()),
+        ],
+    );
+    let ours = TestProxy::start_with_env(
+        &format!(
+            "[policy]\ndefault_route = \"kerberos\"\n\
+             [[upstream.parents]]\nname = \"kerberos\"\naddress = \"localhost:{}\"\n\
+             negotiate = true\nservice_principal = \"HTTP@localhost\"\n",
+            parent.addr.port()
+        ),
+        &[
+            krb5,
+            ("KRB5_CLIENT_KTNAME", keytab.display().to_string()),
+            ("KRB5CCNAME", "MEMORY:portcullis".to_owned()),
+        ],
+    );
+    let get = curl(&["-x", &ours.url(), &origin.url("/keytab")]).await;
+    assert_eq!(
+        get.status,
+        200,
+        "{get:?}\n{}\n{}",
+        ours.stderr(),
+        parent.stderr()
+    );
+    let log = parent.access_log(1);
+    assert!(
+        log[0].contains("TCP_MISS/200") && log[0].contains(" alice@LAB.TEST "),
+        "{log:?}"
+    );
+}
