@@ -21,10 +21,15 @@ pub(super) async fn connect(
     deadline: Duration,
 ) -> Result<TcpStream, Attempt> {
     let name = &parent.name;
+    // Credentials first: without a ticket for the parent there is nothing to connect for. Not
+    // under the parent's deadline: a slow KDC is not the parent's failure (MIT krb5 bounds
+    // its own KDC exchanges).
+    let credentials = parent
+        .credentials
+        .header(name)
+        .await
+        .map_err(Attempt::Fatal)?;
     let exchange = async {
-        // Credentials first: without a ticket for the parent there is nothing to connect for.
-        let credentials = parent.credentials.header(name).await;
-        let credentials = credentials.map_err(Attempt::Fatal)?;
         let mut stream = dialer
             .dial_parent(&parent.host, parent.port)
             .await
