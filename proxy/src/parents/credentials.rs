@@ -59,10 +59,21 @@ fn negotiate_token(service: &str) -> Result<Vec<u8>, String> {
     let name = Name::new(service.as_bytes(), Some(GSS_NT_HOSTBASED_SERVICE))
         .map_err(|e| format!("invalid service name {service:?}: {e}"))?;
     let mut ctx = ClientCtx::new(None, name, CtxFlags::empty(), Some(GSS_MECH_SPNEGO));
-    match ctx.step(None, None) {
-        Ok(Some(token)) => Ok(token.to_vec()),
-        Ok(None) => Err("GSS-API produced no token".to_owned()),
-        Err(e) => Err(format!("no Kerberos ticket for {service}: {e}")),
+    let token = match ctx.step(None, None) {
+        Ok(Some(token)) => token.to_vec(),
+        Ok(None) => return Err("GSS-API produced no token".to_owned()),
+        Err(e) => return Err(format!("no Kerberos ticket for {service}: {e}")),
+    };
+    // Kerberos only: with another SPNEGO mechanism installed (gss-ntlmssp) and credentials
+    // for it, SPNEGO could start a multi-leg exchange the parent would answer with a 407.
+    match crate::auth::spn::requested_spn(&token) {
+        Some(principal) => {
+            tracing::debug!(service, %principal, "Kerberos ticket for the parent");
+            Ok(token)
+        }
+        None => Err(format!(
+            "GSS-API offered no Kerberos ticket for {service} (another SPNEGO mechanism?)"
+        )),
     }
 }
 
