@@ -14,6 +14,7 @@ use crate::exchange::{AUTODISCOVER_ANY, M365_HOSTS, M365_NETWORKS};
 use crate::host::HostPattern;
 use crate::m365::{self, EndpointSet};
 use crate::pac::PacSettings;
+use crate::route::Route;
 use crate::rule::{Conditions, Rule};
 
 use fields::{default_rule, hosts, user_rule, value};
@@ -103,6 +104,10 @@ impl Policy {
             }
         }
 
+        // The profile's own route, direct unless `policy.outlook.route` says otherwise.
+        let outlook_route =
+            Route::compile("policy.outlook.route", &outlook.route)?.unwrap_or(Route::Direct);
+        let first_builtin = rules.len();
         if let Some(action) = profile_action {
             let long = Some(TimeoutProfile::LongPoll);
             let auth = outlook.auth;
@@ -238,8 +243,15 @@ impl Policy {
             rule.connect_only = true;
             rules.push(rule);
         }
+        for rule in &mut rules[first_builtin..] {
+            if rule.meta.source != RuleSource::Direct {
+                rule.route = Some(outlook_route.clone());
+            }
+        }
 
         let default = default_rule(&raw.default)?;
+        let default_route =
+            Route::compile("policy.default_route", &raw.default_route)?.unwrap_or(Route::Direct);
         let pac = PacSettings::compile(&raw.pac)?;
         Ok(Policy {
             index: Index::build(&rules),
@@ -253,6 +265,7 @@ impl Policy {
             rules,
             default,
             default_timeouts: raw.default.timeouts,
+            default_route,
             pac,
             m365_skipped: skipped,
         })
@@ -287,5 +300,6 @@ fn builtin(
         tag: Some(source.as_str().into()),
         pac_direct,
         connect_only: false,
+        route: None,
     }
 }

@@ -42,6 +42,14 @@ pub struct RawPolicy {
     pub direct: Vec<String>,
     /// Ordered; the first rule whose conditions all match decides.
     pub rules: Vec<RawRule>,
+    /// Where transactions go when the deciding rule sets no `route`: `"direct"` (the default),
+    /// a parent's name from `[[upstream.parents]]`, or a list of names tried in order.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub default_route: Vec<String>,
     /// The built-in Outlook / Exchange profile, evaluated after `rules`.
     pub outlook: RawOutlook,
     /// The generated `/proxy.pac`.
@@ -184,6 +192,13 @@ pub struct RawRule {
     /// Copied into the access log and the decision.
     #[serde(default)]
     pub log_tag: Option<String>,
+    /// `"direct"`, a parent's name, or parents in failover order. Unset: `policy.default_route`.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub route: Vec<String>,
 }
 
 /// A port condition value: `443` or `"8000-8100"`.
@@ -219,6 +234,14 @@ pub struct RawOutlook {
     pub m365_service_areas: Vec<String>,
     /// Feed categories turned into rules; `Default` endpoints are ordinary Internet traffic.
     pub m365_categories: Vec<M365Category>,
+    /// Where the profile's traffic goes. `direct` by default: Microsoft's advice is to send
+    /// Optimize and Allow endpoints straight out, not through further proxies. A rule in
+    /// `policy.rules` that matches first (with its own `route`) still wins.
+    #[serde(
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub route: Vec<String>,
 }
 
 impl Default for RawOutlook {
@@ -231,6 +254,7 @@ impl Default for RawOutlook {
             unknown_host_from_outlook_ua: UnknownUaAction::Inspect,
             m365_service_areas: vec!["Exchange".to_owned(), "Common".to_owned()],
             m365_categories: vec![M365Category::Optimize, M365Category::Allow],
+            route: Vec::new(),
         }
     }
 }

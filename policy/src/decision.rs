@@ -122,6 +122,10 @@ pub struct Decision {
     /// authenticating, since the answer may exempt — then connect to exactly those addresses.
     /// This decision is the one to apply when resolution fails.
     pub needs_resolution: bool,
+    /// Direct, or the parent proxies to go through (in failover order). For a CONNECT, the
+    /// route of the first decision is the one dialled; later decisions (user, SNI) run on a
+    /// tunnel already open.
+    pub route: crate::route::Route,
     pub rule: MatchedRule,
 }
 
@@ -148,6 +152,9 @@ impl fmt::Display for Decision {
             TimeoutProfile::LongPoll => "long_poll timeouts",
         };
         write!(f, ", {auth}, {timeouts}")?;
+        if self.route != crate::route::Route::Direct {
+            write!(f, ", route {}", self.route)?;
+        }
         if let Some(class) = self.class {
             write!(f, ", exchange {}", class.as_str())?;
         }

@@ -49,6 +49,8 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default: Rule,
     pub(crate) default_timeouts: TimeoutProfile,
+    /// `policy.default_route`: for rules that set no `route`, and the default.
+    pub(crate) default_route: crate::route::Route,
     pub(crate) index: Index,
     pub(crate) pac: PacSettings,
     pub(crate) m365_skipped: Vec<Skipped>,
@@ -166,6 +168,10 @@ impl Policy {
             tag: rule.tag.clone(),
             pac_direct: rule.pac_direct,
             needs_resolution: self.awaiting_resolution(f, id).is_some(),
+            route: rule
+                .route
+                .clone()
+                .unwrap_or_else(|| self.default_route.clone()),
             rule: rule.meta.clone(),
         }
     }

@@ -211,6 +211,7 @@ impl fmt::Display for Explanation {
             None => writeln!(f, "auth:     {:?}", d.auth)?,
         }
         writeln!(f, "timeouts: {:?}", d.timeouts)?;
+        writeln!(f, "route:    {}", d.route)?;
         writeln!(
             f,
             "rule:     {} ({}, index {})",

@@ -16,6 +16,7 @@ pub mod host;
 pub mod m365;
 pub mod netfilter;
 pub mod pac;
+pub mod route;
 mod rule;
 
 pub use config::RawPolicy;
@@ -29,3 +30,4 @@ pub use exchange::ExchangeClass;
 pub use explain::{ConditionMatch, Explanation};
 pub use group::{account_name, group_aliases, normalize_group};
 pub use host::Host;
+pub use route::Route;

@@ -283,4 +283,6 @@ pub(crate) struct Rule {
     pub(crate) pac_direct: bool,
     /// Applies to CONNECTs only (the Outlook User-Agent fallback).
     pub(crate) connect_only: bool,
+    /// `None`: `policy.default_route`.
+    pub(crate) route: Option<crate::route::Route>,
 }

@@ -87,7 +87,16 @@ impl AdminState {
                 None => Err("not loaded".to_owned()),
             },
         };
-        vec![("config", config), ("listeners", listeners), ("ca", ca)]
+        let parents = match &snapshot {
+            None => Ok("not loaded yet".to_owned()),
+            Some(proxy) => proxy.parents.readiness(),
+        };
+        vec![
+            ("config", config),
+            ("listeners", listeners),
+            ("ca", ca),
+            ("parents", parents),
+        ]
     }
 }
 

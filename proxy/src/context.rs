@@ -27,6 +27,8 @@ pub(crate) struct Proxy {
     pub(crate) config: Arc<Config>,
     pub(crate) dialer: Arc<Dialer>,
     pub(crate) client: HttpClient,
+    /// Parent proxies (`[[upstream.parents]]`): their pools and health.
+    pub(crate) parents: Arc<crate::parents::Parents>,
     pub(crate) access_log: AccessLog,
     /// Proxy authentication; `None` when no scheme is enabled.
     pub(crate) auth: Option<Arc<Auth>>,

@@ -103,6 +103,19 @@ pub(crate) enum ProxyError {
     /// for credentials (the client does not know it is talking to a proxy).
     #[error("this network requires proxy authentication, which a connection without proxy settings cannot give: configure this device to use the proxy, or ask the administrator to exempt it (auth.exempt_clients)")]
     TransparentAuth,
+    /// A parent proxy answered our request with 407: the credentials in
+    /// `[[upstream.parents]]` are wrong. The admin's problem, never a 407 for the client.
+    #[error("the parent proxy {parent} refused this proxy's credentials (407); check upstream.parents user and password_file")]
+    ParentAuth { parent: String },
+    /// No credentials could be made for a parent (no Kerberos ticket for its service).
+    #[error("cannot authenticate to the parent proxy {parent}: {reason}")]
+    ParentCredentials { parent: String, reason: String },
+    /// A parent proxy refused the CONNECT with this status.
+    #[error("the parent proxy {parent} refused the request with status {status}")]
+    ParentRefused { parent: String, status: u16 },
+    /// Every parent of the route is down (or in its back-off).
+    #[error("no parent proxy of route {route} is available: {last}")]
+    ParentsDown { route: String, last: String },
 }
 
 impl ProxyError {
@@ -143,6 +156,12 @@ impl ProxyError {
             | ProxyError::ClientTlsAborted(_)
             | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
             ProxyError::CertificateMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The parent's policy said no: as our own refusals.
+            ProxyError::ParentRefused { status: 403, .. } => StatusCode::FORBIDDEN,
+            ProxyError::ParentAuth { .. }
+            | ProxyError::ParentCredentials { .. }
+            | ProxyError::ParentRefused { .. }
+            | ProxyError::ParentsDown { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -186,6 +205,11 @@ impl ProxyError {
             ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
             ProxyError::CertificateMint(_) => "certificate-mint-failed",
             ProxyError::TransparentAuth => "transparent-auth-required",
+            ProxyError::ParentAuth { .. } | ProxyError::ParentCredentials { .. } => {
+                "parent-auth-failed"
+            }
+            ProxyError::ParentRefused { .. } => "parent-refused",
+            ProxyError::ParentsDown { .. } => "parents-down",
         }
     }
 }

@@ -33,6 +33,7 @@ mod m365_feed;
 mod metrics;
 mod netfilter_cmd;
 mod original_dst;
+mod parents;
 mod pinned;
 mod policy_cmd;
 mod ports;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -23,7 +23,9 @@ use crate::error::classify_error;
 use portcullis_policy::Host;
 
 use crate::error::ProxyError;
+use crate::parents::{Hop, Parents, PrivateParent};
 use crate::upstream::{Dialer, Resolution};
+use portcullis_policy::Route;
 
 /// The private origin connection of one client connection, if it has one.
 #[derive(Default)]
@@ -39,6 +41,9 @@ struct Pin {
     authority: String,
     sender: http1::SendRequest<Incoming>,
     peer: Option<IpAddr>,
+    /// Set when the connection goes to a parent proxy: where it went, and the credentials
+    /// each request must carry to it.
+    parent: Option<(Hop, PrivateParent)>,
 }
 
 /// Whether the request carries connection-oriented origin credentials.
@@ -79,7 +84,9 @@ impl PinnedOrigin {
         self.used.store(true, Ordering::Release);
         let mut slot = self.slot.lock().await;
         let reusable = match slot.as_mut() {
-            Some(pin) if pin.authority == authority => pin.sender.ready().await.is_ok(),
+            Some(pin) if pin.authority == authority && pin.parent.is_none() => {
+                pin.sender.ready().await.is_ok()
+            }
             _ => false,
         };
         if !reusable {
@@ -89,6 +96,7 @@ impl PinnedOrigin {
                 authority,
                 sender,
                 peer,
+                parent: None,
             });
         }
         let Some(pin) = slot.as_mut() else {
@@ -101,6 +109,64 @@ impl PinnedOrigin {
             .await
             .map_err(|e| classify_error(&e))?;
         Ok((response, peer))
+    }
+}
+
+impl PinnedOrigin {
+    /// As [`PinnedOrigin::send`], through the first parent of `route` that can be reached: the
+    /// request stays in absolute-form and carries the parent's credentials. The parent pins its
+    /// origin connection to ours, so ours is this client connection's alone.
+    pub(crate) async fn send_via(
+        &self,
+        parents: &Parents,
+        route: &Route,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Hop), ProxyError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(authority_key)
+            .ok_or_else(|| ProxyError::BadRequest("request target has no host".into()))?;
+        self.used.store(true, Ordering::Release);
+        let mut slot = self.slot.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(pin) if pin.authority == authority && pin.parent.is_some() => {
+                pin.sender.ready().await.is_ok()
+            }
+            _ => false,
+        };
+        if !reusable {
+            let conn = parents.connect_plain(route).await?;
+            let sender = handshake(conn.stream).await?;
+            tracing::debug!(%authority, "client connection pinned to its own parent connection (connection-oriented origin auth)");
+            *slot = Some(Pin {
+                authority,
+                sender,
+                peer: conn.hop.peer,
+                parent: Some((conn.hop, conn.parent)),
+            });
+        }
+        let Some(pin) = slot.as_mut() else {
+            return Err(ProxyError::Upstream("no pinned connection".into()));
+        };
+        let Some((hop, parent)) = pin.parent.clone() else {
+            return Err(ProxyError::Upstream("no pinned parent connection".into()));
+        };
+        match parent.credentials.header(&parent.name).await? {
+            Some(value) => req.headers_mut().insert(PROXY_AUTHORIZATION, value),
+            None => req.headers_mut().remove(PROXY_AUTHORIZATION),
+        };
+        let response = pin
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify_error(&e))?;
+        if response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(ProxyError::ParentAuth {
+                parent: parent.name.to_string(),
+            });
+        }
+        Ok((response, hop))
     }
 }
 
@@ -133,6 +199,11 @@ async fn open(
         None => dialer.dial(host, port).await?,
     };
     let peer = tcp.peer_addr().ok().map(|a| a.ip());
+    Ok((handshake(tcp).await?, peer))
+}
+
+/// HTTP/1.1 over `tcp`, driven in the background, upgrades allowed.
+async fn handshake(tcp: tokio::net::TcpStream) -> Result<http1::SendRequest<Incoming>, ProxyError> {
     let (sender, conn) = http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| classify_error(&e))?;
@@ -141,7 +212,7 @@ async fn open(
             tracing::debug!(error = %e, "private origin connection ended with an error");
         }
     });
-    Ok((sender, peer))
+    Ok(sender)
 }
 
 /// Sends `req` (absolute-form, `Host` set) over a connection of its own to the addresses it

@@ -59,6 +59,10 @@ pub(crate) enum Hierarchy {
     /// A transparently intercepted connection's origin: its original destination (Squid's
     /// `ORIGINAL_DST`), whatever name the client gave.
     OriginalDst,
+    /// Through a parent proxy, the first one up of a failover route (issue 19).
+    FirstUpParent,
+    /// Through the one parent proxy of its route (issue 19).
+    DefaultParent,
 }
 
 impl Hierarchy {
@@ -67,6 +71,8 @@ impl Hierarchy {
             Hierarchy::Direct => "HIER_DIRECT",
             Hierarchy::None => "HIER_NONE",
             Hierarchy::OriginalDst => "ORIGINAL_DST",
+            Hierarchy::FirstUpParent => "FIRSTUP_PARENT",
+            Hierarchy::DefaultParent => "DEFAULT_PARENT",
         }
     }
 }
@@ -177,7 +183,7 @@ impl Record {
 
     /// Whether bytes moved between the proxy and an origin (the upstream byte counters).
     pub(crate) fn reached_origin(&self) -> bool {
-        matches!(self.hierarchy, Hierarchy::Direct | Hierarchy::OriginalDst)
+        self.hierarchy != Hierarchy::None
     }
 }
 
@@ -345,6 +351,8 @@ mod tests {
         assert_eq!(Hierarchy::Direct.as_str(), "HIER_DIRECT");
         assert_eq!(Hierarchy::None.as_str(), "HIER_NONE");
         assert_eq!(Hierarchy::OriginalDst.as_str(), "ORIGINAL_DST");
+        assert_eq!(Hierarchy::FirstUpParent.as_str(), "FIRSTUP_PARENT");
+        assert_eq!(Hierarchy::DefaultParent.as_str(), "DEFAULT_PARENT");
         let mut r = record(ResultCode::TcpDenied, Channel::Plain);
         r.hierarchy = Hierarchy::Direct;
         let json = serde_json::to_value(&r).unwrap_or_default();

@@ -34,6 +34,7 @@ use crate::context::Proxy;
 use crate::groups::Groups;
 use crate::intercept::{CaInit, InterceptError, Interceptor};
 use crate::metrics::{AuthCounters, CertCacheStats, Metrics};
+use crate::parents::{ParentSpec, Parents};
 use crate::upstream::{http_client, Dialer, Resolver};
 
 /// Where the configuration comes from, so a reload reads the same file with the same
@@ -97,6 +98,8 @@ pub(crate) enum FileError {
     Intercept(InterceptError),
     #[error("{0}")]
     Groups(crate::groups::GroupsSetupError),
+    #[error("{0}")]
+    ParentPassword(crate::parents::PasswordFileError),
 }
 
 impl FileError {
@@ -107,6 +110,7 @@ impl FileError {
             FileError::Auth(e) => e.key(),
             FileError::Intercept(e) => e.key(),
             FileError::Groups(e) => e.key(),
+            FileError::ParentPassword(_) => "upstream.parents[].password_file",
         }
     }
 }
@@ -129,6 +133,8 @@ pub(crate) struct Loaded {
     /// `None`: keep the previous snapshot's groups (`[auth.groups]` unchanged: its cache too).
     groups: Option<Option<Groups>>,
     policy: Arc<portcullis_policy::Policy>,
+    /// Parent proxies with their password files read.
+    parents: Vec<ParentSpec>,
     /// `None`: keep the previous snapshot's interceptor (TLS settings unchanged).
     interceptor: Option<Option<Interceptor>>,
 }
@@ -153,6 +159,8 @@ pub(crate) fn load(
     } else {
         Some(Groups::new(&config.auth.groups).map_err(|e| file_error(FileError::Groups(e)))?)
     };
+    let parents = crate::parents::load_specs(&config)
+        .map_err(|e| file_error(FileError::ParentPassword(e)))?;
     let m365 = crate::m365_cache::load_cached(&config);
     let policy = config.compiled_policy(&m365.sets)?;
     if let Some(version) = &m365.version {
@@ -187,6 +195,7 @@ pub(crate) fn load(
         auth,
         groups,
         policy,
+        parents,
         interceptor,
     })
 }
@@ -217,6 +226,7 @@ pub(crate) fn assemble(
         auth,
         groups,
         policy,
+        parents,
         interceptor,
     } = loaded;
     let upstream_unchanged = |prev: &Proxy, prev_resolver: &Resolver| {
@@ -241,6 +251,19 @@ pub(crate) fn assemble(
             let client = http_client(&config, Arc::clone(&dialer));
             (dialer, client)
         }
+    };
+    let parents = match previous {
+        Some((prev, _))
+            if Arc::ptr_eq(&prev.dialer, &dialer) && prev.parents.reusable(&parents, &config) =>
+        {
+            Arc::clone(&prev.parents)
+        }
+        _ => Arc::new(Parents::new(
+            parents,
+            &config,
+            Arc::clone(&dialer),
+            Arc::clone(&shared.metrics),
+        )),
     };
     let interceptor = match (interceptor, previous) {
         (Some(fresh), _) => fresh.map(Arc::new),
@@ -267,6 +290,7 @@ pub(crate) fn assemble(
         config: Arc::new(config),
         dialer,
         client,
+        parents,
         access_log: shared.access_log.clone(),
         auth,
         groups,

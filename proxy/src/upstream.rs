@@ -220,11 +220,54 @@ impl Dialer {
         }
     }
 
+    /// Resolves and connects to a parent proxy under `timeouts.upstream_connect`. Parents are
+    /// the admin's own choice, so `deny_networks` does not apply; our own listeners still do.
+    pub(crate) async fn dial_parent(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, ProxyError> {
+        let dial = async {
+            let addrs = self.resolver.resolve(host, port).await?;
+            self.connect_checked(host, port, addrs, &[]).await
+        };
+        match tokio::time::timeout(self.connect_timeout, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                host: format!("{host}:{port}"),
+            }),
+        }
+    }
+
+    /// Refuses an address literal in `upstream.deny_networks`, for a destination a parent
+    /// will connect to (names are resolved by the parent, where our resolver may not work).
+    pub(crate) fn check_literal(&self, host: &Host) -> Result<(), ProxyError> {
+        match host.ip().map(|ip| ip.to_canonical()) {
+            Some(addr) if self.deny.iter().any(|n| n.contains(&addr)) => {
+                Err(ProxyError::DestinationDenied {
+                    host: host.to_string(),
+                    addr,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn connect(
         &self,
         host: &Host,
         port: u16,
         addrs: Vec<SocketAddr>,
+    ) -> Result<TcpStream, ProxyError> {
+        self.connect_checked(host, port, addrs, &self.deny).await
+    }
+
+    async fn connect_checked(
+        &self,
+        host: &Host,
+        port: u16,
+        addrs: Vec<SocketAddr>,
+        deny: &[ipnet::IpNet],
     ) -> Result<TcpStream, ProxyError> {
         if let Some(addr) = addrs.iter().find(|a| self.is_own(a)) {
             return Err(ProxyError::Loop(format!(
@@ -236,7 +279,7 @@ impl Dialer {
         if let Some(addr) = addrs
             .iter()
             .map(|a| a.ip().to_canonical())
-            .find(|ip| self.deny.iter().any(|n| n.contains(ip)))
+            .find(|ip| deny.iter().any(|n| n.contains(ip)))
         {
             return Err(ProxyError::DestinationDenied {
                 host: host.to_string(),

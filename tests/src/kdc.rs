@@ -146,6 +146,26 @@ impl Kdc {
         self.dir.path().join("rcache")
     }
 
+    /// A client keytab with alice's key (her password unchanged), for `KRB5_CLIENT_KTNAME`.
+    pub fn client_keytab_alice(&self) -> PathBuf {
+        let keytab = self.dir.path().join("alice.keytab");
+        let out = Command::new(tool("kadmin.local"))
+            .args([
+                "-q",
+                &format!("ktadd -k {} -norandkey alice", keytab.display()),
+            ])
+            .env("KRB5_CONFIG", self.krb5_conf())
+            .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
+            .output()
+            .unwrap_or_else(|e| panic!("kadmin.local: {e}"));
+        assert!(
+            out.status.success() && keytab.exists(),
+            "ktadd alice: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        keytab
+    }
+
     /// A credential cache with a TGT for alice.
     pub fn kinit_alice(&self) -> PathBuf {
         let cc = self.dir.path().join("cc.alice");

@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod raw_origin;
 pub mod scrape;
 pub mod slapd;
+pub mod squid;
 pub mod tls;
 pub mod users;
 

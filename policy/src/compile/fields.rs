@@ -236,6 +236,7 @@ pub(super) fn user_rule(
         tag: tag(k("log_tag"), &r.log_tag)?,
         pac_direct: r.action == ActionKind::Direct,
         connect_only: false,
+        route: crate::route::Route::compile(&k("route"), &r.route)?,
         cond,
     })
 }
@@ -261,6 +262,7 @@ pub(super) fn default_rule(d: &RawDefault) -> Result<Rule, CompileError> {
         tag: tag("policy.default.log_tag".to_owned(), &d.log_tag)?,
         pac_direct: false,
         connect_only: false,
+        route: None,
         cond,
     })
 }

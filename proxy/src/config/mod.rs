@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod groups;
+mod parents;
 mod redact;
 mod sections;
 mod tls;
@@ -32,6 +33,7 @@ pub(crate) use auth::NegotiateConfig;
 pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use groups::{GroupSourceKind, GroupsConfig, LdapConfig, Membership};
+pub(crate) use parents::ParentConfig;
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
     M365Config, ServerConfig, Timeouts, TransparentAuth, UpstreamConfig,

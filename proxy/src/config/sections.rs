@@ -210,6 +210,14 @@ pub struct UpstreamConfig {
     /// address, IPv4-mapped IPv6 included; refused with 403 `destination-denied` before any
     /// connection is made. Set `[]` to allow everything (test labs on loopback).
     pub deny_networks: Vec<ipnet::IpNet>,
+    /// Parent proxies routes may send traffic through (`policy.default_route`,
+    /// `policy.rules[].route`). A parent is not subject to `deny_networks`: it is the admin's
+    /// own choice, often on an internal network.
+    pub parents: Vec<super::ParentConfig>,
+    /// How long a parent that refused, timed out or answered 502/503 is skipped before it is
+    /// tried again.
+    #[serde(with = "humantime_serde")]
+    pub parent_backoff: Duration,
 }
 
 /// The default `upstream.deny_networks`.
@@ -236,6 +244,8 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             deny_networks: default_deny_networks(),
+            parents: Vec::new(),
+            parent_backoff: Duration::from_secs(30),
         }
     }
 }

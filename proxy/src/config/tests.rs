@@ -214,3 +214,56 @@ fn a_policy_error_found_after_parsing_names_the_file_and_the_key_path() {
         "{err}"
     );
 }
+
+#[test]
+fn parent_credentials_are_basic_or_negotiate_and_errors_name_the_key() {
+    let parent = |extra: &str| {
+        format!(
+            "[[upstream.parents]]\nname = \"corp\"\naddress = \"proxy.corp.example:3128\"\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            "negotiate = true\nuser = \"portcullis\"\npassword_file = \"/etc/portcullis/corp.password\"\n",
+            "upstream.parents[0].negotiate",
+            "not both",
+        ),
+        (
+            "negotiate = true\nuser = \"portcullis\"\n",
+            "upstream.parents[0].negotiate",
+            "not both",
+        ),
+        (
+            "negotiate = true\npassword_file = \"/etc/portcullis/corp.password\"\n",
+            "upstream.parents[0].negotiate",
+            "not both",
+        ),
+        (
+            "service_principal = \"HTTP@proxy.corp.example\"\n",
+            "upstream.parents[0].service_principal",
+            "only used with negotiate = true",
+        ),
+        (
+            "negotiate = true\nservice_principal = \"HTTP/proxy.corp.example@CORP.EXAMPLE\"\n",
+            "upstream.parents[0].service_principal",
+            "service@host",
+        ),
+    ];
+    for (extra, key, reason) in cases {
+        let err = Config::parse(&parent(extra), "lab.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("key `{key}`")),
+            "want key {key}: {err}"
+        );
+        assert!(err.contains(reason), "want {reason:?}: {err}");
+    }
+    let c = Config::parse(
+        &parent("negotiate = true\nservice_principal = \"HTTP@proxy.corp.example\"\n"),
+        "lab.toml",
+    )
+    .unwrap();
+    assert!(c.upstream.parents[0].negotiate);
+    assert!(Config::parse(&parent("negotiate = true\n"), "lab.toml").is_ok());
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use portcullis_policy::{Action, Decision, RuleSource};
+use portcullis_policy::{Action, Decision, Route, RuleSource};
 use tokio::net::TcpStream;
 
 use super::target::Target;
@@ -19,6 +19,7 @@ use crate::context::{ConnCtx, Proxy};
 use crate::error::ProxyError;
 use crate::headers::via_names_us;
 use crate::metrics::TlsTunnelReason;
+use crate::parents::Hop;
 use crate::record::ResultCode;
 use crate::tunnel::{relay_tunnel, RelayEnd, TunnelClient};
 use crate::upstream::Resolution;
@@ -28,6 +29,11 @@ pub(super) struct TunnelPlan {
     pub(super) user_agent: Option<String>,
     /// `timeouts.tunnel_idle`, or `long_poll_idle` under the long_poll profile.
     pub(super) idle: Duration,
+    /// Where the tunnel's upstream connection goes (directly, or a parent), for the log.
+    pub(super) hop: Hop,
+    /// The route it was dialled by: an origin reconnection inside an inspected tunnel goes
+    /// the same way.
+    pub(super) route: Route,
 }
 
 /// Why a tunnel's TLS is relayed rather than inspected, for the metrics.
@@ -54,19 +60,10 @@ pub(super) async fn handle(
         Ok(t) => t,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
-    // Addresses the decision was made on are the ones dialled (no second lookup that could
-    // answer differently).
-    let dialled = match &resolution {
-        Some(resolved) => {
-            proxy
-                .dialer
-                .dial_resolved(&target.host, target.port, resolved)
-                .await
-        }
-        None => proxy.dialer.dial(&target.host, target.port).await,
-    };
-    let upstream = match dialled {
-        Ok(stream) => stream,
+    // `deny` was settled before this point: a route never opens what the policy refused.
+    let route = decision.as_ref().map_or(Route::Direct, |d| d.route.clone());
+    let (upstream, hop) = match dial(proxy, &target, &route, resolution.as_ref()).await {
+        Ok(pair) => pair,
         Err(e) => return txn.fail(proxy, in_flight, e),
     };
     let user_agent = crate::headers::user_agent(req.headers()).map(str::to_owned);
@@ -84,12 +81,17 @@ pub(super) async fn handle(
             }
         };
         if inspect {
-            let plan = TunnelPlan { user_agent, idle };
+            let plan = TunnelPlan {
+                user_agent,
+                idle,
+                hop,
+                route,
+            };
             super::inspect::run(proxy_task, conn, txn, client, upstream, target, plan).await;
             return;
         }
         let client = TunnelClient::upgraded(client, bytes::Bytes::new());
-        relay_and_log(&proxy_task, conn, txn, client, upstream, idle).await;
+        relay_and_log(&proxy_task, conn, txn, client, upstream, (idle, hop)).await;
     });
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;
@@ -100,6 +102,29 @@ pub(super) async fn handle(
             b"Connection established",
         ));
     Txn::respond_unlogged(in_flight, response)
+}
+
+/// The upstream connection for a CONNECT: to the origin itself, at the addresses the decision
+/// was made on if it resolved them (no second lookup that could answer differently), or a
+/// tunnel through the route's parents (which resolve the name themselves; an address literal
+/// is still held to `upstream.deny_networks`).
+async fn dial(
+    proxy: &Proxy,
+    target: &Target,
+    route: &Route,
+    resolution: Option<&Resolution>,
+) -> Result<(TcpStream, Hop), ProxyError> {
+    let (host, port) = (&target.host, target.port);
+    let stream = match (route, resolution) {
+        (Route::Parents(_), _) => {
+            proxy.dialer.check_literal(host)?;
+            return proxy.parents.tunnel(route, &target.authority()).await;
+        }
+        (Route::Direct, Some(resolved)) => proxy.dialer.dial_resolved(host, port, resolved).await?,
+        (Route::Direct, None) => proxy.dialer.dial(host, port).await?,
+    };
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    Ok((stream, Hop::direct(peer)))
 }
 
 /// The authority-form target, on an allowed port, not looping back through us.
@@ -162,16 +187,15 @@ pub(super) async fn relay_and_log(
     txn: Txn,
     client: TunnelClient,
     upstream: TcpStream,
-    idle: Duration,
+    (idle, hop): (Duration, Hop),
 ) {
-    let peer = upstream.peer_addr().ok().map(|a| a.ip());
     let stats = relay_tunnel(client, upstream, idle).await;
     if let RelayEnd::Error(e) = &stats.end {
         tracing::debug!(error = %e, "tunnel ended with an error");
     }
     let outcome = Outcome {
         result: ResultCode::TcpTunnel,
-        ..Outcome::direct(peer)
+        ..Outcome::via(hop)
     };
     let mut record = txn.record(outcome, 200, stats.to_client, None);
     record.bytes_in = stats.from_client;

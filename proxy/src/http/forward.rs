@@ -3,7 +3,6 @@
 //! pooled client) and for requests decrypted from an intercepted tunnel (through that tunnel's
 //! origin session): same header rules, same errors, same logging.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, EXPECT, HOST};
@@ -24,10 +23,12 @@ use crate::error::classify_error;
 use crate::error::ProxyError;
 use crate::headers::{apply_forwarded_for, strip_hop_by_hop, via_names_us};
 use crate::intercept::session::Session;
+use crate::parents::Hop;
 use crate::pinned::{send_once, starts_connection_auth};
 use crate::ports::{self, PortRange};
 use crate::tunnel::relay;
 use crate::upstream::Resolution;
+use portcullis_policy::Route as PolicyRoute;
 
 /// Where a prepared request goes.
 enum Route<'a> {
@@ -38,6 +39,9 @@ enum Route<'a> {
     Resolved(&'a Resolution),
     /// The origin connection of an intercepted tunnel.
     Session(&'a Session),
+    /// Through the route's parent proxies (their pools, or this client connection's own
+    /// connection to a parent once it sent connection-oriented origin credentials).
+    Parents(&'a PolicyRoute),
 }
 
 /// An absolute-form request from a proxy client; `resolution`: the host's addresses, when the
@@ -48,7 +52,7 @@ pub(super) async fn handle(
     txn: Txn,
     in_flight: InFlight,
     mut req: Request<Incoming>,
-    resolution: Option<Resolution>,
+    (resolution, way): (Option<Resolution>, PolicyRoute),
 ) -> Response<ProxyBody> {
     let local = max_forwards::apply(&mut req);
     if let Err(e) = target_plain(&mut req, &proxy.config.server.http_ports) {
@@ -57,7 +61,11 @@ pub(super) async fn handle(
     if let Some(answer) = local {
         return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
     }
-    let route = resolution.as_ref().map_or(Route::Pooled, Route::Resolved);
+    let route = match (&way, resolution.as_ref()) {
+        (PolicyRoute::Parents(_), _) => Route::Parents(&way),
+        (PolicyRoute::Direct, Some(resolved)) => Route::Resolved(resolved),
+        (PolicyRoute::Direct, None) => Route::Pooled,
+    };
     send(proxy, conn, txn, in_flight, req, route).await
 }
 
@@ -187,7 +195,7 @@ async fn send(
     let offer = prepare(proxy, conn, &mut req, &route);
     let client_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
     let timeout = proxy.response_timeout(txn.long_poll());
-    let (response, peer) =
+    let (response, hop) =
         match tokio::time::timeout(timeout, round_trip(proxy, conn, req, route)).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => return txn.fail(proxy, in_flight, e),
@@ -197,7 +205,7 @@ async fn send(
         let switch = Switch {
             client_upgrade,
             offer,
-            peer,
+            hop,
         };
         return switch_protocols(proxy, conn, txn, in_flight, response, switch);
     }
@@ -216,7 +224,7 @@ async fn send(
         proxy,
         in_flight,
         Response::from_parts(parts, body::incoming(body)),
-        Outcome::direct(peer),
+        Outcome::via(hop),
     )
 }
 
@@ -248,15 +256,16 @@ fn prepare(
 
 /// One request to its origin: through the pool, this connection's pinned origin connection
 /// (connection-oriented origin auth), a connection of its own to addresses already judged,
-/// or an intercepted tunnel's session. Returns the response and the origin's address.
+/// an intercepted tunnel's session, or parent proxies. Returns the response and where it came
+/// from.
 async fn round_trip(
     proxy: &Proxy,
     conn: &ConnCtx,
     req: Request<Incoming>,
     route: Route<'_>,
-) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
+) -> Result<(Response<Incoming>, Hop), ProxyError> {
     let pin = match route {
-        Route::Pooled | Route::Resolved(_) => {
+        Route::Pooled | Route::Resolved(_) | Route::Parents(_) => {
             starts_connection_auth(req.headers())
                 || match req.uri().authority() {
                     Some(a) => conn.pinned.is_pinned_to(a).await,
@@ -267,12 +276,19 @@ async fn round_trip(
     };
     // The pinned and session round trips are boxed: inline, their futures would make every
     // request's future several KiB larger, and hyper moves that future by value per request.
+    let direct = |(response, peer)| (response, Hop::direct(peer));
     match route {
-        Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req, None)).await,
+        Route::Pooled if pin => Box::pin(conn.pinned.send(&proxy.dialer, req, None))
+            .await
+            .map(direct),
         Route::Resolved(resolved) if pin => {
-            Box::pin(conn.pinned.send(&proxy.dialer, req, Some(resolved))).await
+            Box::pin(conn.pinned.send(&proxy.dialer, req, Some(resolved)))
+                .await
+                .map(direct)
         }
-        Route::Resolved(resolved) => Box::pin(send_once(&proxy.dialer, resolved, req)).await,
+        Route::Resolved(resolved) => Box::pin(send_once(&proxy.dialer, resolved, req))
+            .await
+            .map(direct),
         Route::Pooled => proxy
             .client
             .request(req)
@@ -282,10 +298,22 @@ async fn round_trip(
                     .extensions()
                     .get::<HttpInfo>()
                     .map(|info| info.remote_addr().ip());
-                (response, peer)
+                (response, Hop::direct(peer))
             })
             .map_err(|e| classify_error(&e)),
-        Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.peer)),
+        Route::Session(session) => Box::pin(session.send(req)).await.map(|r| (r, session.hop)),
+        Route::Parents(way) => {
+            if let Some(host) = req.uri().host() {
+                proxy
+                    .dialer
+                    .check_literal(&portcullis_policy::Host::new(host))?;
+            }
+            if pin {
+                Box::pin(conn.pinned.send_via(&proxy.parents, way, req)).await
+            } else {
+                Box::pin(proxy.parents.send(way, req)).await
+            }
+        }
     }
 }
 
@@ -293,7 +321,7 @@ async fn round_trip(
 struct Switch {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     offer: Option<HeaderValue>,
-    peer: Option<IpAddr>,
+    hop: Hop,
 }
 
 /// An origin's `101`: accepted only for an upgrade the request offered, to that protocol;
@@ -326,7 +354,7 @@ fn switch_protocols(
         proxy,
         conn,
         txn,
-        switch.peer,
+        switch.hop,
         client_upgrade,
         upstream_upgrade,
     );
@@ -337,7 +365,7 @@ fn spawn_upgraded_relay(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
     txn: Txn,
-    peer: Option<IpAddr>,
+    hop: Hop,
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
 ) {
@@ -354,7 +382,7 @@ fn spawn_upgraded_relay(
         };
         let stats = relay(TokioIo::new(client), TokioIo::new(upstream), idle).await;
         tracing::debug!(?stats, "upgraded connection ended");
-        let mut record = txn.record(Outcome::direct(peer), 101, stats.to_client, None);
+        let mut record = txn.record(Outcome::via(hop), 101, stats.to_client, None);
         record.bytes_in = stats.from_client;
         log.log(record);
         drop(conn);

@@ -112,7 +112,8 @@ pub(crate) async fn handle(
     let mut response = if is_connect {
         connect::handle(&proxy, &conn, txn, in_flight, req, decision, resolution).await
     } else {
-        forward::handle(&proxy, &conn, txn, in_flight, req, resolution).await
+        let route = decision.map_or(portcullis_policy::Route::Direct, |d| d.route);
+        forward::handle(&proxy, &conn, txn, in_flight, req, (resolution, route)).await
     };
     if let Some(reply) = auth_reply {
         // Negotiate mutual authentication: the client verifies the proxy with this token.

@@ -117,7 +117,9 @@ pub(super) async fn handle(
         linger::discard_body(&proxy, &conn, &head.headers, body);
         return response;
     }
-    forward::handle(&proxy, &conn, txn, in_flight, req, Some(Ok(vec![dst]))).await
+    // Always to the original destination: transparent requests are not routed to parents.
+    let way = (Some(Ok(vec![dst])), portcullis_policy::Route::Direct);
+    forward::handle(&proxy, &conn, txn, in_flight, req, way).await
 }
 
 /// The host part of what the client named: the `Host` header, or an absolute-form target's.

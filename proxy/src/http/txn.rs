@@ -55,11 +55,22 @@ impl Outcome {
         error: None,
     };
 
+    #[allow(dead_code, reason = "kept for handlers that know they went direct")]
     pub(crate) fn direct(peer: Option<IpAddr>) -> Outcome {
         Outcome {
             result: ResultCode::TcpMiss,
             hierarchy: Hierarchy::Direct,
             peer,
+            error: None,
+        }
+    }
+
+    /// Forwarded, directly or through a parent proxy, as `hop` says.
+    pub(crate) fn via(hop: crate::parents::Hop) -> Outcome {
+        Outcome {
+            result: ResultCode::TcpMiss,
+            hierarchy: hop.hierarchy,
+            peer: hop.peer,
             error: None,
         }
     }

@@ -18,11 +18,15 @@ use tokio_rustls::client::TlsStream;
 
 use super::upstream_tls::classify_handshake_error;
 use crate::error::ProxyError;
+use crate::parents::{Hop, Parents};
 use crate::upstream::Dialer;
+use portcullis_policy::Route;
 
 pub(crate) struct Session {
-    /// The origin's address, for the access log.
-    pub peer: Option<std::net::IpAddr>,
+    /// The origin's (or the parent proxy's) address and the hierarchy code, for the access log.
+    pub hop: Hop,
+    /// The parent proxies the tunnel went through: a reconnection goes the same way.
+    via: Option<(Arc<Parents>, Route)>,
     pub(crate) host: portcullis_policy::Host,
     pub port: u16,
     server_name: ServerName<'static>,
@@ -48,10 +52,12 @@ impl Session {
         tls: Arc<rustls::ClientConfig>,
         dialer: Arc<Dialer>,
         first: TlsStream<TcpStream>,
+        (hop, via): (Hop, Option<(Arc<Parents>, Route)>),
     ) -> Session {
         let h2 = first.get_ref().1.alpn_protocol() == Some(super::upstream_tls::H2);
         Session {
-            peer: first.get_ref().0.peer_addr().ok().map(|a| a.ip()),
+            hop,
+            via,
             host,
             port,
             server_name,
@@ -68,7 +74,13 @@ impl Session {
 
     /// A new TLS connection to the origin, verified like the first.
     async fn reconnect(&self) -> Result<TlsStream<TcpStream>, ProxyError> {
-        let tcp = self.dialer.dial(&self.host, self.port).await?;
+        let tcp = match &self.via {
+            Some((parents, route)) => {
+                let authority = format!("{}:{}", self.host.to_uri_host(), self.port);
+                parents.tunnel(route, &authority).await?.0
+            }
+            None => self.dialer.dial(&self.host, self.port).await?,
+        };
         tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(self.server_name.clone(), tcp)
             .await

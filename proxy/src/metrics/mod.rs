@@ -12,6 +12,7 @@
 
 mod families;
 mod groups;
+mod parents;
 mod sources;
 mod transparent;
 
@@ -26,6 +27,7 @@ use crate::record::{Disposition, Record};
 use families::{AuthFamilies, ConfigFamilies, Connections, Requests, Tls};
 use groups::GroupFamilies;
 pub(crate) use groups::{GroupLookup, GroupSource};
+pub(crate) use parents::ParentFailure;
 use sources::{raise, Sources};
 pub(crate) use sources::{AuthAttemptScheme, AuthCounters, AuthCounts, CertCacheStats};
 
@@ -141,6 +143,7 @@ pub(crate) struct Metrics {
     config: ConfigFamilies,
     transparent: transparent::TransparentFamilies,
     groups: GroupFamilies,
+    parents: parents::ParentFamilies,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -164,6 +167,7 @@ impl Metrics {
             config: ConfigFamilies::register(&registry)?,
             transparent: transparent::TransparentFamilies::register(&registry)?,
             groups: GroupFamilies::register(&registry)?,
+            parents: parents::ParentFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
             process: process_registry()?,

@@ -15,6 +15,7 @@ use crate::error::{ProxyError, Side};
 use crate::http::{Outcome, Txn};
 use crate::intercept::session::Session;
 use crate::intercept::upstream_tls::{classify_handshake_error, server_name, HTTP11};
+use crate::parents::Hop;
 use crate::record::ResultCode;
 use crate::tunnel::ClientStream;
 
@@ -29,13 +30,22 @@ pub(super) struct Origin {
 }
 
 /// Origin first: its certificate is verified before anything is minted. `upstream` is the
-/// origin's TCP connection, or why there is none: a denial (the client gets the 403 page
-/// inside the tunnel, the origin is never contacted) or a failed dial (a 502/504 page).
+/// origin's TCP connection (reached by `hop`), or why there is none: a denial (the client gets
+/// the 403 page inside the tunnel, the origin is never contacted) or a failed dial (a 502/504
+/// page).
 pub(super) async fn connect_origin(
     tls: &Interception<'_>,
     upstream: Result<TcpStream, ProxyError>,
+    hop: Hop,
 ) -> Origin {
     let (proxy, target, sni) = (tls.proxy, tls.target, tls.sni.as_deref());
+    // Reconnections to the origin go the way the tunnel went.
+    let via = match &tls.plan.route {
+        route @ portcullis_policy::Route::Parents(_) => {
+            Some((Arc::clone(&proxy.parents), route.clone()))
+        }
+        portcullis_policy::Route::Direct => None,
+    };
     let origin_name = sni.unwrap_or(target.host.as_str());
     let tls_config = tls
         .interceptor
@@ -65,6 +75,7 @@ pub(super) async fn connect_origin(
                 tls_config,
                 Arc::clone(&proxy.dialer),
                 tls,
+                (hop, via),
             );
             Origin {
                 session: Some(Arc::new(session)),
@@ -102,7 +113,7 @@ pub(super) fn log_failed_interception(
     proxy: &Proxy,
     mut txn: Txn,
     origin: &Origin,
-    peer: Option<std::net::IpAddr>,
+    hop: Hop,
     failure: HandshakeFailure,
 ) {
     let cause = match &origin.error {
@@ -115,7 +126,7 @@ pub(super) fn log_failed_interception(
         result: failure.result,
         error: Some(cause.cause()),
         ..if origin.session.is_some() {
-            Outcome::direct(peer)
+            Outcome::via(hop)
         } else {
             Outcome::LOCAL
         }

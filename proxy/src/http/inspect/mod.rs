@@ -35,6 +35,7 @@ use crate::error::ProxyError;
 use crate::intercept::hello::{peek, read_client_hello, FirstBytes};
 use crate::intercept::Interceptor;
 use crate::metrics::TlsTunnelReason;
+use crate::parents::Hop;
 use crate::record::ResultCode;
 use crate::tunnel::{ClientStream, TunnelClient};
 use handshake::{connect_origin, handshake_client, log_failed_interception};
@@ -54,6 +55,9 @@ struct Interception<'a> {
     name: Option<String>,
     /// How long the client may take to finish its handshake.
     wait: Duration,
+    /// The tunnel's plan: its idle timeout, and its route and hop (a CONNECT's, or direct to a
+    /// transparent connection's original destination), which matter to the origin session.
+    plan: &'a TunnelPlan,
 }
 
 impl<'a> Interception<'a> {
@@ -64,6 +68,7 @@ impl<'a> Interception<'a> {
         target: &'a Target,
         hello: &rustls::server::ClientHello<'_>,
         wait: Duration,
+        plan: &'a TunnelPlan,
     ) -> Interception<'a> {
         let sni = hello.server_name().map(str::to_owned);
         Interception {
@@ -78,6 +83,7 @@ impl<'a> Interception<'a> {
                 .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
                 .unwrap_or_default(),
             wait,
+            plan,
         }
     }
 }
@@ -129,7 +135,8 @@ pub(super) async fn run(
         Err(bytes) => {
             let client = TunnelClient::new(client, bytes);
             let reason = TlsTunnelReason::NonTls;
-            return relay_untouched(&proxy, conn, txn, client, upstream, plan.idle, reason).await;
+            let relay = (plan.idle, plan.hop);
+            return relay_untouched(&proxy, conn, txn, client, upstream, relay, reason).await;
         }
     };
     let tls = Interception::new(
@@ -139,30 +146,18 @@ pub(super) async fn run(
         &target,
         &accepted.client_hello(),
         wait,
+        &plan,
     );
     let decision = tls.decide_on_sni(&txn, &plan);
     let settled = tls.settle(&mut txn, &plan, decision);
     let hello = Hello { accepted, seen };
-    conclude(
-        &tls,
-        &conn,
-        txn,
-        hello,
-        client,
-        Some(upstream),
-        settled,
-        plan.idle,
-    )
-    .await;
+    conclude(&tls, &conn, txn, hello, client, Some(upstream), settled).await;
 }
 
 /// Carries out what [`Interception::settle`] decided: relay the bytes, or finish the
 /// handshakes and serve the decrypted requests (or the 403 page). `upstream`: the origin
-/// connection already dialled (a CONNECT's); `None` dials the target now, unless denied.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one tunnel's parts, each moved in once"
-)]
+/// connection already dialled (a CONNECT's, by the plan's hop); `None` dials the target now,
+/// unless denied.
 async fn conclude(
     tls: &Interception<'_>,
     conn: &Arc<ConnCtx>,
@@ -171,9 +166,12 @@ async fn conclude(
     client: ClientStream,
     upstream: Option<TcpStream>,
     settled: Settled,
-    idle: Duration,
 ) {
     let proxy = tls.proxy;
+    // A connection given was dialled by the plan's hop (direct or a parent); one dialled here
+    // goes straight to the original destination.
+    let given = upstream.as_ref().map(|_| tls.plan.hop);
+    let direct = |upstream: &TcpStream| Hop::direct(upstream.peer_addr().ok().map(|a| a.ip()));
     let (denied, remember_refusal) = match settled {
         Settled::Relay { reason, idle } => {
             let upstream = match upstream {
@@ -183,10 +181,12 @@ async fn conclude(
                     Err(e) => return log_unreachable(proxy, txn, &e),
                 },
             };
+            let hop = given.unwrap_or_else(|| direct(&upstream));
             // rustls has seen the ClientHello; the origin gets the same bytes.
             let client = TunnelClient::new(client, hello.seen.freeze());
             let conn = Arc::clone(conn);
-            return relay_untouched(proxy, conn, txn, client, upstream, idle, reason).await;
+            let relay = (idle, hop);
+            return relay_untouched(proxy, conn, txn, client, upstream, relay, reason).await;
         }
         Settled::Inspect {
             denied,
@@ -198,27 +198,26 @@ async fn conclude(
         (None, Some(upstream)) => Ok(upstream),
         (None, None) => tls.dial().await,
     };
-    let peer = upstream
-        .as_ref()
-        .ok()
-        .and_then(|u| u.peer_addr().ok())
-        .map(|a| a.ip());
+    let hop = given.or_else(|| upstream.as_ref().ok().map(direct));
     let start = StartHandshake::from_parts(hello.accepted, client);
-    let origin = connect_origin(tls, upstream).await;
+    let origin = connect_origin(tls, upstream, hop.unwrap_or(Hop::direct(None))).await;
     let handshake = handshake_client(tls, start, &origin, remember_refusal.as_deref()).await;
     let client_tls = match handshake {
         Ok(tls) => tls,
-        Err(failure) => return log_failed_interception(proxy, txn, &origin, peer, failure),
+        Err(failure) => {
+            let hop = hop.unwrap_or(Hop::direct(None));
+            return log_failed_interception(proxy, txn, &origin, hop, failure);
+        }
     };
     proxy.metrics.tls_intercepted();
     // Squid logs an intercepted CONNECT as `NONE/200 0 CONNECT host:port`, then each decrypted
     // request on its own line.
     txn.inspected();
     let user = (txn.user().map(str::to_owned), txn.groups().cloned());
-    let outcome = match peer {
-        Some(_) => Outcome {
+    let outcome = match hop {
+        Some(hop) => Outcome {
             result: ResultCode::None,
-            ..Outcome::direct(peer)
+            ..Outcome::via(hop)
         },
         // Refused before any origin was reached (a transparent connection's denial).
         None => Outcome::LOCAL,
@@ -230,7 +229,7 @@ async fn conclude(
         Arc::clone(conn),
         client_tls,
         Arc::new(tunnel),
-        idle,
+        tls.plan.idle,
     )
     .await;
 }
@@ -251,11 +250,11 @@ async fn relay_untouched(
     txn: Txn,
     client: TunnelClient,
     upstream: TcpStream,
-    idle: Duration,
+    relay: (Duration, Hop),
     reason: TlsTunnelReason,
 ) {
     proxy.metrics.tls_tunnelled(reason);
-    relay_and_log(proxy, conn, txn, client, upstream, idle).await;
+    relay_and_log(proxy, conn, txn, client, upstream, relay).await;
 }
 
 impl Interception<'_> {

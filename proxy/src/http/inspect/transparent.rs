@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use portcullis_policy::{Action, Decision};
+use portcullis_policy::{Action, Decision, Route};
 use tokio::net::TcpStream;
 
 use super::{conclude, relay_untouched, Hello, Interception, Settled};
@@ -27,6 +27,7 @@ use crate::http::transparent::{auth_refusal, names_destination};
 use crate::http::{Outcome, Txn};
 use crate::intercept::hello::{peek, read_client_hello, FirstBytes};
 use crate::metrics::TlsTunnelReason;
+use crate::parents::Hop;
 use crate::rewind::Rewind;
 use crate::tunnel::{ClientStream, TunnelClient};
 
@@ -41,9 +42,12 @@ pub(crate) async fn serve(
         return;
     };
     let mut txn = Txn::transparent_tls(&conn, target.authority());
+    // Always to the original destination: transparent connections are not routed to parents.
     let plan = TunnelPlan {
         user_agent: None,
         idle: proxy.tunnel_idle(false),
+        hop: Hop::direct(Some(dst.ip())),
+        route: Route::Direct,
     };
     conn.tunnel_opened(&proxy.metrics);
     let wait = proxy.config.timeouts.client_header.min(plan.idle);
@@ -79,6 +83,7 @@ pub(crate) async fn serve(
         &target,
         &accepted.client_hello(),
         wait,
+        &plan,
     );
     tls.name = verified(&proxy, tls.sni.clone(), dst).await;
     set_url(&mut txn, tls.name.as_deref(), &target);
@@ -94,7 +99,7 @@ pub(crate) async fn serve(
         _ => tls.settle(&mut txn, &plan, Some(decision)),
     };
     let hello = Hello { accepted, seen };
-    conclude(&tls, &conn, txn, hello, client, None, settled, plan.idle).await;
+    conclude(&tls, &conn, txn, hello, client, None, settled).await;
 }
 
 /// The SNI, when the proxy's resolver maps it to the original destination.
@@ -166,8 +171,11 @@ impl<'a> Relay<'a> {
             match proxy.dialer.dial(&self.target.host, self.target.port).await {
                 Ok(upstream) => {
                     let client = TunnelClient::new(client, prefix);
-                    let (conn, idle, reason) = (self.conn, self.idle, self.reason);
-                    return relay_untouched(proxy, conn, txn, client, upstream, idle, reason).await;
+                    let (conn, reason) = (self.conn, self.reason);
+                    let peer = upstream.peer_addr().ok().map(|a| a.ip());
+                    let relay = (self.idle, Hop::direct(peer));
+                    return relay_untouched(proxy, conn, txn, client, upstream, relay, reason)
+                        .await;
                 }
                 Err(e) => return super::log_unreachable(proxy, txn, &e),
             }
