@@ -87,7 +87,13 @@ pub(super) async fn handle(
                 hop,
                 route,
             };
-            super::inspect::run(proxy_task, conn, txn, client, upstream, target, plan).await;
+            // Boxed: the interception's state (TLS handshakes, the decrypted connection) is
+            // several times a relay's, and every tunnel's task would otherwise reserve room
+            // for it while it idles.
+            Box::pin(super::inspect::run(
+                proxy_task, conn, txn, client, upstream, target, plan,
+            ))
+            .await;
             return;
         }
         let client = TunnelClient::upgraded(client, bytes::Bytes::new());

@@ -129,7 +129,7 @@ fn decide(proxy: &Proxy, conn: &ConnCtx, target: &Target, name: Option<&str>) ->
 
 /// A connection relayed without interception, or refused.
 struct Relay<'a> {
-    proxy: &'a Proxy,
+    proxy: &'a Arc<Proxy>,
     conn: Arc<ConnCtx>,
     target: &'a Target,
     idle: std::time::Duration,
@@ -138,7 +138,7 @@ struct Relay<'a> {
 
 impl<'a> Relay<'a> {
     fn new(
-        proxy: &'a Proxy,
+        proxy: &'a Arc<Proxy>,
         conn: Arc<ConnCtx>,
         target: &'a Target,
         idle: std::time::Duration,
@@ -174,8 +174,7 @@ impl<'a> Relay<'a> {
                     let (conn, reason) = (self.conn, self.reason);
                     let peer = upstream.peer_addr().ok().map(|a| a.ip());
                     let relay = (self.idle, Hop::direct(peer));
-                    return relay_untouched(proxy, conn, txn, client, upstream, relay, reason)
-                        .await;
+                    return relay_untouched(proxy, conn, txn, client, upstream, relay, reason);
                 }
                 Err(e) => return super::log_unreachable(proxy, txn, &e),
             }
