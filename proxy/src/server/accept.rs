@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::{TimeVal, TimeValLike};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,11 @@ use crate::original_dst::{OriginalDst, TransparentKind};
 use crate::reload::Reloader;
 use crate::rewind::Rewind;
 
-/// One accept loop per listener.
+/// One accept loop per listener, each on a thread of its own (from the blocking pool): a
+/// reconnect storm makes thousands of connection tasks runnable at once, and an accept loop
+/// that were one more task among them would get its turn only after them — while the
+/// kernel's accept queue overflows and drops SYNs (1 s retransmits for the clients). A thread
+/// blocked in accept(2) is woken by the kernel and hands each connection to the runtime at once.
 pub(super) fn start_accepting(
     listeners: Vec<Bound>,
     reloader: &Arc<Reloader>,
@@ -34,10 +40,14 @@ pub(super) fn start_accepting(
             } else {
                 tracing::info!("listening on {}", bound.addr);
             }
-            tokio::spawn(accept_loop(Arc::clone(reloader), bound, admission.clone()))
+            let (reloader, admission) = (Arc::clone(reloader), admission.clone());
+            tokio::task::spawn_blocking(move || accept_loop(&reloader, bound, &admission))
         })
         .collect()
 }
+
+/// How often a blocked accept(2) wakes to see whether the proxy is shutting down.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// What every accepted connection is admitted against.
 #[derive(Clone)]
@@ -62,48 +72,46 @@ impl Admission {
 /// connection-level limits), and each request on it takes the snapshot current at its start.
 /// On a PROXY protocol listener the header is read first (in the connection's own task, so a
 /// slow load balancer delays nobody else) and names the client.
-async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission) {
+fn accept_loop(reloader: &Arc<Reloader>, bound: Bound, admission: &Admission) {
     let Bound {
         listener,
         addr: local,
         proxy_protocol,
         transparent,
     } = bound;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = admission.shutdown.cancelled() => break,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(pair) => pair,
+    let listener = match blocking(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(%local, error = %e, "cannot accept on this listener");
+            return;
+        }
+    };
+    while !admission.shutdown.is_cancelled() {
+        let (mut stream, peer) = match accept(&listener) {
+            Ok(Some(pair)) => pair,
+            Ok(None) => continue,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         if let Some(kind) = transparent {
-            if let Some(dst) = original_dst(&reloader, &stream, peer, kind) {
+            if let Some(dst) = original_dst(reloader, &stream, peer, kind) {
                 let stream = Rewind::new(Bytes::new(), stream);
-                admit(&reloader, stream, peer, local, &admission, Some(dst));
+                admit(reloader, stream, peer, local, admission, Some(dst));
             }
             continue;
         }
         if !proxy_protocol {
-            admit(
-                &reloader,
-                Rewind::new(Bytes::new(), stream),
-                peer,
-                local,
-                &admission,
-                None,
-            );
+            let stream = Rewind::new(Bytes::new(), stream);
+            admit(reloader, stream, peer, local, admission, None);
             continue;
         }
         let proxy = reloader.current();
-        let (reloader, admission) = (Arc::clone(&reloader), admission.clone());
+        let (reloader, admission) = (Arc::clone(reloader), admission.clone());
         proxy.tasks.spawn(async move {
             let proxy = reloader.current();
             let server = &proxy.config.server;
@@ -118,6 +126,37 @@ async fn accept_loop(reloader: Arc<Reloader>, bound: Bound, admission: Admission
                 }
             }
         });
+    }
+}
+
+/// The listener as a blocking socket whose accept(2) gives up after [`SHUTDOWN_POLL`].
+fn blocking(listener: TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let listener = listener.into_std()?;
+    listener.set_nonblocking(false)?;
+    let poll = TimeVal::microseconds(SHUTDOWN_POLL.as_micros().try_into().unwrap_or(100_000));
+    setsockopt(&listener, sockopt::ReceiveTimeout, &poll).map_err(std::io::Error::from)?;
+    Ok(listener)
+}
+
+/// One accepted connection, registered with the runtime; `None` when the wait timed out (or a
+/// signal interrupted it).
+fn accept(listener: &std::net::TcpListener) -> std::io::Result<Option<(TcpStream, SocketAddr)>> {
+    match listener.accept() {
+        Ok((stream, peer)) => {
+            stream.set_nonblocking(true)?;
+            Ok(Some((TcpStream::from_std(stream)?, peer)))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
