@@ -247,12 +247,19 @@ async fn burst(proxy: SocketAddr, target: SocketAddr, n: usize, clients: u8) -> 
         senders.spawn(send_back_to_back(proxy, source, target, count));
     }
     let (mut times, mut held, mut errors) = (Vec::with_capacity(n), Vec::new(), Errors::default());
+    // When the slowest answers' connections were started (ms after the burst began): a stall
+    // shows as a cluster.
+    let mut slow: Vec<(f64, f64)> = Vec::with_capacity(n);
     while let Some(sender) = senders.join_next().await {
         let mut answers = sender?;
         while let Some(joined) = answers.join_next().await {
             match joined? {
-                Ok((time, stream)) => {
+                Ok((t0, time, stream)) => {
                     times.push(time.as_secs_f64() * 1000.0);
+                    slow.push((
+                        time.as_secs_f64() * 1000.0,
+                        (t0 - started).as_secs_f64() * 1000.0,
+                    ));
                     held.push(stream);
                 }
                 Err(e) => errors.add(&e),
@@ -260,6 +267,8 @@ async fn burst(proxy: SocketAddr, target: SocketAddr, n: usize, clients: u8) -> 
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest_started: Vec<u64> = slow.iter().take(10).map(|s| s.1 as u64).collect();
     times.sort_by(f64::total_cmp);
     let pct = |q: f64| {
         let i = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
@@ -270,13 +279,15 @@ async fn burst(proxy: SocketAddr, target: SocketAddr, n: usize, clients: u8) -> 
         serde_json::json!({
             "ok": times.len(), "errors": errors.total(), "error_kinds": errors.0, "secs": secs,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": times.last(),
+            "slowest_started_ms": slowest_started,
         })
     );
     drop(held);
     Ok(())
 }
 
-type Answer = Result<(Duration, TcpStream)>;
+/// When the connection was started, how long until its 200, and the connection.
+type Answer = Result<(Instant, Duration, TcpStream)>;
 
 /// One client's connections, opened one after another; each one's answer is awaited by its
 /// own task.
@@ -299,7 +310,7 @@ async fn send_back_to_back(
         answers.spawn(async move {
             let mut stream = sent?;
             tokio::time::timeout(TIMEOUT, read_head(&mut stream)).await??;
-            Ok((t0.elapsed(), stream))
+            Ok((t0, t0.elapsed(), stream))
         });
     }
     answers
