@@ -485,3 +485,59 @@ async fn directory_bind_with_the_proxy_keytab() {
         s.0
     );
 }
+
+/// A KDC that takes the connection and never answers: GSS-API blocks in the bind, on a
+/// blocking thread. The request waits at most `[auth.groups] timeout` (the rule does not
+/// match), and the next lookup does not start a second stuck bind but fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_kerberos_bind_does_not_wait_for_a_silent_kdc() {
+    if !slapd::available() || !kdc::available() {
+        return;
+    }
+    let kdc = Kdc::start(&["localhost"]);
+    let directory = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Listening, never accepting: the kernel completes the handshake, nobody reads.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let krb5_conf = dir.path().join("krb5.conf");
+    std::fs::write(
+        &krb5_conf,
+        format!(
+            "[libdefaults]\n default_realm = {realm}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n \
+             rdns = false\n dns_canonicalize_hostname = false\n udp_preference_limit = 1\n\
+             [realms]\n {realm} = {{\n  kdc = {}\n }}\n[domain_realm]\n localhost = {realm}\n",
+            silent.local_addr().unwrap(),
+            realm = kdc::REALM
+        ),
+    )
+    .unwrap();
+    let origin = TestOrigin::http().await;
+    let finance = origin.url("/finance/x");
+    let proxy = TestProxy::start_with_env(
+        &format!(
+            "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[auth.groups]\nsources = [\"ldap\"]\ntimeout = \"1s\"\n{}\n{RULES}",
+            users(dir.path()).display(),
+            directory.groups_toml_gssapi_with(&directory.url_localhost(), ""),
+        ),
+        &[
+            ("KRB5_CONFIG", krb5_conf.display().to_string()),
+            ("KRB5_CLIENT_KTNAME", kdc.keytab().display().to_string()),
+            ("KRB5CCNAME", "MEMORY:portcullis".to_owned()),
+        ],
+    );
+    for user in ["alice", "bob"] {
+        let started = Instant::now();
+        assert_eq!(get(&proxy, user, &finance).await, 200, "{}", proxy.stderr());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{user}: {:?}",
+            started.elapsed()
+        );
+    }
+    let stderr = proxy.stderr();
+    assert!(stderr.contains("no answer within 1s"), "{stderr}");
+    assert!(
+        stderr.contains("the previous SASL GSSAPI bind to ldap/localhost has not finished"),
+        "{stderr}"
+    );
+}

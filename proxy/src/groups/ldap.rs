@@ -71,6 +71,11 @@ pub(crate) struct LdapSource {
     password: Option<String>,
     tls: Arc<ClientConfig>,
     conn: tokio::sync::Mutex<Option<Ldap>>,
+    /// A SASL GSSAPI bind is running on a blocking thread (possibly one a lookup gave up on):
+    /// while it is, no other starts, so a KDC that does not answer ties up one thread, not
+    /// one per lookup.
+    #[cfg(feature = "negotiate")]
+    gssapi_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LdapSource {
@@ -97,6 +102,8 @@ impl LdapSource {
             password,
             tls: tls_config(config)?,
             conn: tokio::sync::Mutex::new(None),
+            #[cfg(feature = "negotiate")]
+            gssapi_busy: Arc::default(),
         })
     }
 
@@ -263,11 +270,25 @@ impl LdapSource {
     /// ldap3 then encrypts the connection with Kerberos (the SASL privacy layer).
     #[cfg(feature = "negotiate")]
     async fn gssapi_bind(&self, ldap: &Ldap, url: &str) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
         let host = match (&self.config.sasl_host, crate::config::ldap_url_host(url)) {
             (Some(host), _) => host.clone(),
             (None, Some(host)) => host.to_owned(),
             (None, None) => return Err(format!("no host in {url:?} for ldap/<host>")),
         };
+        if self.gssapi_busy.swap(true, Ordering::AcqRel) {
+            return Err(format!(
+                "the previous SASL GSSAPI bind to ldap/{host} has not finished (a slow KDC?)"
+            ));
+        }
+        // Cleared when the blocking bind ends, however it ends.
+        struct Busy(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let busy = Busy(Arc::clone(&self.gssapi_busy));
         let timeout = self.config.connect_timeout;
         let mut ldap = ldap.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -277,6 +298,7 @@ impl LdapSource {
         // still go through the connection task on the runtime. A lookup that gives up
         // (`[auth.groups] timeout`) leaves this thread to finish on its own.
         let bind = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             runtime.block_on(async move {
                 let principal = format!("ldap/{host}");
                 match tokio::time::timeout(timeout, ldap.sasl_gssapi_bind(&host)).await {
