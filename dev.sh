@@ -17,14 +17,15 @@ cd "$(dirname "$0")"
 # for the netfilter lab in network namespaces; chromium and libnss3-tools (certutil) for the
 # real-browser interception test; prometheus to scrape the admin endpoint for real; haproxy in
 # front of two instances for the PROXY protocol scale-out test; slapd and ldap-utils for the
-# directory group tests, gss-ntlmssp and python3-gssapi (an NTLM
+# directory group tests (libsasl2-modules-gssapi-mit: Cyrus SASL's GSSAPI plugin, for slapd
+# to accept the proxy's Kerberos bind), gss-ntlmssp and python3-gssapi (an NTLM
 # initiator) for NTLM proxy authentication; faketime to put `portcullis doctor` ten minutes
 # off the KDC's clock; squid as an authenticating parent proxy (squid-openssl, which conflicts
 # with plain squid, as the lab recipes use).
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
   nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy python3
-  slapd ldap-utils gss-ntlmssp python3-gssapi faketime
+  slapd ldap-utils libsasl2-modules-gssapi-mit gss-ntlmssp python3-gssapi faketime
   squid-openssl)
 
 ensure_packages() {

@@ -146,6 +146,30 @@ impl Kdc {
         self.dir.path().join("rcache")
     }
 
+    /// A new service principal (`ldap/localhost`) with a random key, exported to its own keytab
+    /// `file` in the realm's directory (for a server such as slapd, through `KRB5_KTNAME`).
+    pub fn service_keytab(&self, principal: &str, file: &str) -> PathBuf {
+        let keytab = self.dir.path().join(file);
+        for query in [
+            format!("addprinc -randkey {principal}"),
+            format!("ktadd -k {} {principal}", keytab.display()),
+        ] {
+            let out = Command::new(tool("kadmin.local"))
+                .args(["-q", &query])
+                .env("KRB5_CONFIG", self.krb5_conf())
+                .env("KRB5_KDC_PROFILE", self.dir.path().join("kdc.conf"))
+                .output()
+                .unwrap_or_else(|e| panic!("kadmin.local: {e}"));
+            assert!(
+                out.status.success(),
+                "{query}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(keytab.exists(), "no keytab {}", keytab.display());
+        keytab
+    }
+
     /// A client keytab with alice's key (her password unchanged), for `KRB5_CLIENT_KTNAME`.
     pub fn client_keytab_alice(&self) -> PathBuf {
         let keytab = self.dir.path().join("alice.keytab");

@@ -3,7 +3,9 @@
 //!
 //! Users alice, bob, carol (`uid=…,ou=people`); groups (`groupOfNames`, `ou=groups`):
 //! team-a = {alice}, finance = {team-a, bob}, staff = {finance} — so alice is in finance and
-//! staff only through nesting. The proxy binds as `cn=portcullis,ou=services` (`svc-pw`).
+//! staff only through nesting. The proxy binds as `cn=portcullis,ou=services` (`svc-pw`), or
+//! with SASL GSSAPI ([`Slapd::start_kerberos`]) as any principal of the test realm, which reads
+//! like every bound identity.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,8 @@ pub struct Slapd {
     /// `ldaps://`.
     pub tls_port: u16,
     child: Option<Child>,
+    /// slapd's environment: the realm and keytab for SASL GSSAPI.
+    env: Vec<(&'static str, PathBuf)>,
 }
 
 impl Drop for Slapd {
@@ -45,6 +49,25 @@ pub fn available() -> bool {
             "slapd or ldap-utils is missing but PORTCULLIS_REQUIRE_SLAPD is set"
         );
         eprintln!("SKIP: slapd and ldap-utils not installed");
+    }
+    ok
+}
+
+/// True when Cyrus SASL's GSSAPI plugin (Debian `libsasl2-modules-gssapi-mit`) is installed,
+/// which slapd needs for SASL GSSAPI binds; like [`available`], a skip is a failure under
+/// `PORTCULLIS_REQUIRE_SLAPD`.
+pub fn gssapi_available() -> bool {
+    let ok = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|dir| dir.path().join("sasl2/libgssapiv2.so.2").exists());
+    if !ok {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_SLAPD").is_none(),
+            "libsasl2-modules-gssapi-mit is missing but PORTCULLIS_REQUIRE_SLAPD is set"
+        );
+        eprintln!("SKIP: libsasl2-modules-gssapi-mit (SASL GSSAPI for slapd) not installed");
     }
     ok
 }
@@ -93,6 +116,22 @@ fn free_port() -> u16 {
 impl Slapd {
     /// Creates the directory and starts slapd on a free loopback port.
     pub fn start() -> Slapd {
+        Slapd::start_with(Vec::new(), "")
+    }
+
+    /// [`Slapd::start`], also accepting SASL GSSAPI binds: slapd is `ldap/localhost` of the
+    /// realm `krb5_conf` names, its key in `keytab`. Clients must address it as `localhost`
+    /// ([`Slapd::url_localhost`]) to ask for that principal.
+    pub fn start_kerberos(krb5_conf: &std::path::Path, keytab: &std::path::Path) -> Slapd {
+        let env = vec![
+            ("KRB5_CONFIG", krb5_conf.to_path_buf()),
+            ("KRB5_KTNAME", keytab.to_path_buf()),
+        ];
+        // The SASL host names the principal (`ldap@localhost`, no DNS); the realm the identity.
+        Slapd::start_with(env, "sasl-host localhost\nsasl-realm LAB.TEST\n")
+    }
+
+    fn start_with(env: Vec<(&'static str, PathBuf)>, global: &str) -> Slapd {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let w = dir.path();
         std::fs::create_dir(w.join("db")).unwrap_or_else(|e| panic!("{e}"));
@@ -172,7 +211,7 @@ impl Slapd {
             format!(
                 "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\nmodulepath /usr/lib/ldap\n\
-                 moduleload back_mdb\npidfile {d}/slapd.pid\ndisallow bind_anon\n\
+                 moduleload back_mdb\npidfile {d}/slapd.pid\ndisallow bind_anon\n{global}\
                  TLSCertificateFile {d}/tls.pem\nTLSCertificateKeyFile {d}/tls.key\ndatabase mdb\n\
                  suffix \"{BASE}\"\nrootdn \"{ADMIN_DN}\"\nrootpw {pw}\ndirectory {d}/db\nmaxsize 10485760\n\
                  access to attrs=userPassword by self =xw by anonymous auth by * none\n\
@@ -219,6 +258,7 @@ impl Slapd {
             port: free_port(),
             tls_port: free_port(),
             child: None,
+            env,
         };
         slapd.resume();
         slapd
@@ -227,6 +267,11 @@ impl Slapd {
     /// The `ldap://` URL.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The `ldap://` URL by name, `localhost`, as SASL GSSAPI needs (`ldap/localhost`).
+    pub fn url_localhost(&self) -> String {
+        format!("ldap://localhost:{}", self.port)
     }
 
     /// The `ldaps://` URL.
@@ -247,6 +292,8 @@ impl Slapd {
             .args(["-h", &listen, "-f"])
             .arg(w.join("slapd.conf"))
             .args(["-d", "0"])
+            .envs(self.env.iter().map(|(k, v)| (*k, v)))
+            .env("KRB5RCACHEDIR", w)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -303,13 +350,34 @@ impl Slapd {
     pub fn groups_toml_with(&self, urls: &[&str], extra: &str) -> String {
         let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
         format!(
-            "[auth.groups.ldap]\n{extra}\nurls = [{}]\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\n\
-             base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\nmembership = \"group-filter\"\n\
-             group_base_dn = \"ou=groups,{BASE}\"\n",
+            "[auth.groups.ldap]\n{extra}\nurls = [{}]\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\n{}",
             urls.join(", "),
-            self.password_file().display()
+            self.password_file().display(),
+            search_toml()
         )
     }
+
+    /// `[auth.groups.ldap]` binding with SASL GSSAPI to `ldap/localhost` (needs
+    /// [`Slapd::start_kerberos`]).
+    pub fn groups_toml_gssapi(&self) -> String {
+        self.groups_toml_gssapi_with(&self.url_localhost(), "")
+    }
+
+    /// [`Slapd::groups_toml_gssapi`] with another URL and extra keys (`sasl_host`, `starttls`).
+    pub fn groups_toml_gssapi_with(&self, url: &str, extra: &str) -> String {
+        format!(
+            "[auth.groups.ldap]\n{extra}\nurls = [{url:?}]\nsasl = \"gssapi\"\n{}",
+            search_toml()
+        )
+    }
+}
+
+/// The search settings of `[auth.groups.ldap]` for this directory.
+fn search_toml() -> String {
+    format!(
+        "base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\nmembership = \"group-filter\"\n\
+         group_base_dn = \"ou=groups,{BASE}\"\n"
+    )
 }
 
 pub fn user_dn(user: &str) -> String {

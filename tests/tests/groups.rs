@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use portcullis_e2e::kdc::{self, Kdc};
 use portcullis_e2e::slapd::{self, Slapd};
 use portcullis_e2e::{curl, htpasswd, scrape_until, TestOrigin, TestProxy};
 
@@ -363,5 +364,180 @@ async fn directory_over_tls_with_failover() {
         untrusted.stderr().contains("directory group lookup failed"),
         "{}",
         untrusted.stderr()
+    );
+}
+
+/// SASL GSSAPI: the proxy binds to slapd (`ldap/localhost`) as `HTTP/localhost`, from the
+/// keytab it would accept Negotiate with, given as its client keytab (`KRB5_CLIENT_KTNAME`);
+/// nested groups decide as with a simple bind. Without usable Kerberos credentials the bind
+/// fails at once: the user has no directory groups (the rule does not match), and the failure
+/// is logged with GSS-API's reason and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_bind_with_the_proxy_keytab() {
+    if !slapd::available() || !slapd::gssapi_available() || !kdc::available() {
+        return;
+    }
+    let kdc = Kdc::start(&["localhost"]);
+    let directory = Slapd::start_kerberos(
+        &kdc.krb5_conf(),
+        &kdc.service_keytab("ldap/localhost", "ldap.keytab"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let origin = TestOrigin::http().await;
+    let (finance, staff) = (origin.url("/finance/x"), origin.url("/staff/x"));
+    let htpasswd = users(dir.path());
+    let config_with = |ldap: String| {
+        format!(
+            "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[auth.groups]\nsources = [\"ldap\"]\n{ldap}\n\
+             [access_log]\nformat = \"json\"\n{RULES}",
+            htpasswd.display(),
+        )
+    };
+    let config = config_with(directory.groups_toml_gssapi());
+    let env = |client_keytab: &Path| {
+        vec![
+            ("KRB5_CONFIG", kdc.krb5_conf().display().to_string()),
+            ("KRB5_CLIENT_KTNAME", client_keytab.display().to_string()),
+            // Tickets stay in the process (not in a /tmp/krb5cc_<uid> other tests share).
+            ("KRB5CCNAME", "MEMORY:portcullis".to_owned()),
+        ]
+    };
+    let proxy = TestProxy::start_with_env(&config, &env(&kdc.keytab()));
+    for (user, url, want) in [
+        ("alice", &finance, 403),
+        ("bob", &staff, 403),
+        ("carol", &finance, 200),
+    ] {
+        assert_eq!(
+            get(&proxy, user, url).await,
+            want,
+            "{user} {url}\n{}",
+            proxy.stderr()
+        );
+    }
+    let log = json_lines(&proxy, 3);
+    let alice = log.iter().find(|l| l["user"] == "alice").unwrap();
+    assert_eq!(alice["rule"], "finance-only", "{alice}");
+    let groups = alice["groups"].to_string();
+    for want in ["\"team-a\"", "\"finance\"", "\"staff\""] {
+        assert!(groups.contains(want), "{want} in {groups}");
+    }
+    let s = scrape_until(&proxy.admin_url(), |s| {
+        s.value(
+            "portcullis_group_lookups_total",
+            &[r#"source="ldap""#, r#"result="miss""#],
+        ) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        s.value("portcullis_group_lookups_total", &[r#"result="error""#]),
+        0.0,
+        "{}",
+        s.0
+    );
+
+    // StartTLS to the address the server certificate names, the principal named by
+    // `sasl_host`: Kerberos authenticates inside TLS (no SASL security layer).
+    let tls = TestProxy::start_with_env(
+        &config_with(directory.groups_toml_gssapi_with(
+            &directory.url(),
+            &format!(
+                "sasl_host = \"localhost\"\nstarttls = true\nca_file = {:?}",
+                directory.ca_file().display().to_string()
+            ),
+        )),
+        &env(&kdc.keytab()),
+    );
+    assert_eq!(get(&tls, "bob", &finance).await, 403, "{}", tls.stderr());
+    assert_eq!(get(&tls, "carol", &finance).await, 200, "{}", tls.stderr());
+
+    // No credentials (the client keytab is missing): no groups, at once, and says why.
+    let broken = TestProxy::start_with_env(&config, &env(&dir.path().join("missing.keytab")));
+    let started = Instant::now();
+    assert_eq!(
+        get(&broken, "alice", &finance).await,
+        200,
+        "{}",
+        broken.stderr()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stderr = broken.stderr();
+    assert!(
+        stderr.contains("directory group lookup failed")
+            && stderr.contains("SASL GSSAPI bind to ldap/localhost failed"),
+        "{stderr}"
+    );
+    let s = scrape_until(&broken.admin_url(), |s| {
+        s.value("portcullis_group_lookups_total", &[r#"result="error""#]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        s.value(
+            "portcullis_group_lookups_total",
+            &[r#"source="ldap""#, r#"result="miss""#]
+        ),
+        1.0,
+        "{}",
+        s.0
+    );
+}
+
+/// A KDC that takes the connection and never answers: GSS-API blocks in the bind, on a
+/// blocking thread. The request waits at most `[auth.groups] timeout` (the rule does not
+/// match), and the next lookup does not start a second stuck bind but fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_kerberos_bind_does_not_wait_for_a_silent_kdc() {
+    if !slapd::available() || !kdc::available() {
+        return;
+    }
+    let kdc = Kdc::start(&["localhost"]);
+    let directory = Slapd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Listening, never accepting: the kernel completes the handshake, nobody reads.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let krb5_conf = dir.path().join("krb5.conf");
+    std::fs::write(
+        &krb5_conf,
+        format!(
+            "[libdefaults]\n default_realm = {realm}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n \
+             rdns = false\n dns_canonicalize_hostname = false\n udp_preference_limit = 1\n\
+             [realms]\n {realm} = {{\n  kdc = {}\n }}\n[domain_realm]\n localhost = {realm}\n",
+            silent.local_addr().unwrap(),
+            realm = kdc::REALM
+        ),
+    )
+    .unwrap();
+    let origin = TestOrigin::http().await;
+    let finance = origin.url("/finance/x");
+    let proxy = TestProxy::start_with_env(
+        &format!(
+            "[auth]\nschemes = [\"basic\"]\nhtpasswd = \"{}\"\n[auth.groups]\nsources = [\"ldap\"]\ntimeout = \"1s\"\n{}\n{RULES}",
+            users(dir.path()).display(),
+            directory.groups_toml_gssapi_with(&directory.url_localhost(), ""),
+        ),
+        &[
+            ("KRB5_CONFIG", krb5_conf.display().to_string()),
+            ("KRB5_CLIENT_KTNAME", kdc.keytab().display().to_string()),
+            ("KRB5CCNAME", "MEMORY:portcullis".to_owned()),
+        ],
+    );
+    for user in ["alice", "bob"] {
+        let started = Instant::now();
+        assert_eq!(get(&proxy, user, &finance).await, 200, "{}", proxy.stderr());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{user}: {:?}",
+            started.elapsed()
+        );
+    }
+    let stderr = proxy.stderr();
+    assert!(stderr.contains("no answer within 1s"), "{stderr}");
+    assert!(
+        stderr.contains("the previous SASL GSSAPI bind to ldap/localhost has not finished"),
+        "{stderr}"
     );
 }

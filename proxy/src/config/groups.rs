@@ -58,6 +58,15 @@ pub enum Membership {
     GroupFilter,
 }
 
+/// A SASL mechanism for binding to the directory, instead of a simple bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslMechanism {
+    /// Kerberos: the process's client credentials (`KRB5CCNAME`, or the client keytab
+    /// `KRB5_CLIENT_KTNAME`) get a ticket for `ldap/<host>`, so no password is stored.
+    Gssapi,
+}
+
 /// `[auth.groups.ldap]`: an LDAP or Active Directory server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,10 +77,18 @@ pub struct LdapConfig {
     pub starttls: bool,
     /// PEM CA certificates trusted for LDAPS/StartTLS, instead of the system's.
     pub ca_file: Option<PathBuf>,
-    /// Simple bind as this DN (with `bind_password_file`); without it, an anonymous bind.
+    /// Simple bind as this DN (with `bind_password_file`); without it (and without `sasl`), an
+    /// anonymous bind.
     pub bind_dn: Option<String>,
     /// File holding the bind password (one line; trailing newline ignored).
     pub bind_password_file: Option<PathBuf>,
+    /// `"gssapi"`: a SASL GSSAPI (Kerberos) bind with the process's client credentials,
+    /// instead of `bind_dn` and a password kept on disk.
+    pub sasl: Option<SaslMechanism>,
+    /// The host in the directory's Kerberos principal `ldap/<host>` (`sasl = "gssapi"`);
+    /// default: the host of each URL, which must then be the name the principal has (not an
+    /// IP address, which Active Directory has no principal for).
+    pub sasl_host: Option<String>,
     /// Where users are searched.
     pub base_dn: String,
     /// Finds the user's entry; `{user}` is the account name (no realm or domain), escaped.
@@ -94,6 +111,8 @@ impl Default for LdapConfig {
             ca_file: None,
             bind_dn: None,
             bind_password_file: None,
+            sasl: None,
+            sasl_host: None,
             base_dn: String::new(),
             user_filter: "(sAMAccountName={user})".to_owned(),
             membership: Membership::AdInChain,
@@ -102,6 +121,20 @@ impl Default for LdapConfig {
             connect_timeout: Duration::from_secs(2),
         }
     }
+}
+
+/// The host of an `ldap://` or `ldaps://` URL, without port or IPv6 brackets; `None` when the
+/// URL has none (`ldap:///`).
+pub(crate) fn ldap_url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// Checks `[auth.groups]` for contradictions; errors name the key.
@@ -179,6 +212,35 @@ fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
             "bind_dn and bind_password_file go together",
         ));
     }
+    if ldap.sasl.is_some() && ldap.bind_dn.is_some() {
+        return Err(KeyError::new(
+            key("sasl"),
+            "a SASL bind uses the process's Kerberos credentials, not bind_dn and \
+             bind_password_file; remove one or the other",
+        ));
+    }
+    if let Some(host) = &ldap.sasl_host {
+        if ldap.sasl.is_none() {
+            return Err(KeyError::new(
+                key("sasl_host"),
+                "only used with sasl = \"gssapi\"",
+            ));
+        }
+        if host.is_empty() || host.contains(['/', '@', ':', ' ']) {
+            return Err(KeyError::new(
+                key("sasl_host"),
+                format!("{host:?} is not a host name (the principal is ldap/<sasl_host>)"),
+            ));
+        }
+    }
+    if ldap.sasl.is_some() && ldap.sasl_host.is_none() {
+        if let Some(i) = ldap.urls.iter().position(|u| ldap_url_host(u).is_none()) {
+            return Err(KeyError::new(
+                format!("auth.groups.ldap.urls[{i}]"),
+                "has no host to name the directory's principal ldap/<host>; set sasl_host",
+            ));
+        }
+    }
     if ldap.connect_timeout.is_zero() {
         return Err(KeyError::new(
             key("connect_timeout"),
@@ -191,6 +253,20 @@ fn validate_ldap(ldap: &LdapConfig) -> Result<(), KeyError> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+
+    #[test]
+    fn ldap_url_hosts() {
+        for (url, host) in [
+            ("ldap://dc1.example.com", Some("dc1.example.com")),
+            ("ldaps://dc1.example.com:636/", Some("dc1.example.com")),
+            ("ldap://localhost:3389/dc=x?uid", Some("localhost")),
+            ("ldap://[::1]:389", Some("::1")),
+            ("ldap:///", None),
+            ("ldap://:389", None),
+        ] {
+            assert_eq!(super::ldap_url_host(url), host, "{url}");
+        }
+    }
 
     /// Contradictions in `[auth.groups]` are refused at load, naming the key.
     #[test]
@@ -211,6 +287,11 @@ mod tests {
             (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}membership = \"group-filter\"\ngroup_filter = \"(member=x)\"\n"), "auth.groups.ldap.group_filter"),
             (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}bind_dn = \"cn=svc\"\n"), "auth.groups.ldap.bind_password_file"),
             (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}password = \"x\"\n"), "auth.groups.ldap"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}sasl = \"gssapi\"\nbind_dn = \"cn=svc\"\nbind_password_file = \"pw\"\n"), "auth.groups.ldap.sasl"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}sasl = \"digest-md5\"\n"), "auth.groups.ldap.sasl"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}sasl_host = \"dc1.example.com\"\n"), "auth.groups.ldap.sasl_host"),
+            (&format!("[auth.groups]\nsources = [\"ldap\"]\n{ldap}sasl = \"gssapi\"\nsasl_host = \"ldap/dc1\"\n"), "auth.groups.ldap.sasl_host"),
+            ("[auth.groups]\nsources = [\"ldap\"]\n[auth.groups.ldap]\nurls = [\"ldap://dc\", \"ldap:///\"]\nbase_dn = \"dc=x\"\nsasl = \"gssapi\"\n", "auth.groups.ldap.urls[1]"),
         ] {
             let err = match Config::parse(text, "t") {
                 Ok(_) => panic!("accepted: {text}"),
@@ -220,5 +301,22 @@ mod tests {
         }
         let ok = format!("[auth.groups]\nsources = [\"ldap\", \"file\"]\nfile = \"g\"\n{ldap}");
         assert!(Config::parse(&ok, "t").is_ok());
+        let gssapi = format!(
+            "[auth.groups]\nsources = [\"ldap\"]\n{ldap}sasl = \"gssapi\"\nsasl_host = \"dc1.example.com\"\n"
+        );
+        let config = match Config::parse(&gssapi, "t") {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        let ldap = config
+            .auth
+            .groups
+            .ldap
+            .as_ref()
+            .map(|l| (l.sasl, l.sasl_host.as_deref()));
+        assert_eq!(
+            ldap,
+            Some((Some(super::SaslMechanism::Gssapi), Some("dc1.example.com")))
+        );
     }
 }

@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) use auth::NegotiateConfig;
 pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
-pub(crate) use groups::{GroupSourceKind, GroupsConfig, LdapConfig, Membership};
+#[cfg(feature = "negotiate")]
+pub(crate) use groups::ldap_url_host;
+pub(crate) use groups::{GroupSourceKind, GroupsConfig, LdapConfig, Membership, SaslMechanism};
 pub(crate) use parents::ParentConfig;
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,

@@ -9,6 +9,9 @@
 //!   no server feature is needed.
 //!
 //! Every value put into a filter is escaped (RFC 4515).
+//!
+//! The bind is a simple bind (DN and password file), a SASL GSSAPI bind as the process's
+//! Kerberos client principal (`sasl = "gssapi"`), or none (anonymous).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use portcullis_policy::group_aliases;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::config::{LdapConfig, Membership};
+use crate::config::{LdapConfig, Membership, SaslMechanism};
 
 /// A nested-group search stops after this many groups (a directory loop or a huge tree must
 /// not keep a lookup busy for long).
@@ -37,6 +40,9 @@ pub(crate) enum LdapSetupError {
     Ca { path: PathBuf, reason: String },
     #[error("TLS settings: {0}")]
     Tls(rustls::Error),
+    #[cfg(not(feature = "negotiate"))]
+    #[error("this build has no Kerberos support (feature `negotiate`)")]
+    NoGssapi,
 }
 
 impl LdapSetupError {
@@ -45,6 +51,8 @@ impl LdapSetupError {
             LdapSetupError::Password { .. } => "auth.groups.ldap.bind_password_file",
             LdapSetupError::Ca { .. } => "auth.groups.ldap.ca_file",
             LdapSetupError::Tls(_) => "auth.groups.ldap",
+            #[cfg(not(feature = "negotiate"))]
+            LdapSetupError::NoGssapi => "auth.groups.ldap.sasl",
         }
     }
 }
@@ -63,11 +71,20 @@ pub(crate) struct LdapSource {
     password: Option<String>,
     tls: Arc<ClientConfig>,
     conn: tokio::sync::Mutex<Option<Ldap>>,
+    /// A SASL GSSAPI bind is running on a blocking thread (possibly one a lookup gave up on):
+    /// while it is, no other starts, so a KDC that does not answer ties up one thread, not
+    /// one per lookup.
+    #[cfg(feature = "negotiate")]
+    gssapi_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LdapSource {
     /// Reads the password and CA files now, so a wrong path is a start-up error.
     pub(crate) fn new(config: &LdapConfig) -> Result<LdapSource, LdapSetupError> {
+        #[cfg(not(feature = "negotiate"))]
+        if config.sasl.is_some() {
+            return Err(LdapSetupError::NoGssapi);
+        }
         let password = match &config.bind_password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -85,6 +102,8 @@ impl LdapSource {
             password,
             tls: tls_config(config)?,
             conn: tokio::sync::Mutex::new(None),
+            #[cfg(feature = "negotiate")]
+            gssapi_busy: Arc::default(),
         })
     }
 
@@ -232,14 +251,74 @@ impl LdapSource {
                 .map_err(|_| format!("no connection within {timeout:?}"))?
                 .map_err(|e| e.to_string())?;
         ldap3::drive!(conn);
-        if let (Some(dn), Some(password)) = (&self.config.bind_dn, &self.password) {
-            ldap.with_timeout(timeout)
-                .simple_bind(dn, password)
-                .await
-                .and_then(ldap3::LdapResult::success)
-                .map_err(|e| format!("bind as {dn:?} failed: {e}"))?;
+        match (self.config.sasl, &self.config.bind_dn, &self.password) {
+            (Some(SaslMechanism::Gssapi), _, _) => self.gssapi_bind(&ldap, url).await?,
+            (None, Some(dn), Some(password)) => {
+                ldap.with_timeout(timeout)
+                    .simple_bind(dn, password)
+                    .await
+                    .and_then(ldap3::LdapResult::success)
+                    .map_err(|e| format!("bind as {dn:?} failed: {e}"))?;
+            }
+            _ => {}
         }
         Ok(ldap)
+    }
+
+    /// SASL GSSAPI bind as the process's Kerberos client principal (`KRB5CCNAME`, or the
+    /// client keytab `KRB5_CLIENT_KTNAME`) to `ldap/<host>`. Over `ldap://` without StartTLS,
+    /// ldap3 then encrypts the connection with Kerberos (the SASL privacy layer).
+    #[cfg(feature = "negotiate")]
+    async fn gssapi_bind(&self, ldap: &Ldap, url: &str) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let host = match (&self.config.sasl_host, crate::config::ldap_url_host(url)) {
+            (Some(host), _) => host.clone(),
+            (None, Some(host)) => host.to_owned(),
+            (None, None) => return Err(format!("no host in {url:?} for ldap/<host>")),
+        };
+        if self.gssapi_busy.swap(true, Ordering::AcqRel) {
+            return Err(format!(
+                "the previous SASL GSSAPI bind to ldap/{host} has not finished (a slow KDC?)"
+            ));
+        }
+        // Cleared when the blocking bind ends, however it ends.
+        struct Busy(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let busy = Busy(Arc::clone(&self.gssapi_busy));
+        let timeout = self.config.connect_timeout;
+        let mut ldap = ldap.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // GSS-API blocks (ldap3 calls it inline in the async bind): it reads the credential
+        // cache or client keytab and asks the KDC for tickets. So the whole bind runs on a
+        // blocking thread and a slow KDC holds no runtime worker; the bind's LDAP messages
+        // still go through the connection task on the runtime. A lookup that gives up
+        // (`[auth.groups] timeout`) leaves this thread to finish on its own.
+        let bind = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            runtime.block_on(async move {
+                let principal = format!("ldap/{host}");
+                match tokio::time::timeout(timeout, ldap.sasl_gssapi_bind(&host)).await {
+                    Ok(Ok(result)) => result
+                        .success()
+                        .map(drop)
+                        .map_err(|e| format!("SASL GSSAPI bind to {principal} refused: {e}")),
+                    Ok(Err(e)) => Err(format!("SASL GSSAPI bind to {principal} failed: {e}")),
+                    Err(_) => Err(format!(
+                        "SASL GSSAPI bind to {principal}: no answer within {timeout:?}"
+                    )),
+                }
+            })
+        });
+        bind.await.map_err(|e| e.to_string())?
+    }
+
+    #[cfg(not(feature = "negotiate"))]
+    async fn gssapi_bind(&self, _ldap: &Ldap, _url: &str) -> Result<(), String> {
+        Err("this build has no Kerberos support (feature `negotiate`)".to_owned())
     }
 }
 
