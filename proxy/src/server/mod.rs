@@ -18,7 +18,6 @@ use crate::reload::{ConfigSource, LoadError, Reloader, Shared};
 
 mod accept;
 mod listen;
-mod transparent;
 
 use accept::{start_accepting, Admission};
 
@@ -233,32 +232,54 @@ struct Bound {
 }
 
 /// Binds `server.listen`, then `server.proxy_protocol_listen`, then the transparent listeners.
+/// A netfilter `redirect` sends a connection to the incoming interface's address, so
+/// transparent listeners usually listen on `0.0.0.0` and `[::]` together: theirs are made
+/// v6-only, so both can hold the same port and each reads its own family's
+/// original-destination option.
 fn bind_listeners(config: &Config) -> Result<Vec<Bound>, StartError> {
+    use crate::original_dst::TransparentKind::{Http, Tls};
     let server = &config.server;
-    let plain = server.listen.iter().map(|a| (a, false));
-    let proxied = server.proxy_protocol_listen.iter().map(|a| (a, true));
+    let kinds = [
+        (&server.listen, "server.listen", false, None),
+        (
+            &server.proxy_protocol_listen,
+            "server.proxy_protocol_listen",
+            true,
+            None,
+        ),
+        (
+            &server.transparent_http_listen,
+            "server.transparent_http_listen",
+            false,
+            Some(Http),
+        ),
+        (
+            &server.transparent_tls_listen,
+            "server.transparent_tls_listen",
+            false,
+            Some(Tls),
+        ),
+    ];
     let mut bound = Vec::new();
-    for (addr, proxy_protocol) in plain.chain(proxied) {
-        let key = if proxy_protocol {
-            "server.proxy_protocol_listen"
-        } else {
-            "server.listen"
-        };
-        let listener = listen::bind(*addr, server.listen_backlog, false).map_err(|error| {
-            StartError::Listen {
-                addr: *addr,
-                key,
-                error,
-            }
-        })?;
-        bound.push(Bound {
-            addr: listener.local_addr()?,
-            listener,
-            proxy_protocol,
-            transparent: None,
-        });
+    for (addrs, key, proxy_protocol, transparent) in kinds {
+        for addr in addrs {
+            let v6_only = transparent.is_some();
+            let listener =
+                listen::bind(*addr, server.listen_backlog, v6_only).map_err(|error| {
+                    StartError::Listen {
+                        addr: *addr,
+                        key,
+                        error,
+                    }
+                })?;
+            bound.push(Bound {
+                addr: listener.local_addr()?,
+                listener,
+                proxy_protocol,
+                transparent,
+            });
+        }
     }
-    bound.extend(transparent::bind(server)?);
     Ok(bound)
 }
 

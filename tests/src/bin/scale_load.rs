@@ -137,7 +137,11 @@ async fn connect_through(stream: &mut TcpStream, target: SocketAddr) -> Result<(
 
 /// Reads a response head byte by byte (nothing after it is consumed); an error unless 200.
 async fn read_head(stream: &mut TcpStream) -> Result<()> {
-    let mut reader = BufReader::with_capacity(1, stream);
+    read_head_from(&mut BufReader::with_capacity(1, stream)).await
+}
+
+/// Reads a response head from `reader`; an error unless 200.
+async fn read_head_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Result<()> {
     let mut status = String::new();
     reader.read_line(&mut status).await?;
     loop {
@@ -413,20 +417,7 @@ async fn open_intercepted(
     tls.write_all(request.as_bytes()).await?;
     // The head, then the 1-byte body.
     let mut reader = BufReader::new(&mut tls);
-    let mut status = String::new();
-    reader.read_line(&mut status).await?;
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{}", status.trim());
-    }
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            bail!("closed in the response head");
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
+    read_head_from(&mut reader).await?;
     let mut body = [0u8; 1];
     reader.read_exact(&mut body).await?;
     Ok(tls)
