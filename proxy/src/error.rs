@@ -103,6 +103,10 @@ pub(crate) enum ProxyError {
     /// for credentials (the client does not know it is talking to a proxy).
     #[error("this network requires proxy authentication, which a connection without proxy settings cannot give: configure this device to use the proxy, or ask the administrator to exempt it (auth.exempt_clients)")]
     TransparentAuth,
+    /// A content adaptation service (`[[icap.services]]`) failed and its `bypass_on_error`
+    /// is off: the message is not passed on unscanned.
+    #[error("the content scanning service {service} failed: {reason}")]
+    Icap { service: String, reason: String },
 }
 
 impl ProxyError {
@@ -138,7 +142,8 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamCertificate { .. }
-            | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::Icap { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ClientTlsRefused(_)
             | ProxyError::ClientTlsAborted(_)
             | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
@@ -186,6 +191,7 @@ impl ProxyError {
             ProxyError::ClientTlsTimeout(_) => "client-tls-timeout",
             ProxyError::CertificateMint(_) => "certificate-mint-failed",
             ProxyError::TransparentAuth => "transparent-auth-required",
+            ProxyError::Icap { .. } => "icap-error",
         }
     }
 }

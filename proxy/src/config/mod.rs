@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod groups;
+mod icap;
 mod redact;
 mod sections;
 mod tls;
@@ -32,6 +33,7 @@ pub(crate) use auth::NegotiateConfig;
 pub(crate) use auth::{AuthConfig, AuthScheme};
 pub(crate) use error::{ConfigError, KeyError};
 pub(crate) use groups::{GroupSourceKind, GroupsConfig, LdapConfig, Membership};
+pub(crate) use icap::{IcapConfig, IcapMethod, IcapUrl};
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
     M365Config, ServerConfig, Timeouts, TransparentAuth, UpstreamConfig,
@@ -68,6 +70,9 @@ pub struct Config {
     /// The Microsoft 365 endpoints web service, whose Exchange/Common Optimize and Allow sets
     /// become tunnel/auth-exempt rules of the Outlook profile.
     pub m365: M365Config,
+    /// Content adaptation services (ICAP, RFC 3507): antivirus, DLP. Which traffic they see is
+    /// the policy's `icap` lists.
+    pub icap: IcapConfig,
     pub admin: AdminConfig,
     /// What [`Config::parse`] derived while validating, so that nothing derives it again.
     #[serde(skip)]

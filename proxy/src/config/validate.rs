@@ -20,6 +20,7 @@ impl Config {
         validate_tls(&self.tls)?;
         validate_m365(&self.m365)?;
         validate_admin(&self.admin, &self.server)?;
+        super::icap::validate(&self.icap, &self.policy)?;
         validate_log(&self.log)
     }
 }
