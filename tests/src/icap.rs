@@ -23,7 +23,8 @@ pub struct CIcap {
 /// True when c-icap is installed. `PORTCULLIS_REQUIRE_ICAP=1` (set by `./dev.sh test`) turns a
 /// skip into a failure.
 pub fn available() -> bool {
-    let ok = Path::new("/usr/bin/c-icap").exists() && Path::new(MODULES).join("srv_echo.so").exists();
+    let ok =
+        Path::new("/usr/bin/c-icap").exists() && Path::new(MODULES).join("srv_echo.so").exists();
     if !ok {
         assert!(
             std::env::var_os("PORTCULLIS_REQUIRE_ICAP").is_none(),
@@ -82,7 +83,11 @@ impl CIcap {
                 .bytes()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            std::fs::write(dir.path().join("avdb/lab.ndb"), format!("Lab.EICAR:0:*:{hex}\n")).unwrap();
+            std::fs::write(
+                dir.path().join("avdb/lab.ndb"),
+                format!("Lab.EICAR:0:*:{hex}\n"),
+            )
+            .unwrap();
             conf.push_str(&format!(
                 "Module common clamav_mod.so\nclamav_mod.TmpDir {w}\n\
                  Service antivirus_module virus_scan.so\n\
@@ -97,9 +102,10 @@ impl CIcap {
         let mut cmd = if clamav {
             // clamav_mod always loads /var/lib/clamav: our database goes over it, privately.
             let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c"]).arg(format!(
-                "mount --bind {w}/avdb /var/lib/clamav && exec c-icap -N -f {conf_path}"
-            ));
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount --bind {w}/avdb /var/lib/clamav && exec c-icap -N -f {conf_path}"
+                ));
             c
         } else {
             let mut c = Command::new("c-icap");

@@ -10,7 +10,9 @@ use portcullis_e2e::{curl, scrape_until, TestOrigin, TestProxy};
 
 /// One `[[icap.services]]` entry.
 fn service(name: &str, url: &str, method: &str, extra: &str) -> String {
-    format!("[[icap.services]]\nname = \"{name}\"\nurl = \"{url}\"\nmethod = \"{method}\"\n{extra}\n")
+    format!(
+        "[[icap.services]]\nname = \"{name}\"\nurl = \"{url}\"\nmethod = \"{method}\"\n{extra}\n"
+    )
 }
 
 /// A proxy logging JSON, with `services` and every decision adapted by `default_icap`.
@@ -42,7 +44,13 @@ fn icap_results(line: &serde_json::Value) -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|n| format!("{}:{}", n["service"].as_str().unwrap(), n["result"].as_str().unwrap()))
+                .map(|n| {
+                    format!(
+                        "{}:{}",
+                        n["service"].as_str().unwrap(),
+                        n["result"].as_str().unwrap()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -58,7 +66,11 @@ async fn respmod_plain_http_preview_204_and_modified_200() {
     }
     let c = CIcap::start(false);
     let origin = TestOrigin::http().await;
-    let proxy = proxy(&service("echo", &c.url("echo"), "respmod", ""), "\"echo\"", "");
+    let proxy = proxy(
+        &service("echo", &c.url("echo"), "respmod", ""),
+        "\"echo\"",
+        "",
+    );
     let url = origin.url("/bytes/100000");
     let mut via_icap = 0;
     for _ in 0..4 {
@@ -83,7 +95,10 @@ async fn respmod_plain_http_preview_204_and_modified_200() {
     // The service's own account: after a 204 it had received the 1024-byte preview only.
     let seen = c.wait_log("RESPMOD", 4);
     assert!(seen.contains(&"RESPMOD 204 1024 0".to_owned()), "{seen:?}");
-    assert!(seen.contains(&"RESPMOD 200 100000 100000".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"RESPMOD 200 100000 100000".to_owned()),
+        "{seen:?}"
+    );
     assert_eq!(seen.len(), 4, "{seen:?}");
 
     let admin = proxy.admin_url();
@@ -97,9 +112,15 @@ async fn respmod_plain_http_preview_204_and_modified_200() {
             &[r#"service="echo""#, &format!("result=\"{result}\"")],
         )
     };
-    assert_eq!((v("unmodified"), v("modified"), v("error")), (2.0, 2.0, 0.0));
     assert_eq!(
-        s.value("portcullis_icap_duration_seconds_count", &[r#"service="echo""#]),
+        (v("unmodified"), v("modified"), v("error")),
+        (2.0, 2.0, 0.0)
+    );
+    assert_eq!(
+        s.value(
+            "portcullis_icap_duration_seconds_count",
+            &[r#"service="echo""#]
+        ),
         4.0
     );
 }
@@ -135,14 +156,20 @@ async fn reqmod_and_respmod_inside_inspected_tls() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     let mut resp = Vec::new();
     for line in &lines {
-        assert!(line["url"].as_str().unwrap().starts_with("https://"), "{line}");
+        assert!(
+            line["url"].as_str().unwrap().starts_with("https://"),
+            "{line}"
+        );
         let results = icap_results(line);
         assert_eq!(results[0], "req:unmodified", "{results:?}");
         resp.push(results[1].clone());
     }
     resp.sort();
     assert_eq!(resp, ["resp:modified", "resp:unmodified"]);
-    assert_eq!(c.wait_log("REQMOD", 2), ["REQMOD 204 0 0", "REQMOD 204 0 0"]);
+    assert_eq!(
+        c.wait_log("REQMOD", 2),
+        ["REQMOD 204 0 0", "REQMOD 204 0 0"]
+    );
     assert_eq!(origin.seen().len(), 2, "the requests reached the origin");
 }
 
@@ -157,11 +184,28 @@ async fn reqmod_plain_http() {
     let origin = TestOrigin::http().await;
     let proxy = proxy(&service("req", &c.url("echo"), "reqmod", ""), "\"req\"", "");
     let r = curl(&["-sS", "-x", &proxy.url(), &origin.url("/get")]).await;
-    assert_eq!((r.status, r.body_text().as_str()), (200, "hello from origin\n"));
-    let r = curl(&["-sS", "-x", &proxy.url(), "--data-binary", "abc", &origin.url("/echo")]).await;
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (200, "hello from origin\n")
+    );
+    let r = curl(&[
+        "-sS",
+        "-x",
+        &proxy.url(),
+        "--data-binary",
+        "abc",
+        &origin.url("/echo"),
+    ])
+    .await;
     assert_eq!((r.status, r.body_text().as_str()), (200, "abc"));
-    assert_eq!(icap_results(&lines_for(&proxy, 1, "/get")[0]), ["req:unmodified"]);
-    assert_eq!(icap_results(&lines_for(&proxy, 1, "/echo")[0]), ["req:bypass-body"]);
+    assert_eq!(
+        icap_results(&lines_for(&proxy, 1, "/get")[0]),
+        ["req:unmodified"]
+    );
+    assert_eq!(
+        icap_results(&lines_for(&proxy, 1, "/echo")[0]),
+        ["req:bypass-body"]
+    );
 }
 
 /// A service that is down: failing closed (the default) answers 502 `icap-error` and makes
@@ -176,13 +220,20 @@ async fn service_down_fails_closed_by_default_and_open_when_bypassed() {
     let closed = proxy(&service("av", &down, "respmod", ""), "\"av\"", "");
     let r = curl(&["-sS", "-x", &closed.url(), &url]).await;
     assert_eq!(r.status, 502, "{r:?}");
-    assert_eq!(r.header("x-portcullis-error").as_deref(), Some("icap-error"));
+    assert_eq!(
+        r.header("x-portcullis-error").as_deref(),
+        Some("icap-error")
+    );
     let line = &lines_for(&closed, 1, "/bytes/3000")[0];
     assert_eq!(icap_results(line), ["av:error"]);
     assert_eq!(line["error"], "icap-error");
     let ready = curl(&[&format!("{}/readyz", closed.admin_url())]).await;
     assert_eq!(ready.status, 503, "{ready:?}");
-    assert!(ready.body_text().contains("icap av: FAIL: down"), "{}", ready.body_text());
+    assert!(
+        ready.body_text().contains("icap av: FAIL: down"),
+        "{}",
+        ready.body_text()
+    );
 
     let open = proxy(
         &service("av", &down, "respmod", "bypass_on_error = true"),
@@ -191,11 +242,22 @@ async fn service_down_fails_closed_by_default_and_open_when_bypassed() {
     );
     let r = curl(&["-sS", "-x", &open.url(), &url]).await;
     assert_eq!((r.status, r.body.len()), (200, 3000), "{r:?}");
-    assert_eq!(icap_results(&lines_for(&open, 1, "/bytes/3000")[0]), ["av:bypass-error"]);
-    assert!(open.stderr().contains("ICAP service failed"), "{}", open.stderr());
+    assert_eq!(
+        icap_results(&lines_for(&open, 1, "/bytes/3000")[0]),
+        ["av:bypass-error"]
+    );
+    assert!(
+        open.stderr().contains("ICAP service failed"),
+        "{}",
+        open.stderr()
+    );
     let ready = curl(&[&format!("{}/readyz", open.admin_url())]).await;
     assert_eq!(ready.status, 200, "{ready:?}");
-    assert!(ready.body_text().contains("icap av: ok: down, bypassed"), "{}", ready.body_text());
+    assert!(
+        ready.body_text().contains("icap av: ok: down, bypassed"),
+        "{}",
+        ready.body_text()
+    );
 }
 
 /// ClamAV through c-icap: an EICAR download is replaced by the service's block page; a clean
@@ -207,31 +269,59 @@ async fn eicar_download_gets_the_services_block_page() {
     }
     let c = CIcap::start(true);
     let origin = TestOrigin::http().await;
-    let proxy = proxy(&service("av", &c.url("avscan"), "respmod", ""), "\"av\"", "");
+    let proxy = proxy(
+        &service("av", &c.url("avscan"), "respmod", ""),
+        "\"av\"",
+        "",
+    );
     // The origin's /echo sends back what it is given: here, the EICAR file.
-    let r = curl(&["-sS", "-x", &proxy.url(), "--data-binary", EICAR, &origin.url("/echo")]).await;
+    let r = curl(&[
+        "-sS",
+        "-x",
+        &proxy.url(),
+        "--data-binary",
+        EICAR,
+        &origin.url("/echo"),
+    ])
+    .await;
     assert_eq!(r.status, 403, "{r:?}\n{}", proxy.stderr());
     assert!(r.body_text().contains("VIRUS FOUND"), "{}", r.body_text());
-    assert!(!r.body_text().contains("EICAR-STANDARD"), "the file must not pass");
-    let r = curl(&["-sS", "-x", &proxy.url(), "--data-binary", "clean text", &origin.url("/echo")]).await;
+    assert!(
+        !r.body_text().contains("EICAR-STANDARD"),
+        "the file must not pass"
+    );
+    let r = curl(&[
+        "-sS",
+        "-x",
+        &proxy.url(),
+        "--data-binary",
+        "clean text",
+        &origin.url("/echo"),
+    ])
+    .await;
     assert_eq!((r.status, r.body_text().as_str()), (200, "clean text"));
     let lines = lines_for(&proxy, 2, "/echo");
     let results: Vec<String> = lines.iter().flat_map(icap_results).collect();
     assert_eq!(results, ["av:modified", "av:unmodified"]);
 }
 
-/// 256 MiB through RESPMOD, twice (the echo service passes one after the preview and streams
+/// 1 GiB through RESPMOD, twice (the echo service passes one after the preview and streams
 /// the other back through itself): the proxy's memory does not grow with the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_through_respmod() {
     if !icap::available() {
         return;
     }
-    const SIZE: u64 = 256 * 1024 * 1024;
+    const SIZE: u64 = 1024 * 1024 * 1024;
     let c = CIcap::start(false);
     let origin = TestOrigin::http().await;
     let proxy = proxy(
-        &service("echo", &c.url("echo"), "respmod", "max_body = 1099511627776"),
+        &service(
+            "echo",
+            &c.url("echo"),
+            "respmod",
+            "max_body = 1099511627776",
+        ),
         "\"echo\"",
         "",
     );
@@ -253,5 +343,8 @@ async fn large_download_streams_through_respmod() {
     results.sort();
     assert_eq!(results, ["echo:modified", "echo:unmodified"]);
     let seen = c.wait_log("RESPMOD", 3);
-    assert!(seen.contains(&format!("RESPMOD 200 {SIZE} {SIZE}")), "{seen:?}");
+    assert!(
+        seen.contains(&format!("RESPMOD 200 {SIZE} {SIZE}")),
+        "{seen:?}"
+    );
 }

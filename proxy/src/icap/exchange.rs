@@ -93,7 +93,7 @@ impl Service {
             None => Some(crate::body::full(prefix)),
         };
 
-        let head = self.icap_head(client, &msg.req_hdr, msg.res_hdr, has_body, ended, preview);
+        let head = self.icap_head(client, msg.req_hdr, msg.res_hdr, has_body, ended, preview);
         let mut wire = head;
         wire.extend_from_slice(msg.req_hdr);
         if let Some(res) = msg.res_hdr {
