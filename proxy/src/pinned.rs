@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use crate::error::classify_error;
 use portcullis_policy::Host;
 
+use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::upstream::{Dialer, Resolution};
 
@@ -37,7 +38,7 @@ pub(crate) struct PinnedOrigin {
 struct Pin {
     /// `host:port` of the origin.
     authority: String,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ProxyBody>,
     peer: Option<IpAddr>,
 }
 
@@ -71,7 +72,7 @@ impl PinnedOrigin {
     pub(crate) async fn send(
         &self,
         dialer: &Dialer,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         resolved: Option<&Resolution>,
     ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
         let (host, port) = to_origin_form(&mut req)?;
@@ -106,7 +107,7 @@ impl PinnedOrigin {
 
 /// The origin an absolute-form request names; the request is left in origin-form, as it goes
 /// on the wire to any origin.
-fn to_origin_form(req: &mut Request<Incoming>) -> Result<(Host, u16), ProxyError> {
+fn to_origin_form(req: &mut Request<ProxyBody>) -> Result<(Host, u16), ProxyError> {
     let uri = req.uri();
     let host = uri
         .host()
@@ -127,7 +128,7 @@ async fn open(
     host: &Host,
     port: u16,
     resolved: Option<&Resolution>,
-) -> Result<(http1::SendRequest<Incoming>, Option<IpAddr>), ProxyError> {
+) -> Result<(http1::SendRequest<ProxyBody>, Option<IpAddr>), ProxyError> {
     let tcp = match resolved {
         Some(resolved) => dialer.dial_resolved(host, port, resolved).await?,
         None => dialer.dial(host, port).await?,
@@ -149,7 +150,7 @@ async fn open(
 pub(crate) async fn send_once(
     dialer: &Dialer,
     resolved: &Resolution,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
     let (host, port) = to_origin_form(&mut req)?;
     let (mut sender, peer) = open(dialer, &host, port, Some(resolved)).await?;

@@ -173,10 +173,12 @@ async fn reqmod_and_respmod_inside_inspected_tls() {
     assert_eq!(origin.seen().len(), 2, "the requests reached the origin");
 }
 
-/// REQMOD over plain HTTP: a request without a body is adapted; one with a body is not sent
-/// to the service in this version, and the log says so (`bypass-body`).
+/// REQMOD over plain HTTP: a request without a body is passed with 204; an upload is sent
+/// with a preview and either passed after it (204: the rest goes to the origin only) or
+/// streamed through the service (100 Continue, then 200 with the body echoed). The origin gets
+/// the body intact either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reqmod_plain_http() {
+async fn reqmod_plain_http_with_and_without_a_body() {
     if !icap::available() {
         return;
     }
@@ -188,23 +190,86 @@ async fn reqmod_plain_http() {
         (r.status, r.body_text().as_str()),
         (200, "hello from origin\n")
     );
+    assert_eq!(
+        icap_results(&lines_for(&proxy, 1, "/get")[0]),
+        ["req:unmodified"]
+    );
+
+    let upload = proxy.dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &data).unwrap();
+    let at = format!("@{}", upload.display());
+    for _ in 0..2 {
+        let r = curl(&[
+            "-sS",
+            "-x",
+            &proxy.url(),
+            "--data-binary",
+            &at,
+            &origin.url("/echo"),
+        ])
+        .await;
+        assert_eq!(r.status, 200, "{r:?}\n{}", proxy.stderr());
+        assert!(r.body == data, "the origin got the upload intact");
+    }
+    let mut results: Vec<String> = lines_for(&proxy, 2, "/echo")
+        .iter()
+        .flat_map(icap_results)
+        .collect();
+    results.sort();
+    assert_eq!(results, ["req:modified", "req:unmodified"]);
+    let seen = c.wait_log("REQMOD", 3);
+    assert!(
+        seen.contains(&"REQMOD 204 1024 0".to_owned()),
+        "not re-sent after 204: {seen:?}"
+    );
+    assert!(
+        seen.contains(&"REQMOD 200 100000 100000".to_owned()),
+        "{seen:?}"
+    );
+}
+
+/// REQMOD with ClamAV: an upload carrying EICAR is answered by the service's page and never
+/// reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eicar_upload_is_blocked_before_the_origin() {
+    if !icap::available() || !icap::clamav_available() {
+        return;
+    }
+    let c = CIcap::start(true);
+    let origin = TestOrigin::http().await;
+    let proxy = proxy(&service("av", &c.url("avscan"), "reqmod", ""), "\"av\"", "");
     let r = curl(&[
         "-sS",
         "-x",
         &proxy.url(),
         "--data-binary",
-        "abc",
-        &origin.url("/echo"),
+        EICAR,
+        &origin.url("/sink"),
     ])
     .await;
-    assert_eq!((r.status, r.body_text().as_str()), (200, "abc"));
-    assert_eq!(
-        icap_results(&lines_for(&proxy, 1, "/get")[0]),
-        ["req:unmodified"]
+    assert_eq!(r.status, 403, "{r:?}\n{}", proxy.stderr());
+    assert!(r.body_text().contains("VIRUS FOUND"), "{}", r.body_text());
+    assert!(
+        origin.seen().is_empty(),
+        "the upload must not reach the origin"
     );
     assert_eq!(
-        icap_results(&lines_for(&proxy, 1, "/echo")[0]),
-        ["req:bypass-body"]
+        icap_results(&lines_for(&proxy, 1, "/sink")[0]),
+        ["av:responded"]
+    );
+    let r = curl(&[
+        "-sS",
+        "-x",
+        &proxy.url(),
+        "--data-binary",
+        "clean",
+        &origin.url("/sink"),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (200, "received 5 bytes\n")
     );
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 
 use super::Txn;
 use crate::body::ProxyBody;
@@ -70,8 +69,8 @@ pub(super) async fn reqmod(
     proxy: &Proxy,
     txn: &mut Txn,
     plan: &Plan,
-    mut req: Request<Incoming>,
-) -> Result<Request<Incoming>, Stop> {
+    mut req: Request<ProxyBody>,
+) -> Result<Request<ProxyBody>, Stop> {
     let user = txn.user().map(str::to_owned);
     let client = Client {
         ip: txn.client(),
@@ -79,11 +78,6 @@ pub(super) async fn reqmod(
     };
     for svc in proxy.icap.chain(&plan.services, IcapMethod::Reqmod) {
         let start = Instant::now();
-        if !icap::reqmod_applies(&req) {
-            // Logged as such: the request went on without this service seeing it.
-            note(proxy, txn, svc, IcapResult::BypassBody, start);
-            continue;
-        }
         match svc.reqmod(&client, &plan.url, req).await {
             Ok(Adapted::Message(adapted, result)) => {
                 note(proxy, txn, svc, result, start);
@@ -153,6 +147,6 @@ pub(super) async fn respmod(
 }
 
 /// The request head RESPMOD services see.
-pub(super) fn request_head(plan: &Plan, req: &Request<Incoming>) -> Vec<u8> {
+pub(super) fn request_head<B>(plan: &Plan, req: &Request<B>) -> Vec<u8> {
     icap::request_head(req.method(), &plan.url, req.headers())
 }

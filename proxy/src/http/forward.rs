@@ -186,6 +186,7 @@ async fn send(
     }
     let received = req.version();
     let offer = prepare(proxy, conn, &mut req, &route);
+    let mut req = req.map(body::incoming);
     // Content adaptation sees the request as it will be forwarded (our header rules applied).
     let plan = adapt::Plan::new(proxy, &txn);
     if let Some(plan) = &plan {
@@ -272,7 +273,7 @@ fn prepare(
 async fn round_trip(
     proxy: &Proxy,
     conn: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     route: Route<'_>,
 ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
     let pin = match route {

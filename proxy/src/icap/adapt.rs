@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
 
 use super::exchange::{Answer, Message};
 use super::{wire, Adapted, Client, Failed, IcapError, IcapResult, Service};
@@ -72,69 +71,72 @@ impl Service {
         }
     }
 
-    /// REQMOD for a request without a body: the service may change its head or answer it.
-    /// (Requests with a body are not sent: see [`reqmod_applies`].)
+    /// REQMOD: the request (`url`: absolute, as logged) through the service, which may pass
+    /// it, change it, or answer it with a response of its own (a block page).
     pub(crate) async fn reqmod(
         self: &Arc<Self>,
         client: &Client<'_>,
         url: &str,
-        mut req: Request<Incoming>,
-    ) -> Result<Adapted<Request<Incoming>>, Failed<Request<Incoming>>> {
-        let head = wire::request_head(req.method(), url, req.headers());
+        req: Request<ProxyBody>,
+    ) -> Result<Adapted<Request<ProxyBody>>, Failed<Request<ProxyBody>>> {
+        if too_large(req.headers(), self.max_body) {
+            return Ok(Adapted::Message(req, IcapResult::BypassSize));
+        }
+        let (mut parts, body) = req.into_parts();
+        let head = wire::request_head(&parts.method, url, &parts.headers);
+        let body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+        let had_body = body.is_some();
         let msg = Message {
             req_hdr: &head,
             res_hdr: None,
-            body: None,
+            body,
         };
         let answer = self.exchange(client, msg).await;
         self.mark(answer.is_ok());
         match answer {
-            Ok(Answer::Unmodified(_)) => Ok(Adapted::Message(req, IcapResult::Unmodified)),
+            Ok(Answer::Unmodified(body)) => Ok(Adapted::Message(
+                Request::from_parts(parts, body.unwrap_or_else(body::empty)),
+                IcapResult::Unmodified,
+            )),
             Ok(Answer::Request(head, body)) => {
-                if body.is_some() {
-                    return Err(Failed {
-                        error: IcapError::protocol("REQMOD added a body to a request without one"),
-                        original: Some(req),
-                    });
-                }
-                // The method and the path may change; the destination stays the one the
-                // policy decided on.
-                *req.method_mut() = head.method;
+                // The method, the path and the headers may change; the destination stays the
+                // one the policy decided on (and `Host` with it).
+                parts.method = head.method;
                 if let Some(path) = head.uri.path_and_query() {
-                    let mut parts = req.uri().clone().into_parts();
-                    parts.path_and_query = Some(path.clone());
-                    if let Ok(uri) = http::Uri::from_parts(parts) {
-                        *req.uri_mut() = uri;
+                    let mut uri = parts.uri.clone().into_parts();
+                    uri.path_and_query = Some(path.clone());
+                    if let Ok(uri) = http::Uri::from_parts(uri) {
+                        parts.uri = uri;
                     }
                 }
-                let host = req.headers().get(http::header::HOST).cloned();
-                *req.headers_mut() = head.headers;
+                let host = parts.headers.get(http::header::HOST).cloned();
+                parts.headers = head.headers;
                 match host {
-                    Some(host) => req.headers_mut().insert(http::header::HOST, host),
-                    None => req.headers_mut().remove(http::header::HOST),
+                    Some(host) => parts.headers.insert(http::header::HOST, host),
+                    None => parts.headers.remove(http::header::HOST),
                 };
-                Ok(Adapted::Message(req, IcapResult::Modified))
+                let framed = had_body || body.is_some();
+                reframe(&mut parts.headers, framed);
+                Ok(Adapted::Message(
+                    Request::from_parts(parts, body.unwrap_or_else(body::empty)),
+                    IcapResult::Modified,
+                ))
             }
             Ok(Answer::Response(head, body)) => {
-                let had_body = body.is_some();
+                let framed = body.is_some();
                 let mut response = Response::new(body.unwrap_or_else(body::empty));
                 *response.status_mut() = head.status;
                 *response.headers_mut() = head.headers;
-                reframe(response.headers_mut(), had_body);
+                reframe(response.headers_mut(), framed);
                 Ok(Adapted::Response(response))
             }
-            Err(Failed { error, .. }) => Err(Failed {
+            Err(Failed { error, original }) => Err(Failed {
                 error,
-                original: Some(req),
+                original: original
+                    .map(|body| Request::from_parts(parts, body.unwrap_or_else(body::empty))),
             }),
         }
     }
-}
-
-/// Whether REQMOD can be applied to `req` here: only requests without a body for now, so that
-/// the request forwarded keeps hyper's own body type (a limitation, see README).
-pub(crate) fn reqmod_applies(req: &Request<Incoming>) -> bool {
-    http_body::Body::is_end_stream(req.body())
 }
 
 /// A service's head describes the body it sends, which the proxy frames itself: a length the

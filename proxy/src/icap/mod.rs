@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use adapt::{reqmod_applies, request_head};
+pub(crate) use adapt::request_head;
 pub(crate) use error::IcapError;
 pub(crate) use exchange::{Adapted, Failed};
 
@@ -136,8 +136,6 @@ pub(crate) enum IcapResult {
     Responded,
     /// The body was larger than `max_body`: not sent to the service.
     BypassSize,
-    /// REQMOD of a request with a body: not sent to the service (not supported yet).
-    BypassBody,
     /// The service failed and `bypass_on_error` let the message through unadapted.
     BypassError,
     /// The service failed; the client got a 502.
@@ -145,12 +143,11 @@ pub(crate) enum IcapResult {
 }
 
 impl IcapResult {
-    pub(crate) const ALL: [IcapResult; 7] = [
+    pub(crate) const ALL: [IcapResult; 6] = [
         IcapResult::Unmodified,
         IcapResult::Modified,
         IcapResult::Responded,
         IcapResult::BypassSize,
-        IcapResult::BypassBody,
         IcapResult::BypassError,
         IcapResult::Error,
     ];
@@ -161,7 +158,6 @@ impl IcapResult {
             IcapResult::Modified => "modified",
             IcapResult::Responded => "responded",
             IcapResult::BypassSize => "bypass-size",
-            IcapResult::BypassBody => "bypass-body",
             IcapResult::BypassError => "bypass-error",
             IcapResult::Error => "error",
         }

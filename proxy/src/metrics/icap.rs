@@ -23,7 +23,7 @@ impl IcapFamilies {
         let requests = IntCounterVec::new(
             Opts::new(
                 "icap_requests_total",
-                "Messages handed to ICAP services, by service and result (unmodified, modified, responded, bypass-size, bypass-body, bypass-error, error).",
+                "Messages handed to ICAP services, by service and result (unmodified, modified, responded, bypass-size, bypass-error, error).",
             ),
             &["service", "result"],
         )?;
