@@ -45,7 +45,6 @@ impl Service {
             body,
         };
         let answer = self.exchange(client, msg).await;
-        self.mark(answer.is_ok());
         match answer {
             Ok(Answer::Unmodified(body)) => Ok((
                 Response::from_parts(parts, body.unwrap_or_else(body::empty)),
@@ -92,7 +91,6 @@ impl Service {
             body,
         };
         let answer = self.exchange(client, msg).await;
-        self.mark(answer.is_ok());
         match answer {
             Ok(Answer::Unmodified(body)) => Ok(Adapted::Message(
                 Request::from_parts(parts, body.unwrap_or_else(body::empty)),

@@ -10,17 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use http_body::Body as _;
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{prefixed, Received};
 use super::options::closes;
 use super::pool::{IcapConn, Lease};
-use super::wire::{self, ChunkReader, HttpRequestHead, HttpResponseHead, IcapHead};
+use super::stream::{read_preview, send_body, stream_body};
+use super::wire::{self, HttpRequestHead, HttpResponseHead, IcapHead};
 use super::{Client, IcapError, Service};
 use crate::body::{BoxError, ProxyBody};
 
@@ -315,7 +313,6 @@ impl Service {
             };
             (read_result, written)
         };
-        self.mark(read_result.is_ok());
         if matches!(read_result, Ok(false)) && matches!(written, Some(Ok(()))) {
             self.pool.put(Lease::from_parts(
                 IcapConn {
@@ -377,76 +374,8 @@ async fn read_answer(
     Ok((answer, tx))
 }
 
-/// Hands the answer body to the caller piece by piece, no faster than it is taken.
-async fn stream_body(
-    reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    tx: mpsc::Sender<Result<Bytes, BoxError>>,
-    timeout: Duration,
-) -> Result<(), IcapError> {
-    let mut chunks = ChunkReader::new();
-    loop {
-        match within(timeout, chunks.next(reader)).await {
-            Ok(Some(piece)) => {
-                if tx.send(Ok(piece)).await.is_err() {
-                    // The client went away.
-                    return Err(IcapError::Closed);
-                }
-            }
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let _ = tx.send(Err(BoxError::from(e.to_string()))).await;
-                return Err(e);
-            }
-        }
-    }
-}
-
-/// The body after the preview, chunk by chunk as it arrives, then the last chunk.
-async fn send_body(
-    writer: &mut OwnedWriteHalf,
-    mut body: ProxyBody,
-    timeout: Duration,
-) -> Result<(), IcapError> {
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| IcapError::Body(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            within(timeout, wire::write_chunk(writer, data)).await?;
-        }
-    }
-    within(timeout, async {
-        writer.write_all(b"0\r\n\r\n").await?;
-        Ok(())
-    })
-    .await
-}
-
-/// Reads up to `n` bytes of `body` for the preview: the bytes, whether the body ended
-/// within them, and the rest (any bytes read past `n` first).
-async fn read_preview(
-    mut body: ProxyBody,
-    n: usize,
-) -> Result<(Bytes, bool, Option<ProxyBody>), BoxError> {
-    let mut buf = BytesMut::new();
-    while buf.len() < n {
-        match body.frame().await {
-            None => return Ok((buf.freeze(), true, None)),
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
-        }
-    }
-    if body.is_end_stream() && buf.len() == n {
-        return Ok((buf.freeze(), true, None));
-    }
-    let mut all = buf.freeze();
-    let over = all.split_off(n);
-    Ok((all, false, Some(prefixed(over, body))))
-}
-
 /// `f` under the service's deadline.
-async fn within<T>(
+pub(super) async fn within<T>(
     timeout: Duration,
     f: impl std::future::Future<Output = Result<T, IcapError>>,
 ) -> Result<T, IcapError> {

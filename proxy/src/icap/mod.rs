@@ -11,10 +11,10 @@ mod error;
 mod exchange;
 mod options;
 mod pool;
+mod stream;
 mod wire;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +55,6 @@ impl Icap {
                     timeout: s.timeout,
                     max_body: s.max_body,
                     options: OptionsCache::default(),
-                    down: AtomicBool::new(false),
                 }))
             })
             .collect();
@@ -98,22 +97,13 @@ pub(crate) struct Service {
     pub(crate) max_body: u64,
     pool: Pool,
     options: OptionsCache,
-    /// The last exchange (or OPTIONS request) failed; `/readyz` reports the service down until
-    /// one succeeds.
-    down: AtomicBool,
 }
 
 impl Service {
-    fn mark(&self, ok: bool) {
-        self.down.store(!ok, Ordering::Relaxed);
-    }
-
     /// Checks the service now with an OPTIONS request (refreshing the cached answer), for
     /// `/readyz`.
     pub(crate) async fn probe(&self) -> Result<(), IcapError> {
-        let result = self.refresh_options().await.map(|_| ());
-        self.mark(result.is_ok());
-        result
+        self.refresh_options().await.map(|_| ())
     }
 }
 
