@@ -166,3 +166,6 @@ pub(crate) struct IcapNote {
 fn result_str<S: serde::Serializer>(r: &IcapResult, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(r.as_str())
 }
+
+#[cfg(test)]
+mod tests;

@@ -83,4 +83,3 @@ pub(super) async fn read_preview(
     let over = all.split_off(n);
     Ok((all, false, Some(prefixed(over, body))))
 }
-
