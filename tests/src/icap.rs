@@ -16,6 +16,8 @@ pub const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-T
 
 pub struct CIcap {
     pub port: u16,
+    /// `TlsPort`, when started with [`CIcap::start_tls`].
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     child: Child,
 }
@@ -57,20 +59,48 @@ pub fn clamav_available() -> bool {
 impl CIcap {
     /// Starts c-icap with `echo` (and `avscan` when `clamav`) on a free loopback port.
     pub fn start(clamav: bool) -> CIcap {
+        CIcap::start_with(clamav, false)
+    }
+
+    /// With a `TlsPort` too, its certificate (for `127.0.0.1`) signed by a fresh CA whose PEM
+    /// is [`CIcap::ca_file`].
+    pub fn start_tls() -> CIcap {
+        CIcap::start_with(false, true)
+    }
+
+    /// The CA of the TLS port's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `icaps://127.0.0.1:PORT/service`.
+    pub fn tls_url(&self, service: &str) -> String {
+        format!("icaps://127.0.0.1:{}/{service}", self.tls_port.unwrap())
+    }
+
+    fn start_with(clamav: bool, tls: bool) -> CIcap {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(c) = CIcap::try_start(port, clamav) {
+            let tls_port = tls.then(free_port);
+            if let Some(c) = CIcap::try_start(port, tls_port, clamav) {
                 return c;
             }
         }
         panic!("c-icap did not start");
     }
 
-    fn try_start(port: u16, clamav: bool) -> Option<CIcap> {
+    fn try_start(port: u16, tls_port: Option<u16>, clamav: bool) -> Option<CIcap> {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path().display().to_string();
+        let tls_line = match tls_port {
+            Some(tls_port) => {
+                write_certificate(dir.path());
+                format!("TlsPort 127.0.0.1:{tls_port} cert={w}/cert.pem key={w}/key.pem\n")
+            }
+            None => String::new(),
+        };
         let mut conf = format!(
-            "Port 127.0.0.1:{port}\nPidFile {w}/c-icap.pid\nCommandsSocket {w}/c-icap.ctl\n\
+            "Port 127.0.0.1:{port}\n{tls_line}PidFile {w}/c-icap.pid\nCommandsSocket {w}/c-icap.ctl\n\
              StartServers 1\nMaxServers 1\nMinSpareThreads 2\nMaxSpareThreads 4\nThreadsPerChild 8\n\
              TmpDir {w}\nServerLog {w}/server.log\n\
              LogFormat counts \"%im %is %Ib %Ob\"\nAccessLog {w}/access.log counts\n\
@@ -119,10 +149,16 @@ impl CIcap {
             .stderr(err)
             .spawn()
             .unwrap();
-        let mut c = CIcap { port, dir, child };
+        let mut c = CIcap {
+            port,
+            tls_port,
+            dir,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let tls_up = tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && tls_up {
                 return Some(c);
             }
             if let Ok(Some(_)) = c.child.try_wait() {
@@ -178,4 +214,24 @@ impl Drop for CIcap {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// `ca.pem`, `cert.pem` (for 127.0.0.1) and `key.pem` in `dir`.
+fn write_certificate(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Portcullis Test ICAP CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }

@@ -413,3 +413,50 @@ async fn large_download_streams_through_respmod() {
         "{seen:?}"
     );
 }
+
+/// ICAP over TLS (`icaps://`) to c-icap's `TlsPort`, the certificate verified against
+/// `ca_file`; without that CA the handshake fails and the request fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icaps_with_a_verified_certificate() {
+    if !icap::available() {
+        return;
+    }
+    let c = CIcap::start_tls();
+    let origin = TestOrigin::http().await;
+    let ca = format!("ca_file = \"{}\"", c.ca_file().display());
+    let proxy = proxy(
+        &service("echo", &c.tls_url("echo"), "respmod", &ca),
+        "\"echo\"",
+        "",
+    );
+    for _ in 0..2 {
+        let r = curl(&["-sS", "-x", &proxy.url(), &origin.url("/bytes/5000")]).await;
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 5000),
+            "{r:?}\n{}",
+            proxy.stderr()
+        );
+    }
+    let mut results: Vec<String> = lines_for(&proxy, 2, "/bytes/5000")
+        .iter()
+        .flat_map(icap_results)
+        .collect();
+    results.sort();
+    assert_eq!(results, ["echo:modified", "echo:unmodified"]);
+    assert_eq!(c.wait_log("RESPMOD", 2).len(), 2);
+
+    let untrusted = proxy_untrusted(&c);
+    let r = curl(&["-sS", "-x", &untrusted.url(), &origin.url("/bytes/5000")]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body_text().contains("TLS"), "{}", r.body_text());
+}
+
+/// The same service without its CA: the system store does not know it.
+fn proxy_untrusted(c: &CIcap) -> TestProxy {
+    proxy(
+        &service("echo", &c.tls_url("echo"), "respmod", ""),
+        "\"echo\"",
+        "",
+    )
+}

@@ -22,8 +22,13 @@ pub struct IcapConfig {
 pub struct IcapServiceConfig {
     /// What policy rules (`icap = ["av"]`), logs and metrics call it.
     pub name: String,
-    /// `icap://host[:port]/service` (port 1344 when omitted).
+    /// `icap://host[:port]/service` (port 1344 when omitted), or `icaps://host[:port]/service`
+    /// for ICAP over TLS (port 11344 when omitted; the certificate is verified).
     pub url: String,
+    /// `icaps://` only: PEM file of the CA(s) that sign the service's certificate; unset: the
+    /// system store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// `reqmod` adapts requests before they are forwarded; `respmod` adapts origin responses.
     pub method: IcapMethod,
     /// What to do when the service cannot be reached or answers nonsense: `false` (the
@@ -90,19 +95,21 @@ impl IcapMethod {
 pub(crate) struct IcapUrl {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `icaps://`: TLS to the service.
+    pub(crate) tls: bool,
     /// `icap://host:port/service`, as sent in request lines.
     pub(crate) uri: String,
 }
 
 impl IcapUrl {
-    /// Parses `icap://host[:port]/path`; `icaps://` is not supported yet.
+    /// Parses `icap://host[:port]/path` or `icaps://host[:port]/path`.
     pub(crate) fn parse(url: &str) -> Result<IcapUrl, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
-        match uri.scheme_str() {
-            Some("icap") => {}
-            Some("icaps") => return Err("icaps:// (ICAP over TLS) is not supported yet".into()),
-            _ => return Err("must start with icap://".into()),
-        }
+        let tls = match uri.scheme_str() {
+            Some("icap") => false,
+            Some("icaps") => true,
+            _ => return Err("must start with icap:// or icaps://".into()),
+        };
         let authority = uri.authority().ok_or("no host")?;
         let host = authority
             .host()
@@ -111,7 +118,9 @@ impl IcapUrl {
         if host.is_empty() {
             return Err("no host".into());
         }
-        let port = authority.port_u16().unwrap_or(1344);
+        let port = authority
+            .port_u16()
+            .unwrap_or(if tls { 11344 } else { 1344 });
         if port == 0 {
             return Err("port 0".into());
         }
@@ -122,6 +131,8 @@ impl IcapUrl {
         Ok(IcapUrl {
             host: host.to_owned(),
             port,
+            tls,
+            // The request line names the service as `icap://` over TLS too (as Squid does).
             uri: format!("icap://{}{path}", authority.as_str()),
         })
     }
@@ -143,8 +154,14 @@ pub(super) fn validate(
                 format!("duplicate service name {:?}", s.name),
             ));
         }
-        IcapUrl::parse(&s.url)
+        let url = IcapUrl::parse(&s.url)
             .map_err(|reason| KeyError::new(key("url"), format!("{:?}: {reason}", s.url)))?;
+        if s.ca_file.is_some() && !url.tls {
+            return Err(KeyError::new(
+                key("ca_file"),
+                "only used with icaps:// URLs",
+            ));
+        }
         if s.max_connections == 0 {
             return Err(KeyError::new(key("max_connections"), "must be at least 1"));
         }
@@ -199,6 +216,8 @@ mod tests {
         let url = IcapUrl::parse(&s.url).unwrap();
         assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 1344));
         assert_eq!(url.uri, "icap://127.0.0.1/avscan");
+        let tls = IcapUrl::parse("icaps://av.corp.example/avscan").unwrap();
+        assert_eq!((tls.port, tls.tls), (11344, true));
     }
 
     #[test]
@@ -217,6 +236,10 @@ mod tests {
             (
                 "[[icap.services]]\nname = \"av\"\nurl = \"http://h/s\"\nmethod = \"respmod\"".to_owned(),
                 "key `icap.services[0].url`",
+            ),
+            (
+                svc("ca_file = \"/x.pem\""),
+                "key `icap.services[0].ca_file`: only used with icaps://",
             ),
             (
                 "[[icap.services]]\nname = \"av\"\nurl = \"icap://h\"\nmethod = \"respmod\"".to_owned(),

@@ -14,6 +14,9 @@ pub(crate) enum IcapError {
     Timeout(Duration),
     #[error("ICAP connection failed: {0}")]
     Io(#[from] std::io::Error),
+    /// `icaps://`: the trust could not be loaded or the handshake failed (certificate).
+    #[error("TLS to the ICAP service failed: {0}")]
+    Tls(String),
     #[error("the ICAP service closed the connection")]
     Closed,
     #[error("ICAP protocol error: {0}")]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::body::{prefixed, Received};
 use super::options::closes;
-use super::pool::{IcapConn, Lease};
+use super::pool::{IcapConn, Lease, Reader};
 use super::stream::{read_preview, send_body, stream_body};
 use super::wire::{self, HttpRequestHead, HttpResponseHead, IcapHead};
 use super::{Client, IcapError, Service};
@@ -330,7 +330,7 @@ impl Service {
 /// one (the sender goes to the reader, the body to the caller).
 async fn read_answer(
     head: &IcapHead,
-    reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut Reader,
 ) -> Result<(Answer, Option<mpsc::Sender<Result<Bytes, BoxError>>>), IcapError> {
     let sections = head.encapsulated()?;
     let (mut req, mut res, mut has_body) = (None, None, false);

@@ -48,6 +48,7 @@ impl Icap {
                         url.port,
                         s.connect_timeout,
                         s.max_connections,
+                        url.tls.then(|| pool::TlsTrust::new(s.ca_file.clone())),
                     ),
                     url,
                     bypass_on_error: s.bypass_on_error,

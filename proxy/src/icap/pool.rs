@@ -4,12 +4,21 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::path::PathBuf;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsConnector;
 
 use super::IcapError;
+
+/// The read half of a connection (TCP or TLS), buffered.
+pub(crate) type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+/// The write half of a connection.
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Idle connections older than this are closed rather than reused: c-icap's default keep-alive
 /// timeout is 600 s, other services' may be shorter, and a reused connection the service has
@@ -18,8 +27,8 @@ const IDLE_MAX: Duration = Duration::from_secs(30);
 
 /// One connection, split so that a body can be written while the answer is read.
 pub(crate) struct IcapConn {
-    pub(crate) reader: BufReader<OwnedReadHalf>,
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) reader: Reader,
+    pub(crate) writer: Writer,
     /// Came from the idle list: a failure before any answer may be the service having closed
     /// it meanwhile, and is worth one retry on a new connection.
     pub(crate) reused: bool,
@@ -29,6 +38,9 @@ pub(crate) struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
+    /// `icaps://`: the trust for the service's certificate (`ca_file`, else the system store),
+    /// built at the first connection.
+    tls: Option<TlsTrust>,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<(IcapConn, Instant)>>,
 }
@@ -54,12 +66,70 @@ impl Lease {
     }
 }
 
+/// Where an `icaps://` service's trust comes from, and the client config once built.
+pub(crate) struct TlsTrust {
+    ca_file: Option<PathBuf>,
+    config: tokio::sync::OnceCell<Arc<ClientConfig>>,
+}
+
+impl TlsTrust {
+    pub(crate) fn new(ca_file: Option<PathBuf>) -> TlsTrust {
+        TlsTrust {
+            ca_file,
+            config: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn config(&self) -> Result<Arc<ClientConfig>, IcapError> {
+        self.config
+            .get_or_try_init(|| async { self.build() })
+            .await
+            .cloned()
+    }
+
+    fn build(&self) -> Result<Arc<ClientConfig>, IcapError> {
+        let tls = |reason: String| IcapError::Tls(reason);
+        let roots = match &self.ca_file {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                let pem = std::fs::read(path)
+                    .map_err(|e| tls(format!("cannot read {}: {e}", path.display())))?;
+                for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                    let cert: CertificateDer<'static> =
+                        cert.map_err(|e| tls(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| tls(format!("{}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(tls(format!("no certificates in {}", path.display())));
+                }
+                roots
+            }
+            None => crate::intercept::upstream_tls::system_roots(),
+        };
+        let config = ClientConfig::builder_with_provider(portcullis_certs::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
 impl Pool {
-    pub(crate) fn new(host: String, port: u16, connect_timeout: Duration, max: usize) -> Pool {
+    pub(crate) fn new(
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+        max: usize,
+        tls: Option<TlsTrust>,
+    ) -> Pool {
         Pool {
             host,
             port,
             connect_timeout,
+            tls,
             permits: Arc::new(Semaphore::new(max)),
             idle: Mutex::new(Vec::new()),
         }
@@ -101,14 +171,34 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<IcapConn, IcapError> {
-        let dial = TcpStream::connect((self.host.as_str(), self.port));
-        let stream = match tokio::time::timeout(self.connect_timeout, dial).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(IcapError::Connect(e)),
-            Err(_) => return Err(IcapError::ConnectTimeout(self.connect_timeout)),
-        };
+        match tokio::time::timeout(self.connect_timeout, self.dial()).await {
+            Ok(result) => result,
+            Err(_) => Err(IcapError::ConnectTimeout(self.connect_timeout)),
+        }
+    }
+
+    /// TCP, and the TLS handshake for `icaps://`, within `connect_timeout`.
+    async fn dial(&self) -> Result<IcapConn, IcapError> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(IcapError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (read, writer) = stream.into_split();
+        let (read, writer): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match &self.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Some(trust) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| IcapError::Tls(format!("{}: {e}", self.host)))?;
+                let tls = TlsConnector::from(trust.config().await?)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| IcapError::Tls(e.to_string()))?;
+                let (read, write) = tokio::io::split(tls);
+                (Box::new(read), Box::new(write))
+            }
+        };
         Ok(IcapConn {
             reader: BufReader::with_capacity(64 * 1024, read),
             writer,

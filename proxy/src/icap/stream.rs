@@ -7,18 +7,18 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::body::prefixed;
 use super::exchange::within;
+use super::pool::{Reader, Writer};
 use super::wire::{self, ChunkReader};
 use super::IcapError;
 use crate::body::{BoxError, ProxyBody};
 
 /// Hands the answer body to the caller piece by piece, no faster than it is taken.
 pub(super) async fn stream_body(
-    reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut Reader,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
     timeout: Duration,
 ) -> Result<(), IcapError> {
@@ -42,7 +42,7 @@ pub(super) async fn stream_body(
 
 /// The body after the preview, chunk by chunk as it arrives, then the last chunk.
 pub(super) async fn send_body(
-    writer: &mut OwnedWriteHalf,
+    writer: &mut Writer,
     mut body: ProxyBody,
     timeout: Duration,
 ) -> Result<(), IcapError> {
