@@ -47,7 +47,8 @@ pub struct IcapServiceConfig {
     /// that stalls longer counts as an error.
     #[serde(default = "default_io_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Connections to the service at once (pooled, kept alive); a transaction waits for one.
+    /// Connections to the service at once (pooled, kept alive); a transaction waits up to
+    /// `timeout` for one, then fails as the service would.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Messages whose `Content-Length` exceeds this many bytes are not sent to the service

@@ -82,6 +82,10 @@ pub(super) async fn reqmod(
             Ok(Adapted::Message(adapted, result)) => {
                 note(proxy, txn, svc, result, start);
                 req = adapted;
+                if result == IcapResult::Modified {
+                    // The service's head: the same rules as the client's.
+                    strip_hop_by_hop(req.headers_mut(), false);
+                }
             }
             Ok(Adapted::Response(response)) => {
                 note(proxy, txn, svc, IcapResult::Responded, start);

@@ -10,6 +10,9 @@ pub(crate) enum IcapError {
     Connect(#[source] std::io::Error),
     #[error("the ICAP service did not connect within {0:?}")]
     ConnectTimeout(Duration),
+    /// Every one of `max_connections` stayed busy for the service's `timeout`.
+    #[error("no connection to the ICAP service became free within {0:?} (max_connections)")]
+    Busy(Duration),
     #[error("the ICAP service did not answer within {0:?}")]
     Timeout(Duration),
     #[error("ICAP connection failed: {0}")]

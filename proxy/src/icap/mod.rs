@@ -47,6 +47,7 @@ impl Icap {
                         url.host.clone(),
                         url.port,
                         s.connect_timeout,
+                        s.timeout,
                         s.max_connections,
                         url.tls.then(|| pool::TlsTrust::new(s.ca_file.clone())),
                     ),

@@ -38,6 +38,8 @@ pub(crate) struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
+    /// How long a transaction waits for a free connection when `max_connections` are busy.
+    wait: Duration,
     /// `icaps://`: the trust for the service's certificate (`ca_file`, else the system store),
     /// built at the first connection.
     tls: Option<TlsTrust>,
@@ -122,6 +124,7 @@ impl Pool {
         host: String,
         port: u16,
         connect_timeout: Duration,
+        wait: Duration,
         max: usize,
         tls: Option<TlsTrust>,
     ) -> Pool {
@@ -129,6 +132,7 @@ impl Pool {
             host,
             port,
             connect_timeout,
+            wait,
             tls,
             permits: Arc::new(Semaphore::new(max)),
             idle: Mutex::new(Vec::new()),
@@ -137,9 +141,9 @@ impl Pool {
 
     /// An idle connection, or a new one once a slot is free.
     pub(crate) async fn get(&self) -> Result<Lease, IcapError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
+        let permit = tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned())
             .await
+            .map_err(|_| IcapError::Busy(self.wait))?
             .map_err(|_| IcapError::Closed)?;
         if let Some(conn) = self.take_idle() {
             return Ok(Lease {
