@@ -218,6 +218,20 @@ async fn reqmod_plain_http_with_and_without_a_body() {
         .collect();
     results.sort();
     assert_eq!(results, ["req:modified", "req:unmodified"]);
+    // The service's version of the request is what the origin got: c-icap's echo adds its
+    // `Via` to the head it sends back, on exactly one of the two uploads.
+    let via_icap = origin
+        .seen()
+        .iter()
+        .filter(|r| r.uri == "/echo")
+        .filter(|r| {
+            r.headers
+                .get_all("via")
+                .iter()
+                .any(|v| v.to_str().unwrap_or("").contains("C-ICAP"))
+        })
+        .count();
+    assert_eq!(via_icap, 1, "{:?}", origin.seen());
     let seen = c.wait_log("REQMOD", 3);
     assert!(
         seen.contains(&"REQMOD 204 1024 0".to_owned()),
