@@ -83,3 +83,48 @@ pub(super) async fn read_preview(
     let over = all.split_off(n);
     Ok((all, false, Some(prefixed(over, body))))
 }
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+
+    use super::super::body::Received;
+    use super::*;
+
+    /// A body arriving as `frames`, of unknown length.
+    fn frames(frames: &[&'static str]) -> ProxyBody {
+        let (tx, body) = Received::channel();
+        for f in frames {
+            tx.try_send(Ok(Bytes::from_static(f.as_bytes()))).unwrap();
+        }
+        body
+    }
+
+    async fn rest_text(rest: Option<ProxyBody>) -> String {
+        match rest {
+            Some(b) => String::from_utf8(b.collect().await.unwrap().to_bytes().to_vec()).unwrap(),
+            None => String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn previews_split_frames_and_know_when_the_body_ended() {
+        // (frames, preview size) → (preview, ended, rest)
+        let cases: [(&[&'static str], usize, &str, bool, &str); 6] = [
+            (&["hello world"], 4, "hell", false, "o world"),
+            (&["he", "llo"], 4, "hell", false, "o"),
+            (&["abc"], 10, "abc", true, ""),
+            (&[], 4, "", true, ""),
+            (&["abcd", "ef"], 4, "abcd", false, "ef"),
+            (&["abc"], 0, "", false, "abc"),
+        ];
+        for (input, n, preview, ended, rest) in cases {
+            let (got, got_ended, got_rest) = read_preview(frames(input), n).await.unwrap();
+            assert_eq!(
+                (&got[..], got_ended, rest_text(got_rest).await.as_str()),
+                (preview.as_bytes(), ended, rest),
+                "{input:?} with preview {n}"
+            );
+        }
+    }
+}
