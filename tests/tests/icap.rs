@@ -91,6 +91,8 @@ async fn respmod_plain_http_preview_204_and_modified_200() {
     assert_eq!(via_icap, 2, "the modified responses are the service's");
     for line in &lines {
         assert!(line["icap"][0]["ms"].is_u64(), "{line}");
+        // The service's state tag (c-icap's echo has a fixed one), quotes included.
+        assert_eq!(line["icap"][0]["istag"], "\"CI0001-XXXXXXXXX\"", "{line}");
     }
     // The service's own account: after a 204 it had received the 1024-byte preview only.
     let seen = c.wait_log("RESPMOD", 4);

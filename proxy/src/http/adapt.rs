@@ -54,6 +54,7 @@ fn note(proxy: &Proxy, txn: &mut Txn, svc: &Service, result: IcapResult, start: 
         service: Arc::clone(&svc.name),
         result,
         ms: elapsed.as_millis() as u64,
+        istag: svc.istag(),
     });
 }
 

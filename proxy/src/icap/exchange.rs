@@ -131,6 +131,7 @@ impl Service {
             Ok(h) => h,
             Err(e) => return Err(keep(e, whole(prefix, rest))),
         };
+        self.saw(&head);
         match head.status {
             100 if !ended => self
                 .finish(lease, None, rest)
@@ -277,6 +278,7 @@ impl Service {
                         Some(h) => h,
                         None => within(timeout, wire::read_icap_head(&mut reader)).await?,
                     };
+                    self.saw(&head);
                     if head.status != 200 {
                         return Err(IcapError::Status(head.status));
                     }

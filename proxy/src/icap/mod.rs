@@ -57,6 +57,7 @@ impl Icap {
                     timeout: s.timeout,
                     max_body: s.max_body,
                     options: OptionsCache::default(),
+                    istag: std::sync::Mutex::new(None),
                 }))
             })
             .collect();
@@ -99,9 +100,29 @@ pub(crate) struct Service {
     pub(crate) max_body: u64,
     pool: Pool,
     options: OptionsCache,
+    /// The service's state tag as it last announced it (OPTIONS or an answer), logged with
+    /// each transaction: which signature set scanned a file.
+    istag: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 impl Service {
+    /// The `ISTag` the service last sent.
+    pub(crate) fn istag(&self) -> Option<Arc<str>> {
+        self.istag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keeps the `ISTag` of an answer head, when it has one and it changed.
+    fn saw(&self, head: &wire::IcapHead) {
+        let Some(tag) = head.header("istag") else {
+            return;
+        };
+        let mut current = self.istag.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() != Some(tag) {
+            tracing::debug!(service = %self.name, istag = tag, "ICAP service state tag");
+            *current = Some(tag.into());
+        }
+    }
+
     /// Checks the service now with an OPTIONS request (refreshing the cached answer), for
     /// `/readyz`.
     pub(crate) async fn probe(&self) -> Result<(), IcapError> {
@@ -163,6 +184,9 @@ pub(crate) struct IcapNote {
     #[serde(serialize_with = "result_str")]
     pub(crate) result: IcapResult,
     pub(crate) ms: u64,
+    /// The service's `ISTag` (its state, e.g. the signature version), when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) istag: Option<Arc<str>>,
 }
 
 fn result_str<S: serde::Serializer>(r: &IcapResult, s: S) -> Result<S::Ok, S::Error> {

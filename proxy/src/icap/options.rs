@@ -83,6 +83,7 @@ impl Service {
         if head.status != 200 {
             return Err(IcapError::Status(head.status));
         }
+        self.saw(&head);
         let sections = head.encapsulated()?;
         if sections.iter().any(|(name, _)| name == "opt-body") {
             let mut body = ChunkReader::new();
