@@ -476,3 +476,53 @@ fn proxy_untrusted(c: &CIcap) -> TestProxy {
         "",
     )
 }
+
+/// The Outlook profile never adapts, even when it inspects: with `policy.default.icap` set and
+/// `policy.outlook.mode = "inspect"`, a request to outlook.office365.com is inspected and
+/// forwarded without ICAP, while another inspected host goes through the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlook_profile_traffic_is_never_adapted() {
+    if !icap::available() {
+        return;
+    }
+    let c = CIcap::start(false);
+    let origin = TestOrigin::https_for(&["outlook.office365.com", "www.scanned.test"]).await;
+    let port = origin.addr.port();
+    let extra = format!(
+        "[server]\nconnect_ports = [{port}]\n[tls]\nupstream_ca_file = \"{}\"\n\
+         [resolve]\n\"outlook.office365.com\" = [\"127.0.0.1\"]\n\"www.scanned.test\" = [\"127.0.0.1\"]",
+        origin.ca_file.as_ref().unwrap().display()
+    );
+    let proxy = TestProxy::start(&format!(
+        "{extra}\n[access_log]\nformat = \"json\"\n{}\n[policy]\ndefault = {{ icap = [\"echo\"] }}\n[policy.outlook]\nmode = \"inspect\"\n",
+        service("echo", &c.url("echo"), "respmod", "")
+    ));
+    let ca = proxy.dir.path().join("data/ca.pem").display().to_string();
+    for host in ["outlook.office365.com", "www.scanned.test"] {
+        let url = format!("https://{host}:{port}/bytes/2000");
+        let r = curl(&["-sS", "-x", &proxy.url(), "--cacert", &ca, &url]).await;
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 2000),
+            "{host}: {r:?}\n{}",
+            proxy.stderr()
+        );
+    }
+    let lines = lines_for(&proxy, 2, "/bytes/2000");
+    let outlook = lines
+        .iter()
+        .find(|l| l["url"].as_str().unwrap().contains("outlook.office365.com"))
+        .unwrap();
+    assert!(outlook["icap"].is_null(), "{outlook}");
+    assert_eq!(outlook["action"], "inspect", "{outlook}");
+    assert_eq!(
+        outlook["tag"], "outlook",
+        "decided by the Outlook profile: {outlook}"
+    );
+    let other = lines
+        .iter()
+        .find(|l| l["url"].as_str().unwrap().contains("www.scanned.test"))
+        .unwrap();
+    assert_eq!(other["icap"][0]["service"], "echo", "{other}");
+    assert_eq!(c.wait_log("RESPMOD", 1).len(), 1);
+}
