@@ -20,13 +20,15 @@ cd "$(dirname "$0")"
 # directory group tests (libsasl2-modules-gssapi-mit: Cyrus SASL's GSSAPI plugin, for slapd
 # to accept the proxy's Kerberos bind), gss-ntlmssp and python3-gssapi (an NTLM
 # initiator) for NTLM proxy authentication; faketime to put `portcullis doctor` ten minutes
-# off the KDC's clock; squid as an authenticating parent proxy (squid-openssl, which conflicts
-# with plain squid, as the lab recipes use).
+# off the KDC's clock; c-icap (echo service), libc-icap-mod-virus-scan and clamav for the ICAP
+# content adaptation tests (ClamAV with a lab-made EICAR signature; no signature download);
+# squid as an authenticating parent proxy (squid-openssl, which conflicts with plain squid, as
+# the lab recipes use).
 BUILD_PACKAGES=(pkg-config ca-certificates libkrb5-dev libclang-dev)
 TEST_PACKAGES=(curl openssl apache2-utils krb5-kdc krb5-admin-server krb5-user
   nftables iptables iproute2 socat chromium libnss3-tools prometheus haproxy python3
   slapd ldap-utils libsasl2-modules-gssapi-mit gss-ntlmssp python3-gssapi faketime
-  squid-openssl)
+  squid-openssl c-icap libc-icap-mod-virus-scan clamav)
 
 ensure_packages() {
   local missing=()
@@ -89,7 +91,7 @@ case "${1:-}" in
     # The packages above were installed: a missing KDC is a failure, not a skip.
     export PORTCULLIS_REQUIRE_KDC=1 PORTCULLIS_REQUIRE_CHROMIUM=1 PORTCULLIS_REQUIRE_PROMETHEUS=1 \
       PORTCULLIS_REQUIRE_PAC=1 PORTCULLIS_REQUIRE_HAPROXY=1 PORTCULLIS_REQUIRE_SLAPD=1 \
-      PORTCULLIS_REQUIRE_NTLM=1 PORTCULLIS_REQUIRE_SQUID=1
+      PORTCULLIS_REQUIRE_NTLM=1 PORTCULLIS_REQUIRE_SQUID=1 PORTCULLIS_REQUIRE_ICAP=1
     if cargo nextest --version >/dev/null 2>&1; then
       cargo nextest run --workspace --no-fail-fast "$@"
     else

@@ -3,6 +3,7 @@
 mod fields;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -34,10 +35,11 @@ impl Policy {
         endpoints: &[EndpointSet],
     ) -> Result<Policy, CompileError> {
         let default_auth = raw.default.auth;
+        let default_icap = fields::icap("policy.default.icap".to_owned(), &raw.default.icap)?;
         let mut rules = Vec::new();
         let mut names = HashSet::new();
         for (i, r) in raw.rules.iter().enumerate() {
-            let rule = user_rule(i, r, default_auth)?;
+            let rule = user_rule(i, r, default_auth, &default_icap)?;
             if !names.insert(rule.meta.name.clone()) {
                 return Err(CompileError::Conflict {
                     key: format!("policy.rules[{i}].name"),
@@ -298,6 +300,7 @@ fn builtin(
         auth,
         timeouts,
         tag: Some(source.as_str().into()),
+        icap: Arc::from([]),
         pac_direct,
         connect_only: false,
         route: None,

@@ -69,6 +69,11 @@ pub struct RawDefault {
     pub auth: AuthRequirement,
     pub timeouts: TimeoutProfile,
     pub log_tag: Option<String>,
+    /// ICAP services (`[[icap.services]]` names, in order) that adapt requests and responses
+    /// seen in clear (plain HTTP, inspected TLS) when no rule matches, or when the matching
+    /// rule has no `icap` of its own. Empty: no adaptation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub icap: Vec<String>,
 }
 
 impl Default for RawDefault {
@@ -79,6 +84,7 @@ impl Default for RawDefault {
             auth: AuthRequirement::Required,
             timeouts: TimeoutProfile::Default,
             log_tag: None,
+            icap: Vec::new(),
         }
     }
 }
@@ -199,6 +205,10 @@ pub struct RawRule {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub route: Vec<String>,
+    /// ICAP services for the traffic this rule decides, replacing `policy.default.icap`;
+    /// `[]` turns adaptation off for it. Unset: the default's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icap: Option<Vec<String>>,
 }
 
 /// A port condition value: `443` or `"8000-8100"`.

@@ -114,6 +114,9 @@ pub struct Decision {
     /// The rule's `log_tag`; built-in rules tag themselves with their source (`outlook`,
     /// `exchange`, `m365`, `outlook-ua`, `direct`).
     pub tag: Option<Arc<str>>,
+    /// ICAP services (by `[[icap.services]]` name, in order) that adapt this traffic where the
+    /// proxy sees it in clear; empty for the built-in Outlook / Microsoft 365 rules.
+    pub icap: Arc<[Arc<str>]>,
     /// Clients should reach this destination DIRECT (the PAC file says so).
     pub pac_direct: bool,
     /// A rule before the one that decided tests the addresses the target resolves to, and the

@@ -9,6 +9,8 @@
 //! wins, and every candidate is still checked in full.
 
 // foldhash: the index is probed up to 2×labels+1 times per decision; SipHash dominated that.
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use crate::decision::{ConnectFacts, Decision, Facts, RequestFacts, TimeoutProfile};
@@ -166,6 +168,7 @@ impl Policy {
             timeouts,
             class,
             tag: rule.tag.clone(),
+            icap: Arc::clone(&rule.icap),
             pac_direct: rule.pac_direct,
             needs_resolution: self.awaiting_resolution(f, id).is_some(),
             route: rule

@@ -280,6 +280,8 @@ pub(crate) struct Rule {
     /// `None`: long_poll for Exchange requests, else the default's.
     pub(crate) timeouts: Option<TimeoutProfile>,
     pub(crate) tag: Option<Arc<str>>,
+    /// ICAP service names, in order (empty for every built-in rule: Outlook never adapts).
+    pub(crate) icap: Arc<[Arc<str>]>,
     pub(crate) pac_direct: bool,
     /// Applies to CONNECTs only (the Outlook User-Agent fallback).
     pub(crate) connect_only: bool,

@@ -95,7 +95,7 @@ proptest! {
             host: ps.iter().map(text).collect(),
             dest_ip: vec![], port: vec![], sni: vec![], method: vec![], path: vec![],
             user_agent: vec![], client: vec![], user: vec![], group: vec![],
-            action: ActionKind::Tunnel, reason: None, auth: None, timeouts: None, log_tag: None, route: Vec::new(),
+            action: ActionKind::Tunnel, reason: None, auth: None, timeouts: None, log_tag: None, route: Vec::new(), icap: None,
         }).collect();
         let mut raw = RawPolicy { rules, ..RawPolicy::default() };
         raw.outlook.mode = OutlookMode::Off;

@@ -359,6 +359,7 @@ mod tests {
             channel: crate::record::Channel::Plain,
             policy: None,
             transparent: None,
+            icap: Vec::new(),
         }
     }
 

@@ -98,6 +98,28 @@ impl AdminState {
             ("parents", parents),
         ]
     }
+
+    /// One line per ICAP service, asked now (OPTIONS). A service that is down fails the check
+    /// when it fails closed (`bypass_on_error = false`: its traffic gets 502s); one that fails
+    /// open is reported but keeps the proxy ready (its traffic passes unscanned).
+    async fn icap_readiness(&self) -> Vec<(String, Result<String, String>)> {
+        let Some(proxy) = self.reloader.get().map(|r| r.current()) else {
+            return Vec::new();
+        };
+        let mut checks = Vec::new();
+        for service in proxy.icap.services() {
+            let name = format!("icap {}", service.name);
+            let check = match (service.probe().await, service.bypass_on_error) {
+                (Ok(()), _) => Ok("up".to_owned()),
+                (Err(e), true) => Ok(format!(
+                    "down, bypassed (bypass_on_error): traffic passes unscanned: {e}"
+                )),
+                (Err(e), false) => Err(format!("down: {e}")),
+            };
+            checks.push((name, check));
+        }
+        checks
+    }
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
@@ -163,7 +185,12 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         },
         "/healthz" => plain(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
-            let checks = state.readiness();
+            let mut checks: Vec<(String, Result<String, String>)> = state
+                .readiness()
+                .into_iter()
+                .map(|(name, check)| (name.to_owned(), check))
+                .collect();
+            checks.extend(state.icap_readiness().await);
             let ready = checks.iter().all(|(_, s)| s.is_ok());
             let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
             for (name, check) in checks {

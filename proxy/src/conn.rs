@@ -122,5 +122,6 @@ fn log_connection_error(proxy: &Proxy, ctx: &ConnCtx, status: u16, url: &str) {
         channel: Channel::Plain,
         policy: None,
         transparent: ctx.original_dst.map(|d| d.kind),
+        icap: Vec::new(),
     });
 }

@@ -47,6 +47,9 @@ pub(crate) struct Proxy {
     /// The process's metrics, shared by every snapshot. Interception reports through it:
     /// `tls_intercepted`, `tls_tunnelled(reason)`, `tls_handshake_failed(side)`.
     pub(crate) metrics: Arc<Metrics>,
+    /// Content adaptation services (`[[icap.services]]`), kept across reloads while `[icap]`
+    /// is unchanged (their pools and OPTIONS caches with them).
+    pub(crate) icap: Arc<crate::icap::Icap>,
     /// Our `Via` entries, rendered from `server.via_pseudonym`.
     pub(crate) via: crate::headers::Via,
 }

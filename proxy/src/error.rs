@@ -116,6 +116,10 @@ pub(crate) enum ProxyError {
     /// Every parent of the route is down (or in its back-off).
     #[error("no parent proxy of route {route} is available: {last}")]
     ParentsDown { route: String, last: String },
+    /// A content adaptation service (`[[icap.services]]`) failed and its `bypass_on_error`
+    /// is off: the message is not passed on unscanned.
+    #[error("the content scanning service {service} failed: {reason}")]
+    Icap { service: String, reason: String },
 }
 
 impl ProxyError {
@@ -151,7 +155,8 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamCertificate { .. }
-            | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::Icap { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ClientTlsRefused(_)
             | ProxyError::ClientTlsAborted(_)
             | ProxyError::ClientTlsTimeout(_) => StatusCode::BAD_REQUEST,
@@ -210,6 +215,7 @@ impl ProxyError {
             }
             ProxyError::ParentRefused { .. } => "parent-refused",
             ProxyError::ParentsDown { .. } => "parents-down",
+            ProxyError::Icap { .. } => "icap-error",
         }
     }
 }

@@ -26,6 +26,7 @@ mod fuzz;
 mod groups;
 mod headers;
 mod http;
+mod icap;
 mod intercept;
 mod limits;
 mod m365_cache;

@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use crate::error::classify_error;
 use portcullis_policy::Host;
 
+use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::parents::{Hop, Parents, PrivateParent};
 use crate::upstream::{Dialer, Resolution};
@@ -39,7 +40,7 @@ pub(crate) struct PinnedOrigin {
 struct Pin {
     /// `host:port` of the origin.
     authority: String,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ProxyBody>,
     peer: Option<IpAddr>,
     /// Set when the connection goes to a parent proxy: where it went, and the credentials
     /// each request must carry to it.
@@ -76,7 +77,7 @@ impl PinnedOrigin {
     pub(crate) async fn send(
         &self,
         dialer: &Dialer,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         resolved: Option<&Resolution>,
     ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
         let (host, port) = to_origin_form(&mut req)?;
@@ -120,7 +121,7 @@ impl PinnedOrigin {
         &self,
         parents: &Parents,
         route: &Route,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Hop), ProxyError> {
         let authority = req
             .uri()
@@ -172,7 +173,7 @@ impl PinnedOrigin {
 
 /// The origin an absolute-form request names; the request is left in origin-form, as it goes
 /// on the wire to any origin.
-fn to_origin_form(req: &mut Request<Incoming>) -> Result<(Host, u16), ProxyError> {
+fn to_origin_form(req: &mut Request<ProxyBody>) -> Result<(Host, u16), ProxyError> {
     let uri = req.uri();
     let host = uri
         .host()
@@ -193,7 +194,7 @@ async fn open(
     host: &Host,
     port: u16,
     resolved: Option<&Resolution>,
-) -> Result<(http1::SendRequest<Incoming>, Option<IpAddr>), ProxyError> {
+) -> Result<(http1::SendRequest<ProxyBody>, Option<IpAddr>), ProxyError> {
     let tcp = match resolved {
         Some(resolved) => dialer.dial_resolved(host, port, resolved).await?,
         None => dialer.dial(host, port).await?,
@@ -203,7 +204,9 @@ async fn open(
 }
 
 /// HTTP/1.1 over `tcp`, driven in the background, upgrades allowed.
-async fn handshake(tcp: tokio::net::TcpStream) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
     let (sender, conn) = http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| classify_error(&e))?;
@@ -220,7 +223,7 @@ async fn handshake(tcp: tokio::net::TcpStream) -> Result<http1::SendRequest<Inco
 pub(crate) async fn send_once(
     dialer: &Dialer,
     resolved: &Resolution,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, Option<IpAddr>), ProxyError> {
     let (host, port) = to_origin_form(&mut req)?;
     let (mut sender, peer) = open(dialer, &host, port, Some(resolved)).await?;

@@ -166,6 +166,9 @@ pub(crate) struct Record {
         serialize_with = "as_str_listener"
     )]
     pub(crate) transparent: Option<TransparentKind>,
+    /// What each ICAP service made of this transaction (JSON log: `icap`), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) icap: Vec<crate::icap::IcapNote>,
 }
 
 impl Record {
@@ -286,6 +289,7 @@ mod tests {
             channel,
             policy: None,
             transparent: None,
+            icap: Vec::new(),
         }
     }
 

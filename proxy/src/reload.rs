@@ -285,8 +285,22 @@ pub(crate) fn assemble(
             .as_ref()
             .map(|i| Arc::clone(i) as Arc<dyn CertCacheStats>),
     );
+    let icap = match previous {
+        Some((prev, _)) if prev.config.icap == config.icap => Arc::clone(&prev.icap),
+        _ => {
+            let names: Vec<&str> = config
+                .icap
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            shared.metrics.icap_services(&names);
+            Arc::new(crate::icap::Icap::new(&config.icap))
+        }
+    };
     Proxy {
         via: crate::headers::Via::new(&config.server.via_pseudonym),
+        icap,
         config: Arc::new(config),
         dialer,
         client,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use crate::body::ProxyBody;
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -349,7 +349,7 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// The pooled HTTP/1.1 client used for forwarding: one pool of keep-alive connections per origin.
-pub(crate) type HttpClient = Client<Connector, Incoming>;
+pub(crate) type HttpClient = Client<Connector, ProxyBody>;
 
 pub(crate) fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
     Client::builder(TokioExecutor::new())

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 pub mod client;
+pub mod icap;
 pub mod kdc;
 pub mod origin;
 pub mod proxy;

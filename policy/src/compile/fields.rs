@@ -125,6 +125,7 @@ pub(super) fn user_rule(
     i: usize,
     r: &RawRule,
     default_auth: AuthRequirement,
+    default_icap: &Arc<[Arc<str>]>,
 ) -> Result<Rule, CompileError> {
     let key = format!("policy.rules[{i}]");
     let k = |field: &str| format!("{key}.{field}");
@@ -234,6 +235,10 @@ pub(super) fn user_rule(
         auth,
         timeouts: r.timeouts,
         tag: tag(k("log_tag"), &r.log_tag)?,
+        icap: match &r.icap {
+            Some(names) => icap(k("icap"), names)?,
+            None => Arc::clone(default_icap),
+        },
         pac_direct: r.action == ActionKind::Direct,
         connect_only: false,
         route: crate::route::Route::compile(&k("route"), &r.route)?,
@@ -260,9 +265,26 @@ pub(super) fn default_rule(d: &RawDefault) -> Result<Rule, CompileError> {
         auth: d.auth,
         timeouts: None,
         tag: tag("policy.default.log_tag".to_owned(), &d.log_tag)?,
+        icap: icap("policy.default.icap".to_owned(), &d.icap)?,
         pac_direct: false,
         connect_only: false,
         route: None,
         cond,
     })
+}
+
+/// ICAP service names as written: non-empty and each once. Whether a `[[icap.services]]`
+/// entry has the name is checked by the proxy's config validation, which knows the services.
+pub(super) fn icap(key: String, names: &[String]) -> Result<Arc<[Arc<str>]>, CompileError> {
+    let mut out: Vec<Arc<str>> = Vec::with_capacity(names.len());
+    for name in names {
+        if name.trim().is_empty() {
+            return Err(value(&key, name, "empty ICAP service name"));
+        }
+        if out.iter().any(|n| **n == **name) {
+            return Err(value(&key, name, "listed twice"));
+        }
+        out.push(name.as_str().into());
+    }
+    Ok(out.into())
 }

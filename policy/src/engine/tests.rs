@@ -595,6 +595,8 @@ fn compile_errors_name_the_key() {
         ("[outlook]\nexchange_hosts = [\"a..b\"]", "policy.outlook.exchange_hosts: invalid pattern \"a..b\""),
         ("[outlook]\naccepted_domains = [\"*.corp\"]", "policy.outlook.accepted_domains[0]: invalid value \"*.corp\""),
         ("[outlook]\nm365_service_areas = [\"Teams\"]", "policy.outlook.m365_service_areas[0]: invalid value \"Teams\""),
+        ("[[rules]]\nhost = \"a.test\"\naction = \"inspect\"\nicap = [\"av\", \"av\"]", "policy.rules[0].icap: invalid value \"av\": listed twice"),
+        ("default = { icap = [\"\"] }", "policy.default.icap: invalid value \"\": empty"),
     ];
     for (text, want) in cases {
         let got = compile_err(text);
@@ -748,4 +750,47 @@ fn hints_for_second_decisions() {
     assert!(!policy("").uses_identity());
     let p = policy(RULES);
     assert!(p.uses_sni() && p.uses_identity());
+}
+
+/// `icap`: a rule's own list replaces the default's, `[]` turns it off, a rule without one
+/// inherits `policy.default.icap`, and the built-in Outlook rules never adapt.
+#[test]
+fn icap_services_per_rule_default_and_never_outlook() {
+    let p = policy(
+        r#"
+default = { icap = ["av"] }
+[outlook]
+mode = "inspect"
+[[rules]]
+name = "dlp"
+host = "upload.example"
+action = "inspect"
+icap = ["dlp", "av"]
+[[rules]]
+name = "off"
+host = "trusted.example"
+action = "inspect"
+icap = []
+[[rules]]
+name = "inherit"
+host = "other.example"
+action = "inspect"
+"#,
+    );
+    let names = |host: &str| -> Vec<String> {
+        let facts = RequestFacts::new("GET", host, 80, "/", CLIENT);
+        p.decide_request(&facts)
+            .icap
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    };
+    assert_eq!(names("upload.example"), ["dlp", "av"]);
+    assert!(names("trusted.example").is_empty());
+    assert_eq!(names("other.example"), ["av"]);
+    assert_eq!(names("unknown.example"), ["av"]);
+    // The Outlook profile inspects here, yet never adapts.
+    let outlook = p.decide_connect(&connect("outlook.office365.com", 443));
+    assert_eq!(outlook.rule.source, RuleSource::Outlook);
+    assert!(outlook.icap.is_empty());
 }

@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod groups;
+mod icap;
 mod parents;
 mod redact;
 mod sections;
@@ -35,6 +36,7 @@ pub(crate) use error::{ConfigError, KeyError};
 #[cfg(feature = "negotiate")]
 pub(crate) use groups::ldap_url_host;
 pub(crate) use groups::{GroupSourceKind, GroupsConfig, LdapConfig, Membership, SaslMechanism};
+pub(crate) use icap::{IcapConfig, IcapMethod, IcapUrl};
 pub(crate) use parents::ParentConfig;
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
@@ -72,6 +74,9 @@ pub struct Config {
     /// The Microsoft 365 endpoints web service, whose Exchange/Common Optimize and Allow sets
     /// become tunnel/auth-exempt rules of the Outlook profile.
     pub m365: M365Config,
+    /// Content adaptation services (ICAP, RFC 3507): antivirus, DLP. Which traffic they see is
+    /// the policy's `icap` lists.
+    pub icap: IcapConfig,
     pub admin: AdminConfig,
     /// What [`Config::parse`] derived while validating, so that nothing derives it again.
     #[serde(skip)]

@@ -21,6 +21,7 @@ impl Config {
         validate_m365(&self.m365)?;
         validate_admin(&self.admin, &self.server)?;
         super::parents::validate(&self.upstream.parents, &self.policy)?;
+        super::icap::validate(&self.icap, &self.policy)?;
         validate_log(&self.log)
     }
 }

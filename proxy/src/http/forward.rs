@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::TokioIo;
 
+use super::adapt;
 use super::max_forwards;
 use super::target::Target;
 use super::upgrade;
@@ -182,7 +183,7 @@ fn set_host(req: &mut Request<Incoming>, host: &str) -> Result<(), ProxyError> {
 async fn send(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnCtx>,
-    txn: Txn,
+    mut txn: Txn,
     in_flight: InFlight,
     mut req: Request<Incoming>,
     route: Route<'_>,
@@ -193,6 +194,24 @@ async fn send(
     }
     let received = req.version();
     let offer = prepare(proxy, conn, &mut req, &route);
+    let mut req = req.map(body::incoming);
+    // Content adaptation sees the request as it will be forwarded (our header rules applied).
+    let plan = adapt::Plan::new(proxy, &txn);
+    if let Some(plan) = &plan {
+        req = match adapt::reqmod(proxy, &mut txn, plan, req).await {
+            Ok(req) => req,
+            Err(adapt::Stop::Respond(mut answer)) => {
+                strip_hop_by_hop(answer.headers_mut(), false);
+                *answer.version_mut() = received;
+                return txn.respond(proxy, in_flight, answer, Outcome::LOCAL);
+            }
+            Err(adapt::Stop::Fail(e)) => return txn.fail(proxy, in_flight, e),
+        };
+    }
+    let respmod_head = plan
+        .as_ref()
+        .filter(|p| p.has_respmod(proxy))
+        .map(|p| (p, adapt::request_head(p, &req)));
     let client_upgrade = offer.is_some().then(|| hyper::upgrade::on(&mut req));
     let timeout = proxy.response_timeout(txn.long_poll());
     let (response, hop) =
@@ -220,12 +239,14 @@ async fn send(
     proxy.via.append(&mut parts.headers, parts.version);
     // hyper frames the body for the client's own HTTP version.
     parts.version = received;
-    txn.respond(
-        proxy,
-        in_flight,
-        Response::from_parts(parts, body::incoming(body)),
-        Outcome::via(hop),
-    )
+    let mut response = Response::from_parts(parts, body::incoming(body));
+    if let Some((plan, head)) = &respmod_head {
+        response = match adapt::respmod(proxy, &mut txn, plan, head, response, received).await {
+            Ok(response) => response,
+            Err(e) => return txn.fail(proxy, in_flight, e),
+        };
+    }
+    txn.respond(proxy, in_flight, response, Outcome::via(hop))
 }
 
 /// The request's header rules for the next hop; returns the protocol upgrade offered to the
@@ -261,7 +282,7 @@ fn prepare(
 async fn round_trip(
     proxy: &Proxy,
     conn: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     route: Route<'_>,
 ) -> Result<(Response<Incoming>, Hop), ProxyError> {
     let pin = match route {

@@ -10,6 +10,7 @@
 //!   requests through `forward.rs` again;
 //! - every path ends in [`Txn::respond`] / [`Txn::fail`] (`txn.rs`), which logs it once.
 
+mod adapt;
 mod connect;
 mod forward;
 mod inspect;

@@ -36,6 +36,10 @@ pub(crate) struct Txn {
     long_poll: bool,
     /// Came through a transparent listener: the origin is logged as `ORIGINAL_DST`.
     transparent: Option<TransparentKind>,
+    /// ICAP outcomes, in the order the services were asked.
+    icap: Vec<crate::icap::IcapNote>,
+    /// The decision's ICAP services (`icap` of the rule that decided).
+    icap_services: Arc<[Arc<str>]>,
 }
 
 /// How a transaction ended, for the access log.
@@ -110,6 +114,8 @@ impl Txn {
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
+            icap: Vec::new(),
+            icap_services: Arc::from([]),
         }
     }
 
@@ -127,6 +133,8 @@ impl Txn {
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
+            icap: Vec::new(),
+            icap_services: Arc::from([]),
         }
     }
 
@@ -147,6 +155,8 @@ impl Txn {
             policy: None,
             long_poll: false,
             transparent: conn.original_dst.map(|d| d.kind),
+            icap: Vec::new(),
+            icap_services: Arc::from([]),
         }
     }
 
@@ -194,6 +204,27 @@ impl Txn {
     pub(crate) fn decided(&mut self, decision: &Decision) {
         self.policy = Some(PolicyNote::new(decision));
         self.long_poll = decision.timeouts == TimeoutProfile::LongPoll;
+        self.icap_services = Arc::clone(&decision.icap);
+    }
+
+    /// The ICAP services the decision named.
+    pub(crate) fn icap_services(&self) -> Arc<[Arc<str>]> {
+        Arc::clone(&self.icap_services)
+    }
+
+    /// Records one ICAP service's part in this transaction.
+    pub(crate) fn icap(&mut self, note: crate::icap::IcapNote) {
+        self.icap.push(note);
+    }
+
+    /// The authenticated user (for the ICAP services' `X-Authenticated-User`).
+    pub(crate) fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// The URL as logged: absolute, `https://` for inspected requests.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     pub(crate) fn long_poll(&self) -> bool {
@@ -230,6 +261,7 @@ impl Txn {
             channel: self.channel,
             policy: self.policy,
             transparent: self.transparent,
+            icap: self.icap,
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::client::TlsStream;
 
 use super::upstream_tls::classify_handshake_error;
+use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::parents::{Hop, Parents};
 use crate::upstream::Dialer;
@@ -39,8 +40,8 @@ pub(crate) struct Session {
 enum Sender {
     /// The connection established during the CONNECT, not yet handshaken for HTTP.
     Fresh(Box<TlsStream<TcpStream>>),
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
     None,
 }
 
@@ -121,7 +122,7 @@ impl Session {
     /// retried on a new connection only if hyper hands it back unsent.
     pub(crate) async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         self.send_inner(req).await.map_err(|e| match e {
             SendError::Proxy(e) => e,
@@ -131,7 +132,7 @@ impl Session {
 
     async fn send_inner(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
         for attempt in 0..2 {
             let mut guard = self.sender.lock().await;

@@ -12,6 +12,7 @@
 
 mod families;
 mod groups;
+mod icap;
 mod parents;
 mod sources;
 mod transparent;
@@ -144,6 +145,7 @@ pub(crate) struct Metrics {
     transparent: transparent::TransparentFamilies,
     groups: GroupFamilies,
     parents: parents::ParentFamilies,
+    icap: icap::IcapFamilies,
     /// Sources read at scrape time. One lock, so concurrent scrapes do not add a delta twice.
     sources: Mutex<Sources>,
 }
@@ -168,6 +170,7 @@ impl Metrics {
             transparent: transparent::TransparentFamilies::register(&registry)?,
             groups: GroupFamilies::register(&registry)?,
             parents: parents::ParentFamilies::register(&registry)?,
+            icap: icap::IcapFamilies::register(&registry)?,
             sources: Mutex::new(Sources::new()),
             registry,
             process: process_registry()?,
@@ -227,6 +230,16 @@ impl Metrics {
     /// A directory group lookup took `elapsed`.
     pub(crate) fn group_lookup_duration(&self, source: GroupSource, elapsed: Duration) {
         self.groups.duration(source, elapsed);
+    }
+
+    /// One ICAP service's part in a transaction (`icap_requests_total`, `icap_duration_seconds`).
+    pub(crate) fn icap(&self, service: &str, result: crate::icap::IcapResult, elapsed: Duration) {
+        self.icap.observe(service, result, elapsed);
+    }
+
+    /// The configured ICAP services, shown at zero until they are used.
+    pub(crate) fn icap_services(&self, names: &[&str]) {
+        self.icap.services(names);
     }
 
     /// A client connection was accepted; the gauge drops when the guard does.

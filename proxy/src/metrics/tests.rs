@@ -42,6 +42,7 @@ fn record(method: &str, result: &'static str, status: u16) -> Record {
         },
         policy: None,
         transparent: None,
+        icap: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ use portcullis_policy::{Host, Route};
 use tokio::net::TcpStream;
 
 use super::{Hop, ParentSpec, Parents};
+use crate::body::{BoxError, ProxyBody};
 use crate::config::Config;
 use crate::error::{classify_error, ProxyError};
 use crate::upstream::Dialer;
@@ -114,18 +115,18 @@ pub(crate) struct RetryBody {
 }
 
 enum State {
-    Waiting(Arc<Mutex<Option<Incoming>>>),
-    Taken(Incoming),
+    Waiting(Arc<Mutex<Option<ProxyBody>>>),
+    Taken(ProxyBody),
 }
 
 impl Body for RetryBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let State::Waiting(slot) = &self.state {
             let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             match taken {
@@ -161,7 +162,7 @@ impl Parents {
     pub(crate) async fn send(
         &self,
         route: &Route,
-        req: Request<Incoming>,
+        req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Hop), ProxyError> {
         let (head, body) = req.into_parts();
         let (hint, end) = (body.size_hint(), body.is_end_stream());
