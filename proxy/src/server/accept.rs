@@ -88,6 +88,8 @@ fn accept_loop(reloader: &Arc<Reloader>, bound: Bound, admission: &Admission) {
     };
     while !admission.shutdown.is_cancelled() {
         let (mut stream, peer) = match accept(&listener) {
+            // Shutting down: not served, as if the listener had already closed.
+            Ok(Some(_)) if admission.shutdown.is_cancelled() => break,
             Ok(Some(pair)) => pair,
             Ok(None) => continue,
             Err(e) => {
