@@ -224,14 +224,16 @@ async fn conclude(
     };
     proxy.access_log.log(txn.record(outcome, 200, 0, None));
     let tunnel = decrypted::Tunnel::new(tls.target, tls.sni.clone(), user, origin);
-    decrypted::serve(
+    // In a task of its own, as an untouched relay is: the handshakes' state is freed instead
+    // of being held for as long as the decrypted connection stays open.
+    let serve = decrypted::serve(
         Arc::clone(proxy),
         Arc::clone(conn),
         client_tls,
         Arc::new(tunnel),
         tls.plan.idle,
-    )
-    .await;
+    );
+    proxy.tasks.spawn(serve);
 }
 
 /// The one line of a tunnel whose origin could not be reached before anything was relayed.
