@@ -145,3 +145,57 @@ async fn a_200_on_the_preview_is_the_services_page() {
     );
     assert_eq!(text(response.into_body()).await, "blocked");
 }
+
+/// A REQMOD service whose answer sends the request elsewhere (another host in the target and
+/// in `Host`): the method, path and headers are the service's, the destination stays the one
+/// the policy decided on — a service cannot redirect a request past the policy.
+#[tokio::test]
+async fn a_reqmod_answer_cannot_change_the_destination() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(b"ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: \"t1\"\r\nOptions-TTL: 60\r\nEncapsulated: null-body=0\r\n\r\n").await.unwrap();
+        // The REQMOD: its ICAP head, then the encapsulated request head (no body).
+        let mut got = read_until(&mut s, b"\r\n\r\n").await;
+        if got.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
+            got.extend(read_until(&mut s, b"\r\n\r\n").await);
+        }
+        let head =
+            b"POST http://evil.test/other HTTP/1.1\r\nHost: evil.test\r\nX-Scanned: yes\r\n\r\n";
+        let answer = format!(
+            "ICAP/1.0 200 OK\r\nISTag: \"t1\"\r\nEncapsulated: req-hdr=0, null-body={}\r\n\r\n",
+            head.len()
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(head).await.unwrap();
+        got
+    });
+    let config: IcapConfig = toml::from_str(&format!(
+        "[[services]]\nname = \"t\"\nurl = \"icap://127.0.0.1:{port}/req\"\nmethod = \"reqmod\"\n"
+    ))
+    .unwrap();
+    let icap = Icap::new(&config);
+    let svc = Arc::clone(&icap.services()[0]);
+    let req = http::Request::builder()
+        .uri("http://a.test/page")
+        .header("host", "a.test")
+        .body(body::empty())
+        .unwrap();
+    let adapted = svc
+        .reqmod(&CLIENT, "http://a.test/page", req)
+        .await
+        .ok()
+        .unwrap();
+    let super::Adapted::Message(req, result) = adapted else {
+        panic!("the service changed the request, it did not answer for the origin");
+    };
+    assert_eq!(result, IcapResult::Modified);
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.uri().to_string(), "http://a.test/other");
+    assert_eq!(req.headers()["host"], "a.test");
+    assert_eq!(req.headers()["x-scanned"], "yes");
+    let sent = String::from_utf8(task.await.unwrap()).unwrap();
+    assert!(sent.starts_with("REQMOD icap://127.0.0.1:"), "{sent}");
+}
