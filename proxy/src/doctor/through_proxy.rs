@@ -130,17 +130,16 @@ async fn get_local(proxy: SocketAddr, path: &str) -> Result<(u16, String), Strin
         .await
         .unwrap_or_else(|_| Err("no answer within 5 s".to_owned()))?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
+    let status = status_of(head).map_err(|e| format!("answered {e}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The status code of a response head; the first line quoted when it is not HTTP.
+fn status_of(head: &str) -> Result<u16, String> {
+    head.split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| {
-            format!(
-                "answered {:?}, not HTTP",
-                head.lines().next().unwrap_or_default()
-            )
-        })?;
-    Ok((status, body.to_owned()))
+        .ok_or_else(|| format!("{:?}, not HTTP", head.lines().next().unwrap_or_default()))
 }
 
 /// One CONNECT, judged against the decision the config makes for it.
@@ -247,16 +246,7 @@ async fn connect(
             .await
             .map_err(|e| format!("proxy {proxy}: {e}"))?;
         let head = read_head(&mut stream).await?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| {
-                format!(
-                    "proxy {proxy} answered {:?}, not HTTP",
-                    head.lines().next().unwrap_or_default()
-                )
-            })?;
+        let status = status_of(&head).map_err(|e| format!("proxy {proxy} answered {e}"))?;
         let cause = head.lines().find_map(|l| {
             l.split_once(':')
                 .filter(|(k, _)| k.eq_ignore_ascii_case("x-portcullis-error"))
