@@ -54,6 +54,22 @@ impl AsyncWrite for ClientStream {
             ClientStream::Accepted(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            ClientStream::Accepted(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Upgraded(io) => io.is_write_vectored(),
+            ClientStream::Accepted(io) => io.is_write_vectored(),
+        }
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Upgraded(io) => Pin::new(io).poll_flush(cx),
