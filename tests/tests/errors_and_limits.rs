@@ -213,3 +213,29 @@ async fn connections_over_max_connections_get_503() {
     let ok = curl(&["-x", &proxy.url(), &origin.url("/")]).await;
     assert_eq!(ok.status, 200, "slots were not released: {ok:?}");
 }
+
+/// The origin read buffer is capped at 64 KiB (memory per connection): a response head just
+/// under that still passes intact, and a huge one is a 502 with a readable page and one log
+/// line, not an unbounded buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_response_heads_pass_and_huge_ones_are_a_502() {
+    let reply = |size: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "c".repeat(size)
+        )
+        .into_bytes()
+    };
+    let fits = portcullis_e2e::raw_origin::RawOrigin::start(reply(60 * 1024)).await;
+    let too_big = portcullis_e2e::raw_origin::RawOrigin::start(reply(1024 * 1024)).await;
+    let proxy = TestProxy::start("");
+    let ok = curl(&["-x", &proxy.url(), &format!("http://{}/", fits.addr)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.stderr);
+    assert_eq!(ok.header("x-big").map(|v| v.len()), Some(60 * 1024));
+    assert_eq!(ok.body_text(), "ok");
+    let r = curl(&["-x", &proxy.url(), &format!("http://{}/", too_big.addr)]).await;
+    assert_eq!(r.status, 502, "{}", r.stderr);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    let log = proxy.access_log(2);
+    assert!(log[1].contains("TCP_MISS/502"), "{log:?}");
+}

@@ -106,6 +106,7 @@ impl Session {
         } else {
             let (sender, conn) = http1::Builder::new()
                 .preserve_header_case(true)
+                .max_buf_size(crate::upstream::ORIGIN_BUF_MAX)
                 .handshake(io)
                 .await
                 .map_err(upstream_err)?;

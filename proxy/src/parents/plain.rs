@@ -35,6 +35,7 @@ pub(super) fn client(config: &Config, dialer: Arc<Dialer>, spec: &ParentSpec) ->
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http1_preserve_header_case(true)
+        .http1_max_buf_size(crate::upstream::ORIGIN_BUF_MAX)
         .set_host(false)
         .build(ParentConnector {
             dialer,
