@@ -876,12 +876,16 @@ def cmd_report(args):
       "CONNECT-tunnel figure. ² hudsucker loads no hosts file (its resolver maps every name to "
       "127.0.0.1), so its idle figure above is already the benchmark instance. "
       "The one-at-a-time cold-mint rows run `bench.py tls-conns --concurrency 1` (blocking "
-      "sockets, the handshake runs inside OpenSSL) over 500 fresh names per round and report the "
+      "sockets, the handshake runs inside OpenSSL) over "
+      + (f"up to 500 fresh names per round (at most {meta.get('lat_dur', '?')})" if quick
+         else "500 fresh names per round")
+      + " and report the "
       "time from the start of the TCP connect to the completed TLS handshake: connect + CONNECT + "
       "minting + handshake through the proxy, plus whatever upstream work the proxy does before "
       "it finishes the client's handshake; in the direct column connect + handshake with nginx, "
       "the floor on this machine. The 32-concurrent rows report the same time under load, mostly queueing. "
       "1 MiB rows: MB/s from wrk's Transfer/sec. "
+      + ("" if not any(m[11] == AUTH_NA for m in M) else
       "³ The authentication rows measure Portcullis only: a second instance, the benchmark "
       "configuration plus `[auth]` (Basic from an htpasswd file with a bcrypt hash; Negotiate with "
       "a keytab for `HTTP/localhost` and a KDC on loopback), compared with the instance without "
@@ -890,8 +894,8 @@ def cmd_report(args):
       "carrying them all; its Negotiate token (SPNEGO, from libgssapi_krb5) is on the first "
       "request of each connection only, as browsers send it; Basic is on every request. "
       "The curl rows: `curl --proxy-negotiate` with many URLs on one command line (one "
-      "connection) sends a new token with every request. "
-      "⁴ The benchmark instances load the ~50,000-name hosts file of the cold-mint test, which is "
+      "connection) sends a new token with every request. ")
+      + "⁴ The benchmark instances load the ~50,000-name hosts file of the cold-mint test, which is "
       "part of every RSS figure here (see the idle rows of section 5); \"before\" is just before "
       "each round's load, so from round 2 it includes what earlier loads left allocated. "
       "A — in the Direct column of a CPU or RSS row: there is no proxy process.")
