@@ -562,6 +562,9 @@ def cmd_parse_wrk(args):
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+\w+)", t)
         r[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
+    # Latency avg stdev max +/- stdev
+    m = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+\w+)", t)
+    r["max_ms"] = _ms(m.group(1)) if m else None
     # Transfer/sec in wrk's binary units (KB = 1024 B), as MB/s of 10^6 bytes
     m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", t)
     r["mb_per_s"] = (round(float(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(2)] / 1e6, 1)
@@ -587,6 +590,8 @@ def cmd_parse_hey(args):
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}% in ([\d.]+) secs", t)
         r[f"p{pct}_ms"] = float(m.group(1)) * 1e3 if m else None
+    m = re.search(r"Slowest:\s+([\d.]+) secs", t)
+    r["max_ms"] = round(float(m.group(1)) * 1e3, 1) if m else None
     m = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", t)
     errs = re.findall(r"\[(\d+)\]\s+(.*)", m.group(1)) if m else []
     r["errors"] = sum(int(n) for n, _ in errs)
@@ -931,6 +936,11 @@ def cmd_report(args):
                 bad.append(f"{k}={r[k]}")
         if r.get("http_code") and r["http_code"] != "200":
             bad.append(f"http_code={r['http_code']}")
+        if (r.get("max_ms") or 0) >= 1000:
+            # Seen on the shared machine: a batch of new connections stalls for 1-2 s (a SYN
+            # retransmission?) and a short run's figure is then mostly that stall.
+            bad.append(f"slowest request {r['max_ms']:,.0f} ms (a stall of ≥ 1 s: the figure "
+                       f"of this run is suspect)")
         if bad:
             extra = r.get("error_kinds") or r.get("socket_errors_detail") or ""
             anomalies.append(f"- `{r['test']}` {r['contender']} round {r.get('round')}: "
