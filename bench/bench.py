@@ -937,8 +937,9 @@ def cmd_report(args):
         if r.get("http_code") and r["http_code"] != "200":
             bad.append(f"http_code={r['http_code']}")
         if (r.get("max_ms") or 0) >= 1000:
-            # Seen on the shared machine: a batch of new connections stalls for 1-2 s (a SYN
-            # retransmission?) and a short run's figure is then mostly that stall.
+            # Seen on the shared machine (other loads running): a run's first batch of requests
+            # stalled for 1.6-2 s (no SYN retransmission counted), and a short run's figure is
+            # then mostly that stall.
             bad.append(f"slowest request {r['max_ms']:,.0f} ms (a stall of ≥ 1 s: the figure "
                        f"of this run is suspect)")
         if bad:
