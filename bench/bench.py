@@ -5,7 +5,12 @@ Subcommands (all print one JSON object on stdout unless noted):
   tls-conns   new TLS connections per second, direct or through a proxy (CONNECT + TLS + GET),
               with p50/p99 of connect-to-handshake-complete (--concurrency 1: blocking client)
   idle-conns  open N keep-alive HTTP connections through a proxy and hold them
-  stream-rss  run a command (a download) while sampling a process's VmRSS
+  auth-conns  K connections through a proxy, each carrying M plain-HTTP requests, one after
+              another; --scheme none|basic|negotiate (Negotiate: a fresh SPNEGO token from
+              libgssapi_krb5 via ctypes on the first request of each connection only, as a
+              browser does; Basic: the header on every request)
+  stream-rss  run a command (a download, a wrk load) while sampling a process's VmRSS: before,
+              peak, after (--out FILE: the command's output goes to FILE)
   cpu-ticks   utime+stime (clock ticks) of a process and its descendants (prints an integer)
   rss-kib     VmRSS of a process (prints an integer, KiB)
   watch-foreign / foreign-summary   CPU used by processes outside the bench while it runs
@@ -300,13 +305,142 @@ def cmd_idle_conns(args):
     print(json.dumps(asyncio.run(_idle_main(args))))
 
 
+# ---------------------------------------------------------------- authenticated connections
+
+class _Gss:
+    """The least of MIT krb5's GSS-API C interface (libgssapi_krb5.so.2, through ctypes) to make
+    SPNEGO initiator tokens for `HTTP@<host>` from the credential cache (KRB5CCNAME)."""
+
+    def __init__(self, host):
+        import ctypes as C
+        self.C = C
+        self.lib = C.CDLL("libgssapi_krb5.so.2")
+
+        class Oid(C.Structure):
+            _fields_ = [("length", C.c_uint32), ("elements", C.c_void_p)]
+
+        class Buf(C.Structure):
+            _fields_ = [("length", C.c_size_t), ("value", C.c_void_p)]
+
+        self.Buf = Buf
+        self._spnego_bytes = C.create_string_buffer(b"\x2b\x06\x01\x05\x05\x02", 6)  # 1.3.6.1.5.5.2
+        self.spnego = Oid(6, C.cast(self._spnego_bytes, C.c_void_p))
+        hbs = C.POINTER(Oid).in_dll(self.lib, "GSS_C_NT_HOSTBASED_SERVICE")
+        svc = f"HTTP@{host}".encode()
+        self._svc = C.create_string_buffer(svc, len(svc))
+        nb = Buf(len(svc), C.cast(self._svc, C.c_void_p))
+        self.name = C.c_void_p()
+        minor = C.c_uint32()
+        self.lib.gss_init_sec_context.restype = C.c_uint32
+        self.lib.gss_import_name.restype = C.c_uint32
+        major = self.lib.gss_import_name(C.byref(minor), C.byref(nb), hbs, C.byref(self.name))
+        if major:
+            raise RuntimeError(f"gss_import_name failed: major {major:#x} minor {minor.value}")
+
+    def token(self):
+        """One initiator token (a new context each time: the acceptor's replay cache refuses a
+        token seen before)."""
+        C = self.C
+        minor = C.c_uint32()
+        ctx = C.c_void_p()
+        out = self.Buf()
+        flags = C.c_uint32()
+        major = self.lib.gss_init_sec_context(
+            C.byref(minor), None, C.byref(ctx), self.name, C.byref(self.spnego),
+            C.c_uint32(2 | 4),  # GSS_C_MUTUAL_FLAG | GSS_C_REPLAY_FLAG, as curl asks
+            C.c_uint32(0), None, None, None, C.byref(out), C.byref(flags), None)
+        try:
+            if major not in (0, 1):  # GSS_S_COMPLETE, GSS_S_CONTINUE_NEEDED
+                raise RuntimeError(f"gss_init_sec_context failed: major {major:#x} minor {minor.value}")
+            import base64
+            return base64.b64encode(C.string_at(out.value, out.length)).decode()
+        finally:
+            self.lib.gss_release_buffer(C.byref(C.c_uint32()), C.byref(out))
+            self.lib.gss_delete_sec_context(C.byref(C.c_uint32()), C.byref(ctx), None)
+
+
+def _read_response(sock, buf):
+    """Reads one response (Content-Length bodies only) from `sock`; returns (status, rest)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed before the response head")
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1].decode()
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    n = int(m.group(1)) if m else 0
+    while len(buf) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed inside the body")
+        buf += chunk
+    return status, buf[n:]
+
+
+def cmd_auth_conns(args):
+    import base64
+    ph, pp = args.proxy.rsplit(":", 1)
+    gss = _Gss(args.gss_host) if args.scheme == "negotiate" else None
+    basic = base64.b64encode(args.user.encode()).decode() if args.scheme == "basic" else ""
+    codes = {}
+    errors = {}
+    ok = conns = 0
+    t0 = time.monotonic()
+    for k in range(args.conns):
+        try:
+            sock = socket.create_connection((ph, int(pp)), timeout=30)
+        except OSError as e:
+            key = f"connect: {e}"[:120]
+            errors[key] = errors.get(key, 0) + 1
+            continue
+        conns += 1
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        try:
+            for i in range(args.requests):
+                auth = ""
+                if basic:
+                    auth = f"Proxy-Authorization: Basic {basic}\r\n"
+                elif gss and i == 0:
+                    auth = f"Proxy-Authorization: Negotiate {gss.token()}\r\n"
+                sock.sendall(
+                    f"GET http://{args.host}:{args.port}{args.path}?c={k}&r={i} HTTP/1.1\r\n"
+                    f"Host: {args.host}:{args.port}\r\n{auth}\r\n".encode())
+                status, buf = _read_response(sock, buf)
+                codes[status] = codes.get(status, 0) + 1
+                if status == "200":
+                    ok += 1
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            key = f"{type(e).__name__}: {e}"[:120]
+            errors[key] = errors.get(key, 0) + 1
+        finally:
+            sock.close()
+    elapsed = time.monotonic() - t0
+    print(json.dumps({
+        "requests": ok,
+        "connections": conns,
+        "non200": sum(codes.values()) - ok,
+        "status_counts": codes,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "elapsed_s": round(elapsed, 3),
+        "rps": round(ok / elapsed, 1) if elapsed > 0 else None,
+    }))
+
+
 # ---------------------------------------------------------------- RSS while streaming
 
 def cmd_stream_rss(args):
     before = rss_kib(args.pid)
     samples = [before]
     t0 = time.monotonic()
-    proc = subprocess.Popen(args.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if args.out:
+        # the whole output to a file (wrk's report is parsed from it), stderr with it
+        with open(args.out, "wb") as f:
+            proc = subprocess.Popen(args.command, stdout=f, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.Popen(args.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while proc.poll() is None:
         try:
             samples.append(rss_kib(args.pid))
@@ -315,17 +449,24 @@ def cmd_stream_rss(args):
         time.sleep(args.interval)
     out, err = proc.communicate()
     elapsed = time.monotonic() - t0
-    after = rss_kib(args.pid)
+    try:
+        after = rss_kib(args.pid)
+    except OSError:
+        after = 0
+    peak = max(samples)
     print(json.dumps({
         "rss_before_kib": before,
-        "rss_max_kib": max(samples),
+        "rss_max_kib": peak,
         "rss_after_kib": after,
-        "growth_kib": max(samples) - before,
+        "growth_kib": peak - before,
+        "rss_before_mib": round(before / 1024, 1),
+        "rss_peak_mib": round(peak / 1024, 1),
+        "rss_growth_mib": round((peak - before) / 1024, 1),
         "samples": len(samples),
         "elapsed_s": round(elapsed, 2),
         "cmd_rc": proc.returncode,
-        "cmd_out": out.decode(errors="replace").strip()[-200:],
-        "cmd_err": err.decode(errors="replace").strip()[-200:],
+        "cmd_out": (out or b"").decode(errors="replace").strip()[-200:],
+        "cmd_err": (err or b"").decode(errors="replace").strip()[-200:],
     }))
 
 
@@ -421,6 +562,9 @@ def cmd_parse_wrk(args):
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+\w+)", t)
         r[f"p{pct}_ms"] = _ms(m.group(1)) if m else None
+    # Latency avg stdev max +/- stdev
+    m = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+\w+)", t)
+    r["max_ms"] = _ms(m.group(1)) if m else None
     # Transfer/sec in wrk's binary units (KB = 1024 B), as MB/s of 10^6 bytes
     m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", t)
     r["mb_per_s"] = (round(float(m.group(1)) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[m.group(2)] / 1e6, 1)
@@ -446,6 +590,8 @@ def cmd_parse_hey(args):
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}% in ([\d.]+) secs", t)
         r[f"p{pct}_ms"] = float(m.group(1)) * 1e3 if m else None
+    m = re.search(r"Slowest:\s+([\d.]+) secs", t)
+    r["max_ms"] = round(float(m.group(1)) * 1e3, 1) if m else None
     m = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", t)
     errs = re.findall(r"\[(\d+)\]\s+(.*)", m.group(1)) if m else []
     r["errors"] = sum(int(n) for n, _ in errs)
@@ -500,10 +646,38 @@ def _ratio(a, b):
     return f"{a / b:.2f}×"
 
 
+def _derive(rows):
+    """Rows computed from two measurements of the same round (appended to `rows`):
+    auth-basic-ratio  Portcullis with Basic ÷ without auth, CPU per plain keep-alive request;
+    auth-neg-extra    CPU per new connection with Negotiate − without auth."""
+    def get(test, c, rnd, key):
+        for r in rows:
+            if r.get("test") == test and r.get("contender") == c and r.get("round") == rnd:
+                return r.get(key)
+        return None
+
+    rounds = sorted({r.get("round") for r in rows if r.get("round") is not None})
+    derived = []
+    for rnd in rounds:
+        b = get("http-keepalive", "portcullis-basic", rnd, "cpu_us_per_req")
+        n = get("http-keepalive", "portcullis", rnd, "cpu_us_per_req")
+        if b is not None and n:
+            derived.append({"test": "auth-basic-ratio", "contender": "portcullis", "round": rnd,
+                            "cpu_ratio": round(b / n, 3), "basic_us": b, "noauth_us": n})
+        neg = get("auth-newconn", "portcullis-negotiate", rnd, "cpu_us_per_req")
+        none = get("auth-newconn", "portcullis", rnd, "cpu_us_per_req")
+        if neg is not None and none is not None:
+            derived.append({"test": "auth-neg-extra", "contender": "portcullis-negotiate",
+                            "round": rnd, "neg_extra_us": round(neg - none, 1)})
+    rows.extend(derived)
+
+
 def cmd_report(args):
     rows = _load(args.results)
+    _derive(rows)
     meta = json.load(open(args.meta))
     peer_ran = meta.get("hudsucker_ran", False)
+    quick = meta.get("quick", False)
     out = []
     w = out.append
 
@@ -521,9 +695,18 @@ def cmd_report(args):
 
     M = []
 
+    # pc: the contender shown in the Portcullis column (the [auth] instance for the auth rows);
+    # na: text for the direct/squid/hudsucker columns of a row that has no such figure.
     def metric(label, test, key, unit, squid, target="", check=None, digits=None, direct="direct",
-               peer_na=""):
-        M.append((label, test, key, unit, direct, squid, target, check, digits, peer_na))
+               peer_na="", pc="portcullis", na=""):
+        M.append((label, test, key, unit, direct, squid, target, check, digits, peer_na, pc, na))
+
+    def connect_check(p, d, s):
+        if not p or not d or not s:
+            return None
+        return p >= 0.95 * d and p >= s
+
+    AUTH_NA = "n/a³"
 
     metric("1. plain HTTP keep-alive, 50 conns, 100 B: throughput", "http-keepalive", "rps", "req/s",
            "squid", "≥ 3× Squid", ge_squid(3))
@@ -538,20 +721,37 @@ def cmd_report(args):
     metric("1. 1 MiB responses: requests/s", "http-1m", "rps", "req/s", "squid")
     metric("1. 1 MiB responses: proxy CPU per request", "http-1m", "cpu_us_per_req", "µs", "squid",
            direct=None)
+    metric("1. 1 MiB responses: proxy RSS before the load⁴", "http-1m", "rss_before_mib", "MiB",
+           "squid", direct=None, digits=1)
+    metric("1. 1 MiB responses: proxy peak RSS during the load (VmRSS every 50 ms)⁴", "http-1m",
+           "rss_peak_mib", "MiB", "squid", "≤ 20 MiB", le_abs(20), direct=None, digits=1)
+    metric("1. 1 MiB responses: RSS added by the load (peak − before)", "http-1m",
+           "rss_growth_mib", "MiB", "squid", direct=None, digits=1)
     metric("2. new client connection per request, 50 conns: throughput", "http-newconn", "rps",
            "req/s", "squid", "≥ 1.4× Squid", ge_squid(1.4))
     metric("2. new connection per request: proxy CPU per request", "http-newconn",
            "cpu_us_per_req", "µs", "squid", direct=None)
     metric("3. CONNECT tunnel, 100 MiB over HTTPS (curl -p)", "connect-100m", "mb_per_s", "MB/s",
-           "squid", "≥ 0.95× direct", ge_direct(0.95), peer_na="n/a¹")
+           "squid", "≥ 0.95× direct and ≥ Squid", connect_check, peer_na="n/a¹")
     metric("3. CONNECT tunnel: proxy CPU per MiB", "connect-100m", "cpu_ms_per_mib", "ms",
            "squid", direct=None, digits=2, peer_na="n/a¹")
+    metric("3. CONNECT tunnel, 100 MiB, plain HTTP inside (curl -p http://)", "connect-100m-plain",
+           "mb_per_s", "MB/s", "squid", "≥ 0.95× direct", ge_direct(0.95), peer_na="n/a¹")
+    metric("3. CONNECT tunnel, plain HTTP inside: proxy CPU per MiB", "connect-100m-plain",
+           "cpu_ms_per_mib", "ms", "squid", direct=None, digits=2, peer_na="n/a¹")
     metric("4. intercepted HTTPS keep-alive, 50 conns, 100 B (hey): throughput", "https-keepalive",
            "rps", "req/s", "squid-bump", "≥ 1.6× Squid ssl_bump", ge_squid(1.6))
     metric("4. intercepted HTTPS keep-alive: p99 latency", "https-keepalive", "p99_ms", "ms",
            "squid-bump", digits=2)
     metric("4. intercepted HTTPS keep-alive: proxy CPU per request", "https-keepalive",
            "cpu_us_per_req", "µs", "squid-bump", "≤ 27 µs", le_abs(27), direct=None)
+    metric("4. intercepted HTTPS, new connection + TLS handshake per request, 50 conns "
+           "(hey -disable-keepalive): throughput", "https-newconn", "rps", "req/s", "squid-bump",
+           "≥ Squid ssl_bump", ge_squid(1))
+    metric("4. intercepted HTTPS, new connection per request: p99 latency", "https-newconn",
+           "p99_ms", "ms", "squid-bump", digits=2)
+    metric("4. intercepted HTTPS, new connection per request: proxy CPU per request",
+           "https-newconn", "cpu_us_per_req", "µs", "squid-bump", direct=None)
     metric("4. intercepted HTTPS download, 100 MiB (curl)", "https-100m", "mb_per_s", "MB/s",
            "squid-bump", "≥ 0.85× direct", ge_direct(0.85))
     metric("4. intercepted 100 MiB download: proxy CPU per MiB", "https-100m", "cpu_ms_per_mib",
@@ -586,11 +786,47 @@ def cmd_report(args):
            direct=None, digits=2)
     metric("5. RSS growth while streaming 1 GiB (plain HTTP)", "mem-stream", "growth_mib", "MiB",
            "squid", "flat", lambda p, d, s: None if p is None else p <= 8, direct=None, digits=1)
+    metric("6. Basic auth, plain keep-alive, 50 conns, 100 B (wrk): throughput", "http-keepalive",
+           "rps", "req/s", "squid", pc="portcullis-basic", na=AUTH_NA)
+    metric("6. Basic auth, plain keep-alive: proxy CPU per request", "http-keepalive",
+           "cpu_us_per_req", "µs", "squid", direct=None, pc="portcullis-basic", na=AUTH_NA)
+    metric("6. Basic auth: CPU per request ÷ Portcullis without auth (same round)",
+           "auth-basic-ratio", "cpu_ratio", "×", "squid", "≤ 1.05×", le_abs(1.05), direct=None,
+           digits=2, na=AUTH_NA)
+    schemes = (("portcullis", "no auth"), ("portcullis-basic", "Basic"),
+               ("portcullis-negotiate", "Negotiate"))
+    for c, name in schemes:
+        metric(f"6. new connection per request ({meta.get('auth_newconn')} connections, one "
+               f"request each): proxy CPU per connection — {name}", "auth-newconn",
+               "cpu_us_per_req", "µs", "squid", direct=None, pc=c, na=AUTH_NA)
+    for c, name in schemes:
+        metric(f"6. one connection, {meta.get('auth_reuse')} requests (Negotiate: token on the "
+               f"first only): proxy CPU per request — {name}", "auth-reused", "cpu_us_per_req",
+               "µs", "squid", direct=None, pc=c, na=AUTH_NA)
+    metric("6. Negotiate: extra CPU per new authenticated connection (Negotiate − no auth, "
+           "same round)", "auth-neg-extra", "neg_extra_us", "µs", "squid", direct=None,
+           pc="portcullis-negotiate", na=AUTH_NA)
+    for c, name in (schemes[0], schemes[2]):
+        metric(f"6. curl (--proxy-negotiate sends a token on every request), one connection, "
+               f"{meta.get('auth_curl')} requests: proxy CPU per request — {name}",
+               "auth-curl-reused", "cpu_us_per_req", "µs", "squid", direct=None, pc=c,
+               na=AUTH_NA)
+
+    # Quick mode runs a subset: leave out the rows of tests it did not run.
+    if quick:
+        ran = {(r.get("test"), r.get("contender")) for r in rows}
+        M = [m for m in M if (m[1], m[10]) in ran]
 
     w("# Portcullis benchmark results")
     w("")
-    w(f"Generated by `bench/run` on {meta['date']} (total run time {meta.get('elapsed', '?')}). "
-      "Regenerate with `bench/run`; see `bench/README.md`.")
+    if quick:
+        w(f"**Quick mode** (`bench/run --quick`) on {meta['date']} (total run time "
+          f"{meta.get('elapsed', '?')}): {meta['rounds']} round(s) of short loads over the headline "
+          "rows, for checking the harness and a first look — not figures to compare or quote; "
+          "`bench/run` (the full run) regenerates `bench/RESULTS.md`.")
+    else:
+        w(f"Generated by `bench/run` on {meta['date']} (total run time {meta.get('elapsed', '?')}). "
+          "Regenerate with `bench/run`; see `bench/README.md`.")
     w("")
     w(f"**Machine:** {meta['cpu']} — {meta['nproc']} cores, kernel {meta['kernel']}. "
       f"**Pinning (taskset):** proxies (Portcullis, both Squids and Squid's certificate helpers, "
@@ -626,16 +862,17 @@ def cmd_report(args):
       "Portcullis ÷ Squid | Portcullis ÷ hudsucker | Target | Met |")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     met_summary = []
-    for label, test, key, unit, direct, squid, target, check, digits, peer_na in M:
-        p = _median(rows, test, "portcullis", key)
+    for label, test, key, unit, direct, squid, target, check, digits, peer_na, pc, na in M:
+        p = _median(rows, test, pc, key)
         d = _median(rows, test, direct, key) if direct else None
-        s = _median(rows, test, squid, key)
-        h = _median(rows, test, "hudsucker", key)
+        s = None if na else _median(rows, test, squid, key)
+        h = None if na else _median(rows, test, "hudsucker", key)
         ok = check(p, d, s) if check else None
         mark = "—" if check is None else ("✅ yes" if ok else ("❌ no" if ok is False else "?"))
-        sq_label = _fmt(s, digits) + (" (ssl_bump)" if squid == "squid-bump" and s is not None else "")
-        h_label = peer_na if (peer_na and h is None) else _fmt(h, digits)
-        w(f"| {label} | {unit} | {_fmt(d, digits)} | {_fmt(p, digits)} | {sq_label} | {h_label} | "
+        sq_label = na or (_fmt(s, digits) + (" (ssl_bump)" if squid == "squid-bump" and s is not None else ""))
+        h_label = na or (peer_na if (peer_na and h is None) else _fmt(h, digits))
+        d_label = _fmt(d, digits) if direct else (na or "—")
+        w(f"| {label} | {unit} | {d_label} | {_fmt(p, digits)} | {sq_label} | {h_label} | "
           f"{_ratio(p, d) if direct else '—'} | {_ratio(p, s)} | {_ratio(p, h)} | {target} | {mark} |")
         if check is not None:
             met_summary.append((label, target, ok, p, d, s, h, unit))
@@ -644,12 +881,29 @@ def cmd_report(args):
       "CONNECT-tunnel figure. ² hudsucker loads no hosts file (its resolver maps every name to "
       "127.0.0.1), so its idle figure above is already the benchmark instance. "
       "The one-at-a-time cold-mint rows run `bench.py tls-conns --concurrency 1` (blocking "
-      "sockets, the handshake runs inside OpenSSL) over 500 fresh names per round and report the "
+      "sockets, the handshake runs inside OpenSSL) over "
+      + (f"up to 500 fresh names per round (at most {meta.get('lat_dur', '?')})" if quick
+         else "500 fresh names per round")
+      + " and report the "
       "time from the start of the TCP connect to the completed TLS handshake: connect + CONNECT + "
       "minting + handshake through the proxy, plus whatever upstream work the proxy does before "
       "it finishes the client's handshake; in the direct column connect + handshake with nginx, "
       "the floor on this machine. The 32-concurrent rows report the same time under load, mostly queueing. "
-      "1 MiB rows: MB/s from wrk's Transfer/sec.")
+      "1 MiB rows: MB/s from wrk's Transfer/sec. "
+      + ("" if not any(m[11] == AUTH_NA for m in M) else
+      "³ The authentication rows measure Portcullis only: a second instance, the benchmark "
+      "configuration plus `[auth]` (Basic from an htpasswd file with a bcrypt hash; Negotiate with "
+      "a keytab for `HTTP/localhost` and a KDC on loopback), compared with the instance without "
+      "authentication in the same round. The connection rows run `bench.py auth-conns`, one "
+      "request after another: new connections with one request each, then one connection "
+      "carrying them all; its Negotiate token (SPNEGO, from libgssapi_krb5) is on the first "
+      "request of each connection only, as browsers send it; Basic is on every request. "
+      "The curl rows: `curl --proxy-negotiate` with many URLs on one command line (one "
+      "connection) sends a new token with every request. ")
+      + "⁴ The benchmark instances load the ~50,000-name hosts file of the cold-mint test, which is "
+      "part of every RSS figure here (see the idle rows of section 5); \"before\" is just before "
+      "each round's load, so from round 2 it includes what earlier loads left allocated. "
+      "A — in the Direct column of a CPU or RSS row: there is no proxy process.")
     w("")
 
     # per-round raw figures
@@ -658,8 +912,9 @@ def cmd_report(args):
     w("| Test | Contender | Figure | Rounds |")
     w("|---|---|---|---|")
     seen = set()
-    for label, test, key, unit, direct, squid, target, check, digits, peer_na in M:
-        for c in ("direct", "portcullis", "squid", "squid-bump", "hudsucker"):
+    for label, test, key, unit, direct, squid, target, check, digits, peer_na, pc, na in M:
+        for c in ("direct", "portcullis", "portcullis-basic", "portcullis-negotiate", "squid",
+                  "squid-bump", "hudsucker"):
             if (test, c, key) in seen:
                 continue
             seen.add((test, c, key))
@@ -676,11 +931,17 @@ def cmd_report(args):
     anomalies = []
     for r in rows:
         bad = []
-        for k in ("non2xx", "socket_errors", "errors", "non200", "closed_by_proxy_while_held"):
+        for k in ("non2xx", "socket_errors", "errors", "non200", "missing", "closed_by_proxy_while_held"):
             if r.get(k):
                 bad.append(f"{k}={r[k]}")
         if r.get("http_code") and r["http_code"] != "200":
             bad.append(f"http_code={r['http_code']}")
+        if (r.get("max_ms") or 0) >= 1000:
+            # Seen on the shared machine (other loads running): a run's first batch of requests
+            # stalled for 1.6-2 s (no SYN retransmission counted), and a short run's figure is
+            # then mostly that stall.
+            bad.append(f"slowest request {r['max_ms']:,.0f} ms (a stall of ≥ 1 s: the figure "
+                       f"of this run is suspect)")
         if bad:
             extra = r.get("error_kinds") or r.get("socket_errors_detail") or ""
             anomalies.append(f"- `{r['test']}` {r['contender']} round {r.get('round')}: "
@@ -742,6 +1003,18 @@ def main():
     p.add_argument("--stop-file", required=True)
     p.set_defaults(fn=cmd_idle_conns)
 
+    p = sub.add_parser("auth-conns")
+    p.add_argument("--proxy", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/small")
+    p.add_argument("--scheme", choices=("none", "basic", "negotiate"), default="none")
+    p.add_argument("--user", default="", help="user:password (Basic)")
+    p.add_argument("--gss-host", default="localhost", help="Negotiate: the token is for HTTP@this")
+    p.add_argument("--conns", type=int, required=True)
+    p.add_argument("--requests", type=int, default=1, help="requests per connection")
+    p.set_defaults(fn=cmd_auth_conns)
+
     p = sub.add_parser("watch-foreign")
     p.add_argument("--root", type=int, required=True, help="pid of the bench (its tree is ours)")
     p.add_argument("--out", required=True)
@@ -756,6 +1029,7 @@ def main():
     p = sub.add_parser("stream-rss")
     p.add_argument("--pid", type=int, required=True)
     p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--out", default="", help="write the command's stdout and stderr to this file")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_stream_rss)
 
