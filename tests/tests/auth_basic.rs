@@ -412,3 +412,70 @@ fn broken_htpasswd_at_start_names_key_and_line() {
         "{err}"
     );
 }
+
+/// One keep-alive connection repeats its `Proxy-Authorization` on every request, and the proxy
+/// remembers the connection's last good credentials. That memory must not outlive a password
+/// change: after the file is reloaded, the same bytes on the same connection get a 407.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_loses_its_credentials_when_the_password_changes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    htpasswd(&file, "-B", "alice", "old-pw");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    let url = origin.url("/");
+    let request = format!(
+        "GET {url} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: Basic {}\r\n\r\n",
+        url.trim_start_matches("http://").trim_end_matches('/'),
+        base64_of("alice:old-pw")
+    );
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Reads one response head and its Content-Length body; returns the status line.
+    async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> String {
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "connection closed");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).to_string();
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body).await.unwrap();
+        head.lines().next().unwrap_or("").to_owned()
+    }
+    for _ in 0..3 {
+        let status = exchange(&mut conn, &request).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    htpasswd(&file, "-B", "alice", "new-pw");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let r = curl(&["-x", &proxy.url(), "-U", "alice:new-pw", &url]).await;
+        if r.status == 200 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reloaded, "new password not accepted after the file changed");
+    let status = exchange(&mut conn, &request).await;
+    assert!(
+        status.starts_with("HTTP/1.1 407"),
+        "the old password still worked on its connection: {status}"
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

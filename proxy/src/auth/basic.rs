@@ -27,6 +27,13 @@ pub(super) struct Basic {
     ttl: Duration,
 }
 
+/// Credentials found good: who, until when, and against which load of the file.
+pub(super) struct Verified {
+    pub(super) user: Arc<str>,
+    pub(super) until: Instant,
+    pub(super) generation: u64,
+}
+
 struct CacheEntry {
     user: Arc<str>,
     expires: Instant,
@@ -50,6 +57,11 @@ impl Basic {
         })
     }
 
+    /// Whether credentials verified against load `generation` of the file still count.
+    pub(super) fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
     pub(super) fn user_count(&self) -> usize {
         self.users.load().len()
     }
@@ -61,14 +73,18 @@ impl Basic {
         user: &str,
         password: &[u8],
         stats: &AuthStats,
-    ) -> Option<Arc<str>> {
+    ) -> Option<Verified> {
         let key = self.cache_key(user, password);
         let generation = self.generation.load(Ordering::Acquire);
         if let Ok(cache) = self.cache.lock() {
             if let Some(entry) = cache.get(&key) {
                 if entry.expires > Instant::now() && entry.generation == generation {
                     stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Some(Arc::clone(&entry.user));
+                    return Some(Verified {
+                        user: Arc::clone(&entry.user),
+                        until: entry.expires,
+                        generation,
+                    });
                 }
             }
         }
@@ -94,6 +110,7 @@ impl Basic {
             return None;
         }
         let user: Arc<str> = Arc::from(user);
+        let until = Instant::now() + self.ttl;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_MAX {
                 let now = Instant::now();
@@ -106,12 +123,16 @@ impl Basic {
                 key,
                 CacheEntry {
                     user: Arc::clone(&user),
-                    expires: Instant::now() + self.ttl,
+                    expires: until,
                     generation,
                 },
             );
         }
-        Some(user)
+        Some(Verified {
+            user,
+            until,
+            generation,
+        })
     }
 
     /// Keyed hash of the credentials: the cache never holds a password, not even hashed

@@ -54,8 +54,31 @@ impl AuthStats {
 #[derive(Default)]
 pub(crate) struct ConnAuth {
     user: Mutex<Option<Arc<str>>>,
+    /// The Basic credentials this connection last had verified. A keep-alive client repeats
+    /// the same `Proxy-Authorization` on every request; comparing its bytes is much cheaper
+    /// than decoding and hashing it again for the credentials cache.
+    basic: Mutex<Option<BasicMemo>>,
     #[cfg(feature = "negotiate")]
     negotiate: negotiate::NegotiateSlot,
+}
+
+struct BasicMemo {
+    /// The whole `Proxy-Authorization` value, byte for byte.
+    value: Box<[u8]>,
+    verified: basic::Verified,
+}
+
+impl ConnAuth {
+    /// The user of `value` if this connection presented exactly these bytes before, they were
+    /// good, and neither the credentials TTL nor a reload of the file has passed since.
+    fn remembered_basic(&self, value: &[u8], basic: &basic::Basic) -> Option<Arc<str>> {
+        let memo = self.basic.lock().ok()?;
+        let memo = memo.as_ref()?;
+        let fresh = *memo.value == *value
+            && memo.verified.until > std::time::Instant::now()
+            && basic.is_current(memo.verified.generation);
+        fresh.then(|| Arc::clone(&memo.verified.user))
+    }
 }
 
 /// The outcome of authenticating one request.
@@ -248,12 +271,17 @@ impl Auth {
             }
             return Outcome::failed("auth-required");
         }
-        let (mut outcome, scheme, presented_user) = self
-            .check_credentials(
-                conn,
-                presented.map(HeaderValue::as_bytes).unwrap_or_default(),
-            )
-            .await;
+        let value = presented.map(HeaderValue::as_bytes).unwrap_or_default();
+        if let Some(user) = self
+            .basic
+            .as_ref()
+            .and_then(|basic| conn.remembered_basic(value, basic))
+        {
+            self.stats.attempt(AuthAttemptScheme::Basic, true);
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Outcome::Authenticated { user, reply: None };
+        }
+        let (mut outcome, scheme, presented_user) = self.check_credentials(conn, value).await;
         match &mut outcome {
             Outcome::Authenticated { user, .. } => {
                 self.stats.attempt(scheme, true);
@@ -304,7 +332,16 @@ impl Auth {
                 return failed(Basic, "auth-malformed");
             };
             let outcome = match basic.verify(&user, &password, &self.stats).await {
-                Some(user) => Outcome::Authenticated { user, reply: None },
+                Some(verified) => {
+                    let user = Arc::clone(&verified.user);
+                    if let Ok(mut memo) = conn.basic.lock() {
+                        *memo = Some(BasicMemo {
+                            value: value.as_bytes().into(),
+                            verified,
+                        });
+                    }
+                    Outcome::Authenticated { user, reply: None }
+                }
                 None => Outcome::failed("auth-failed"),
             };
             return (outcome, Basic, Some(user));
