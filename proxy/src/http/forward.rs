@@ -198,7 +198,7 @@ async fn send(
     // Content adaptation sees the request as it will be forwarded (our header rules applied).
     let plan = adapt::Plan::new(proxy, &txn);
     if let Some(plan) = &plan {
-        req = match adapt::reqmod(proxy, &mut txn, plan, req).await {
+        req = match Box::pin(adapt::reqmod(proxy, &mut txn, plan, req)).await {
             Ok(req) => req,
             Err(adapt::Stop::Respond(mut answer)) => {
                 strip_hop_by_hop(answer.headers_mut(), false);
@@ -241,7 +241,11 @@ async fn send(
     parts.version = received;
     let mut response = Response::from_parts(parts, body::incoming(body));
     if let Some((plan, head)) = &respmod_head {
-        response = match adapt::respmod(proxy, &mut txn, plan, head, response, received).await {
+        response = match Box::pin(adapt::respmod(
+            proxy, &mut txn, plan, head, response, received,
+        ))
+        .await
+        {
             Ok(response) => response,
             Err(e) => return txn.fail(proxy, in_flight, e),
         };

@@ -50,7 +50,7 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     if let Some(dst) = conn.original_dst {
         // A transparent HTTP listener: origin-form requests for the original destination.
-        return transparent::handle(proxy, conn, req, dst.addr).await;
+        return Box::pin(transparent::handle(proxy, conn, req, dst.addr)).await;
     }
     let in_flight = conn.activity.begin_request();
     let mut txn = Txn::new(&conn, &req);
@@ -85,7 +85,10 @@ pub(crate) async fn handle(
                 auth_reply = reply;
             }
             Authenticated::Challenge(challenge) => {
-                return answer_challenge(&proxy, &conn, txn, in_flight, req, challenge).await;
+                return Box::pin(answer_challenge(
+                    &proxy, &conn, txn, in_flight, req, challenge,
+                ))
+                .await;
             }
         }
         if let (Some(user), Some(groups)) = (txn.user(), &proxy.groups) {
@@ -110,8 +113,14 @@ pub(crate) async fn handle(
             return response;
         }
     }
+    // The rarer paths (transparent, 407, CONNECT, ICAP) are boxed: inline, each would make
+    // every request's future as large as its own (23.6 KiB in all, 6.8 KiB without them;
+    // release build), and hyper moves that future by value once per request.
     let mut response = if is_connect {
-        connect::handle(&proxy, &conn, txn, in_flight, req, decision, resolution).await
+        Box::pin(connect::handle(
+            &proxy, &conn, txn, in_flight, req, decision, resolution,
+        ))
+        .await
     } else {
         let route = decision.map_or(portcullis_policy::Route::Direct, |d| d.route);
         forward::handle(&proxy, &conn, txn, in_flight, req, (resolution, route)).await
