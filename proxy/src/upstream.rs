@@ -26,24 +26,43 @@ use crate::error::ProxyError;
 /// resolver (getaddrinfo, so /etc/hosts and /etc/resolv.conf apply as for any program).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Resolver {
-    overrides: HashMap<String, Vec<IpAddr>>,
+    /// Shared, not copied: the running dialer and the reloader (which compares a reload's
+    /// resolver with the running one) hold the same map, which can be large (a hosts file of
+    /// tens of thousands of names).
+    overrides: Arc<HashMap<Box<str>, Box<[IpAddr]>>>,
     no_system: bool,
 }
 
 impl Resolver {
     pub(crate) fn new(config: &Config) -> io::Result<Resolver> {
-        let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
-        if let Some(path) = &config.upstream.hosts_file {
-            for (name, ip) in read_hosts_file(path)? {
-                overrides.entry(name).or_default().push(ip);
-            }
-        }
+        let mut entries = match &config.upstream.hosts_file {
+            Some(path) => read_hosts_file(path)?,
+            None => Vec::new(),
+        };
         // The static map wins over the hosts file: it is the more specific statement.
+        let mut overrides: HashMap<Box<str>, Box<[IpAddr]>> = HashMap::new();
         for (name, addrs) in &config.resolve {
-            overrides.insert(Host::new(name).as_str().to_owned(), addrs.clone());
+            overrides.insert(Host::new(name).as_str().into(), addrs.as_slice().into());
         }
+        // Grouped by name (stable: a name's addresses keep the file's order), one exactly sized
+        // allocation per name.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        overrides.reserve(entries.len());
+        let mut entries = entries.into_iter().peekable();
+        let mut addrs = Vec::new();
+        while let Some((name, ip)) = entries.next() {
+            addrs.push(ip);
+            if entries.peek().is_some_and(|(next, _)| *next == name) {
+                continue;
+            }
+            if !overrides.contains_key(&name) {
+                overrides.insert(name, addrs.as_slice().into());
+            }
+            addrs.clear();
+        }
+        overrides.shrink_to_fit();
         Ok(Resolver {
-            overrides,
+            overrides: Arc::new(overrides),
             no_system: !config.upstream.system_resolver,
         })
     }
@@ -81,13 +100,13 @@ impl Resolver {
     }
 }
 
-fn read_hosts_file(path: &Path) -> io::Result<Vec<(String, IpAddr)>> {
+fn read_hosts_file(path: &Path) -> io::Result<Vec<(Box<str>, IpAddr)>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| io::Error::new(e.kind(), format!("hosts file {}: {e}", path.display())))?;
     Ok(parse_hosts(&text))
 }
 
-fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
+fn parse_hosts(text: &str) -> Vec<(Box<str>, IpAddr)> {
     let mut entries = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
@@ -95,7 +114,7 @@ fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
         let Some(ip) = fields.next().and_then(|f| f.parse::<IpAddr>().ok()) else {
             continue;
         };
-        entries.extend(fields.map(|name| (Host::new(name).as_str().to_owned(), ip)));
+        entries.extend(fields.map(|name| (Box::from(Host::new(name).as_str()), ip)));
     }
     entries
 }
@@ -405,6 +424,44 @@ mod tests {
         assert_eq!(addrs, vec!["127.0.0.9:443".parse().unwrap()]);
         let v6 = r.resolve(&Host::new("[::1]"), 8080).await.unwrap();
         assert_eq!(v6, vec!["[::1]:8080".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn hosts_file_names_keep_every_address_in_file_order_and_resolve_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(
+            &hosts,
+            "10.0.0.2 b.test multi.test\n10.0.0.1 a.test\n10.0.0.3 Multi.Test\n10.0.0.4 pinned.test\n",
+        )
+        .unwrap();
+        let config = Config::parse(
+            &format!(
+                "[upstream]\nhosts_file = {:?}\n[resolve]\n\"pinned.test\" = [\"127.0.0.7\"]\n",
+                hosts.display().to_string()
+            ),
+            "t",
+        )
+        .unwrap();
+        let r = Resolver::new(&config).unwrap();
+        let lookup = |name: &'static str| {
+            let r = r.clone();
+            async move { r.resolve(&Host::new(name), 80).await.unwrap() }
+        };
+        let multi = lookup("multi.test").await;
+        assert_eq!(
+            multi,
+            vec![
+                "10.0.0.2:80".parse().unwrap(),
+                "10.0.0.3:80".parse().unwrap()
+            ]
+        );
+        assert_eq!(lookup("a.test").await, vec!["10.0.0.1:80".parse().unwrap()]);
+        assert_eq!(lookup("b.test").await, vec!["10.0.0.2:80".parse().unwrap()]);
+        assert_eq!(
+            lookup("pinned.test").await,
+            vec!["127.0.0.7:80".parse().unwrap()]
+        );
     }
 
     #[tokio::test]
