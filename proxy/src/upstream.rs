@@ -55,9 +55,9 @@ impl Resolver {
             if entries.peek().is_some_and(|(next, _)| *next == name) {
                 continue;
             }
-            if !overrides.contains_key(&name) {
-                overrides.insert(name, addrs.as_slice().into());
-            }
+            overrides
+                .entry(name)
+                .or_insert_with(|| addrs.as_slice().into());
             addrs.clear();
         }
         overrides.shrink_to_fit();
