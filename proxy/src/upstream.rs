@@ -367,13 +367,6 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// The read buffer limit of a connection to an origin or a parent. hyper's default (~400 KiB)
-/// lets the buffer of a fast origin grow that large per connection, and body chunks handed to
-/// the client keep their part of it alive; 64 KiB reads keep bulk transfers at full speed with a
-/// fraction of the memory. It also bounds a response head (hyper refuses a head that has not
-/// ended when the buffer is full: a 502), as Squid's `reply_header_max_size` (64 KB) does.
-pub(crate) const ORIGIN_BUF_MAX: usize = 64 * 1024;
-
 /// The pooled HTTP/1.1 client used for forwarding: one pool of keep-alive connections per origin.
 pub(crate) type HttpClient = Client<Connector, ProxyBody>;
 
@@ -386,7 +379,7 @@ pub(crate) fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
         // Some origins (and Exchange front-ends behind appliances) are picky about header case;
         // pass the client's spelling through.
         .http1_preserve_header_case(true)
-        .http1_max_buf_size(ORIGIN_BUF_MAX)
+        .http1_max_buf_size(config.upstream.read_buffer_bytes)
         // We always set Host ourselves, from the authority we actually connect to.
         .set_host(false)
         .build(Connector { dialer })

@@ -214,9 +214,9 @@ async fn connections_over_max_connections_get_503() {
     assert_eq!(ok.status, 200, "slots were not released: {ok:?}");
 }
 
-/// The origin read buffer is capped at 64 KiB (memory per connection): a response head just
-/// under that still passes intact, and a huge one is a 502 with a readable page and one log
-/// line, not an unbounded buffer.
+/// The origin read buffer is capped (`upstream.read_buffer_bytes`, 128 KiB by default; memory per
+/// connection): a 60 KiB response head still passes intact, and a huge one is a 502 with a
+/// readable page and one log line, not an unbounded buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_response_heads_pass_and_huge_ones_are_a_502() {
     let reply = |size: usize| {

@@ -204,6 +204,10 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per origin.
     pub pool_max_idle_per_host: usize,
+    /// The largest read buffer of a connection to an origin or a parent, in bytes; also the
+    /// largest response head. Larger buffers move bulk responses in fewer, larger reads (less
+    /// CPU per MiB) at that much memory per busy or pooled connection.
+    pub read_buffer_bytes: usize,
     /// Destination networks the proxy never connects to, whatever name resolves to them:
     /// loopback (services on the proxy host itself), link-local and cloud metadata addresses
     /// (169.254.169.254, fd00:ec2::254), "this host" (0.0.0.0/8, ::). Checked on the resolved
@@ -243,6 +247,7 @@ impl Default for UpstreamConfig {
             system_resolver: true,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            read_buffer_bytes: 128 * 1024,
             deny_networks: default_deny_networks(),
             parents: Vec::new(),
             parent_backoff: Duration::from_secs(30),

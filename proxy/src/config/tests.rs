@@ -40,6 +40,11 @@ fn errors_name_file_key_and_reason() {
             "outside",
         ),
         (
+            "[upstream]\nread_buffer_bytes = 4096\n",
+            "upstream.read_buffer_bytes",
+            "outside",
+        ),
+        (
             "[server]\nx_forwarded_for = \"maybe\"\n",
             "server.x_forwarded_for",
             "maybe",

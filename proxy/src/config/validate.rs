@@ -20,10 +20,22 @@ impl Config {
         validate_tls(&self.tls)?;
         validate_m365(&self.m365)?;
         validate_admin(&self.admin, &self.server)?;
+        validate_upstream(&self.upstream)?;
         super::parents::validate(&self.upstream.parents, &self.policy)?;
         super::icap::validate(&self.icap, &self.policy)?;
         validate_log(&self.log)
     }
+}
+
+fn validate_upstream(u: &super::UpstreamConfig) -> Result<(), KeyError> {
+    // The buffer must hold a response head as large as Squid's default limit (64 KB).
+    if !(64 * 1024..=16 * 1024 * 1024).contains(&u.read_buffer_bytes) {
+        return Err(KeyError::new(
+            "upstream.read_buffer_bytes",
+            format!("{} is outside 65536..=16777216", u.read_buffer_bytes),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_server(s: &ServerConfig) -> Result<(), KeyError> {

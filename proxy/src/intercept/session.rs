@@ -34,6 +34,8 @@ pub(crate) struct Session {
     tls: Arc<rustls::ClientConfig>,
     dialer: Arc<Dialer>,
     h2: bool,
+    /// `upstream.read_buffer_bytes`.
+    read_buffer: usize,
     sender: Mutex<Sender>,
 }
 
@@ -65,8 +67,15 @@ impl Session {
             tls,
             dialer,
             h2,
+            read_buffer: crate::config::UpstreamConfig::default().read_buffer_bytes,
             sender: Mutex::new(Sender::Fresh(Box::new(first))),
         }
+    }
+
+    /// The largest read buffer of the origin connection (`upstream.read_buffer_bytes`).
+    pub(crate) fn with_read_buffer(mut self, bytes: usize) -> Session {
+        self.read_buffer = bytes;
+        self
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -106,7 +115,7 @@ impl Session {
         } else {
             let (sender, conn) = http1::Builder::new()
                 .preserve_header_case(true)
-                .max_buf_size(crate::upstream::ORIGIN_BUF_MAX)
+                .max_buf_size(self.read_buffer)
                 .handshake(io)
                 .await
                 .map_err(upstream_err)?;

@@ -35,7 +35,7 @@ pub(super) fn client(config: &Config, dialer: Arc<Dialer>, spec: &ParentSpec) ->
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http1_preserve_header_case(true)
-        .http1_max_buf_size(crate::upstream::ORIGIN_BUF_MAX)
+        .http1_max_buf_size(config.upstream.read_buffer_bytes)
         .set_host(false)
         .build(ParentConnector {
             dialer,

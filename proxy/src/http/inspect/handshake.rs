@@ -76,7 +76,8 @@ pub(super) async fn connect_origin(
                 Arc::clone(&proxy.dialer),
                 tls,
                 (hop, via),
-            );
+            )
+            .with_read_buffer(proxy.config.upstream.read_buffer_bytes);
             Origin {
                 session: Some(Arc::new(session)),
                 sans,
