@@ -21,9 +21,14 @@ use tokio::net::TcpStream;
 use super::{until_idle, RelayStats};
 use crate::activity::now_ms;
 
-/// Bytes moved per splice: the default pipe capacity (16 pages), so a read never finds the
-/// pipe full.
-const CHUNK: usize = 64 * 1024;
+/// The capacity asked for each pipe, and so the most one splice moves. 256 KiB moved 100 MiB
+/// through a tunnel 15–20 % faster than the default 64 KiB with plain HTTP inside and ~3 %
+/// with TLS inside (fewer splices and wake-ups per MiB; 512 KiB and 1 MiB were no better).
+/// Capacity is only a limit: a pipe holds pages only while bytes are in it.
+const PIPE_CAPACITY: usize = 256 * 1024;
+
+/// Linux's default pipe capacity (16 pages).
+const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
 
 /// Empty pipes kept for the next burst: enough for the directions that are moving at once on
 /// a busy gateway, small against the descriptors an idle tunnel would otherwise hold forever.
@@ -38,6 +43,8 @@ static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What one splice into it may move: its capacity.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -48,7 +55,19 @@ impl Pipe {
             Some(pipe) => Ok(pipe),
             None => {
                 let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-                Ok(Pipe { read, write })
+                // Refused beyond fs.pipe-max-size or, for an unprivileged user, once its
+                // pipes exceed fs.pipe-user-pages-soft: the pipe keeps its default size.
+                let capacity = nix::fcntl::fcntl(
+                    &write,
+                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY as i32),
+                )
+                .or_else(|_| nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETPIPE_SZ))
+                .map_or(DEFAULT_PIPE_CAPACITY, |n| n as usize);
+                Ok(Pipe {
+                    read,
+                    write,
+                    capacity,
+                })
             }
         }
     }
@@ -147,11 +166,19 @@ async fn pump(
     }
 }
 
-/// Splices what `from` has (up to [`CHUNK`]) into the empty `pipe`, without waiting.
+/// Splices what `from` has (up to the pipe's capacity) into the empty `pipe`, without waiting.
 fn splice_in(from: &TcpStream, pipe: &Pipe) -> io::Result<Spliced> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     match from.try_io(Interest::READABLE, || {
-        splice(from.as_fd(), None, pipe.write.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+        splice(
+            from.as_fd(),
+            None,
+            pipe.write.as_fd(),
+            None,
+            pipe.capacity,
+            flags,
+        )
+        .map_err(io::Error::from)
     }) {
         Ok(0) => Ok(Spliced::Eof),
         Ok(n) => Ok(Spliced::Moved(n)),
@@ -256,6 +283,19 @@ mod tests {
         assert_eq!(stats.from_client, 6 + payload.len() as u64);
         assert_eq!(stats.to_client, 13);
         assert_eq!(stats.end, RelayEnd::Closed);
+    }
+
+    #[test]
+    fn a_new_pipe_is_enlarged_and_knows_its_capacity() {
+        let pipe = Pipe::take().unwrap();
+        let real = nix::fcntl::fcntl(&pipe.write, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+        assert_eq!(pipe.capacity, real as usize);
+        // Unless the system's limits refuse it (fs.pipe-max-size below 256 KiB).
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .map_or(0, |s| s.trim().parse().unwrap_or(0));
+        if max >= PIPE_CAPACITY {
+            assert_eq!(pipe.capacity, PIPE_CAPACITY);
+        }
     }
 
     #[tokio::test]
