@@ -735,10 +735,14 @@ def cmd_report(args):
            "squid", "≥ 0.95× direct and ≥ Squid", connect_check, peer_na="n/a¹")
     metric("3. CONNECT tunnel: proxy CPU per MiB", "connect-100m", "cpu_ms_per_mib", "ms",
            "squid", direct=None, digits=2, peer_na="n/a¹")
+    metric("3. CONNECT tunnel: origin (nginx, same core) CPU per MiB⁵", "connect-100m",
+           "origin_cpu_ms_per_mib", "ms", "squid", digits=2, peer_na="n/a¹")
     metric("3. CONNECT tunnel, 100 MiB, plain HTTP inside (curl -p http://)", "connect-100m-plain",
            "mb_per_s", "MB/s", "squid", "≥ 0.95× direct", ge_direct(0.95), peer_na="n/a¹")
     metric("3. CONNECT tunnel, plain HTTP inside: proxy CPU per MiB", "connect-100m-plain",
            "cpu_ms_per_mib", "ms", "squid", direct=None, digits=2, peer_na="n/a¹")
+    metric("3. CONNECT tunnel, plain HTTP inside: origin CPU per MiB⁵", "connect-100m-plain",
+           "origin_cpu_ms_per_mib", "ms", "squid", digits=2, peer_na="n/a¹")
     metric("4. intercepted HTTPS keep-alive, 50 conns, 100 B (hey): throughput", "https-keepalive",
            "rps", "req/s", "squid-bump", "≥ 1.6× Squid ssl_bump", ge_squid(1.6))
     metric("4. intercepted HTTPS keep-alive: p99 latency", "https-keepalive", "p99_ms", "ms",
@@ -903,6 +907,11 @@ def cmd_report(args):
       + "⁴ The benchmark instances load the ~50,000-name hosts file of the cold-mint test, which is "
       "part of every RSS figure here (see the idle rows of section 5); \"before\" is just before "
       "each round's load, so from round 2 it includes what earlier loads left allocated. "
+      "⁵ nginx runs on the proxies' core, and a loopback send runs the receiver's TCP input in the "
+      "sender's time: direct, nginx's sends to curl carry that work; through a proxy, the proxy's "
+      "sends do, and nginx's CPU per MiB drops by about what the proxy uses. Origin + proxy is the "
+      "server core's load per MiB; the CONNECT rows take the median of "
+      "TUNNEL_REPS interleaved transfers per round (see bench/README.md). "
       "A — in the Direct column of a CPU or RSS row: there is no proxy process.")
     w("")
 
