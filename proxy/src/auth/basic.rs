@@ -18,7 +18,9 @@ const CACHE_MAX: usize = 10_000;
 pub(super) struct Basic {
     path: PathBuf,
     users: ArcSwap<Users>,
-    /// Bumped on every reload, so a cached credential never outlives a password change.
+    /// A new value from [`next_generation`] on every load and reload, so a cached or
+    /// remembered credential never outlives a password change — nor a new `Basic` built by a
+    /// configuration reload (a connection outlives the snapshot it authenticated against).
     generation: AtomicU64,
     /// (size, mtime) of the loaded file, to notice edits.
     loaded_stamp: Mutex<Option<(u64, SystemTime)>>,
@@ -49,7 +51,7 @@ impl Basic {
         Ok(Basic {
             path,
             users: ArcSwap::from_pointee(users),
-            generation: AtomicU64::new(0),
+            generation: AtomicU64::new(next_generation()),
             loaded_stamp: Mutex::new(stamp),
             cache: Mutex::new(HashMap::new()),
             cache_key,
@@ -160,7 +162,7 @@ impl Basic {
             Ok(users) => {
                 let n = users.len();
                 self.users.store(Arc::new(users));
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.generation.store(next_generation(), Ordering::Release);
                 tracing::info!(path = %self.path.display(), users = n, "htpasswd reloaded");
                 true
             }
@@ -172,7 +174,45 @@ impl Basic {
     }
 }
 
+/// Generations are unique in the process, across every `Basic` ever loaded.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn file_stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn users_file(dir: &std::path::Path, name: &str, line: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, line).unwrap();
+        path
+    }
+
+    /// A connection remembers the generation its credentials were verified against. Neither a
+    /// reload of the file nor a `Basic` built anew by a configuration reload may share it.
+    #[tokio::test]
+    async fn generations_are_never_shared_between_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        // SHA-1 `{SHA}` form: cheap to verify in a test.
+        let line = "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
+        let first = Arc::new(
+            Basic::load(users_file(dir.path(), "a", line), Duration::from_secs(60)).unwrap(),
+        );
+        let stats = AuthStats::default();
+        let verified = first.verify("alice", b"password", &stats).await.unwrap();
+        assert!(first.is_current(verified.generation));
+        let second =
+            Basic::load(users_file(dir.path(), "b", line), Duration::from_secs(60)).unwrap();
+        assert!(!second.is_current(verified.generation));
+        first.reload(true);
+        assert!(!first.is_current(verified.generation));
+    }
 }
