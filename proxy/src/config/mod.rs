@@ -40,7 +40,7 @@ pub(crate) use icap::{IcapConfig, IcapMethod, IcapUrl};
 pub(crate) use parents::ParentConfig;
 pub(crate) use sections::{
     AccessLogConfig, AccessLogFormat, AdminConfig, AdminListen, ForwardedFor, LogConfig, LogFormat,
-    M365Config, ServerConfig, Timeouts, TransparentAuth, UpstreamConfig,
+    M365Config, ServerConfig, Timeouts, TransparentAuth, UpstreamConfig, DEFAULT_READ_BUFFER_BYTES,
 };
 pub(crate) use tls::TlsConfig;
 pub(crate) use upgrade::UpgradeProtocol;

@@ -224,6 +224,9 @@ pub struct UpstreamConfig {
     pub parent_backoff: Duration,
 }
 
+/// The default `upstream.read_buffer_bytes`.
+pub(crate) const DEFAULT_READ_BUFFER_BYTES: usize = 128 * 1024;
+
 /// The default `upstream.deny_networks`.
 pub(crate) fn default_deny_networks() -> Vec<ipnet::IpNet> {
     [
@@ -247,7 +250,7 @@ impl Default for UpstreamConfig {
             system_resolver: true,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
-            read_buffer_bytes: 128 * 1024,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             deny_networks: default_deny_networks(),
             parents: Vec::new(),
             parent_backoff: Duration::from_secs(30),

@@ -67,7 +67,7 @@ impl Session {
             tls,
             dialer,
             h2,
-            read_buffer: crate::config::UpstreamConfig::default().read_buffer_bytes,
+            read_buffer: crate::config::DEFAULT_READ_BUFFER_BYTES,
             sender: Mutex::new(Sender::Fresh(Box::new(first))),
         }
     }
