@@ -30,7 +30,11 @@ pub(crate) async fn serve(
     let span = tracing::debug_span!("conn", client = %ctx.client, listener = %ctx.local);
     if let Some(dst) = ctx.original_dst.filter(|d| d.kind == TransparentKind::Tls) {
         // A redirected TLS connection: no HTTP runs on it until the ClientHello is settled.
-        let serve = crate::http::serve_transparent_tls(proxy, ctx, stream, dst.addr);
+        // Boxed: inline, its (inspection-sized) future would make every connection's task that
+        // large, idle keep-alive connections included.
+        let serve = Box::pin(crate::http::serve_transparent_tls(
+            proxy, ctx, stream, dst.addr,
+        ));
         return serve.instrument(span).await;
     }
     serve_in_span(proxy, reloader, stream, ctx, shutdown)
@@ -59,7 +63,10 @@ async fn serve_in_span(
             async move {
                 let connect = req.method() == http::Method::CONNECT;
                 let metrics = Arc::clone(&proxy.metrics);
-                let response = crate::http::handle(proxy, Arc::clone(&ctx), req).await;
+                // Boxed: hyper keeps the slot for this future for the connection's whole life,
+                // so an inline request future would stay resident on every idle keep-alive
+                // connection (7 KiB each); a box lives only while the request does.
+                let response = Box::pin(crate::http::handle(proxy, Arc::clone(&ctx), req)).await;
                 let status = response.status();
                 if (connect && status.is_success())
                     || status == http::StatusCode::SWITCHING_PROTOCOLS
