@@ -371,7 +371,13 @@ impl tower_service::Service<Uri> for Connector {
 pub(crate) type HttpClient = Client<Connector, ProxyBody>;
 
 pub(crate) fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
-    Client::builder(TokioExecutor::new())
+    pooled_client_builder(config).build(Connector { dialer })
+}
+
+/// The settings of every pooled HTTP/1.1 client: to origins, and to each parent proxy.
+pub(crate) fn pooled_client_builder(config: &Config) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(config.upstream.pool_idle_timeout)
         .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
@@ -381,8 +387,8 @@ pub(crate) fn http_client(config: &Config, dialer: Arc<Dialer>) -> HttpClient {
         .http1_preserve_header_case(true)
         .http1_max_buf_size(config.upstream.read_buffer_bytes)
         // We always set Host ourselves, from the authority we actually connect to.
-        .set_host(false)
-        .build(Connector { dialer })
+        .set_host(false);
+    builder
 }
 
 #[cfg(test)]

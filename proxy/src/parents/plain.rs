@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpInfo};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use portcullis_policy::{Host, Route};
 use tokio::net::TcpStream;
 
@@ -29,19 +29,11 @@ use crate::upstream::Dialer;
 pub(super) type ParentClient = Client<ParentConnector, RetryBody>;
 
 pub(super) fn client(config: &Config, dialer: Arc<Dialer>, spec: &ParentSpec) -> ParentClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream.pool_idle_timeout)
-        .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http1_preserve_header_case(true)
-        .http1_max_buf_size(config.upstream.read_buffer_bytes)
-        .set_host(false)
-        .build(ParentConnector {
-            dialer,
-            host: spec.host.clone(),
-            port: spec.port,
-        })
+    crate::upstream::pooled_client_builder(config).build(ParentConnector {
+        dialer,
+        host: spec.host.clone(),
+        port: spec.port,
+    })
 }
 
 /// Dials the parent for any origin `Uri`.
