@@ -100,6 +100,40 @@ pub async fn read_until_quiet(stream: &mut TcpStream, wait: Duration) -> String 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes `request` on a kept-alive connection and reads exactly one response (its head and a
+/// `Content-Length` body), leaving the connection open; returns the head. Panics if the peer
+/// closes first.
+pub async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return head;
+            }
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// GETs `url` through `proxy` with curl, discarding the body: `"<status> <bytes>"`. For bodies
 /// too big to keep in the test's memory.
 pub async fn download_discarding(proxy: &str, url: &str) -> String {

@@ -15,7 +15,7 @@ pub mod squid;
 pub mod tls;
 pub mod users;
 
-pub use client::{curl, curl_env, raw, Curl};
+pub use client::{curl, curl_env, exchange, raw, Curl};
 pub use origin::TestOrigin;
 pub use proxy::TestProxy;
 pub use scrape::{scrape, scrape_until, Scrape};

@@ -418,7 +418,6 @@ fn broken_htpasswd_at_start_names_key_and_line() {
 /// change: after the file is reloaded, the same bytes on the same connection get a 407.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_loses_its_credentials_when_the_password_changes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users");
     htpasswd(&file, "-B", "alice", "old-pw");
@@ -431,31 +430,9 @@ async fn a_keep_alive_connection_loses_its_credentials_when_the_password_changes
         base64_of("alice:old-pw")
     );
     let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    // Reads one response head and its Content-Length body; returns the status line.
-    async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> String {
-        conn.write_all(request.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let mut byte = [0u8; 1];
-        while !got.ends_with(b"\r\n\r\n") {
-            assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "connection closed");
-            got.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&got).to_string();
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = vec![0u8; length];
-        conn.read_exact(&mut body).await.unwrap();
-        head.lines().next().unwrap_or("").to_owned()
-    }
     for _ in 0..3 {
-        let status = exchange(&mut conn, &request).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let head = portcullis_e2e::exchange(&mut conn, &request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     }
     htpasswd(&file, "-B", "alice", "new-pw");
     let mut reloaded = false;
@@ -468,10 +445,10 @@ async fn a_keep_alive_connection_loses_its_credentials_when_the_password_changes
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(reloaded, "new password not accepted after the file changed");
-    let status = exchange(&mut conn, &request).await;
+    let head = portcullis_e2e::exchange(&mut conn, &request).await;
     assert!(
-        status.starts_with("HTTP/1.1 407"),
-        "the old password still worked on its connection: {status}"
+        head.starts_with("HTTP/1.1 407"),
+        "the old password still worked on its connection: {head}"
     );
 }
 

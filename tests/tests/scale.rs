@@ -236,52 +236,31 @@ fn reconnect_burst_is_answered_without_listen_overflows() {
 /// needs without them. No namespace needed: plain HTTP to a loopback origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_stay_small() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = portcullis_e2e::TestOrigin::http().await;
     let proxy = TestProxy::start("");
     let pid = proxy.pid() as u32;
+    let proxy_addr = proxy.addr;
     let url = origin.url("/");
     let request = format!(
         "GET {url} HTTP/1.1\r\nHost: {}\r\n\r\n",
         url.trim_start_matches("http://").trim_end_matches('/')
     );
-    // Reads one response (head and Content-Length body).
-    async fn one_request(request: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(request.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = conn.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&got);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if got.len() >= end + 4 + length {
-                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-                    return conn;
-                }
-            }
-        }
-    }
+    let one_request = |request: String| async move {
+        let mut conn = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+        let head = portcullis_e2e::exchange(&mut conn, &request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        conn
+    };
     // Warm up (first-use allocations: pools, the log writer, metric children).
     for _ in 0..20 {
-        drop(one_request(&request, proxy.addr).await);
+        drop(one_request(request.clone()).await);
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let before = proc_status_kib(pid, "VmRSS:");
     const N: u64 = 1000;
     let mut open = Vec::new();
     for _ in 0..N {
-        open.push(one_request(&request, proxy.addr).await);
+        open.push(one_request(request.clone()).await);
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let rss = proc_status_kib(pid, "VmRSS:").saturating_sub(before);
