@@ -80,8 +80,8 @@ impl CIcap {
 
     fn start_with(clamav: bool, tls: bool) -> CIcap {
         for _ in 0..5 {
-            let port = free_port();
-            let tls_port = tls.then(free_port);
+            let port = crate::ports::free_port();
+            let tls_port = tls.then(crate::ports::free_port);
             if let Some(c) = CIcap::try_start(port, tls_port, clamav) {
                 return c;
             }
@@ -211,11 +211,6 @@ impl Drop for CIcap {
 }
 
 /// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// `ca.pem`, `cert.pem` (for 127.0.0.1) and `key.pem` in `dir`.
 fn write_certificate(dir: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};

@@ -7,6 +7,7 @@ pub mod client;
 pub mod icap;
 pub mod kdc;
 pub mod origin;
+pub mod ports;
 pub mod proxy;
 pub mod raw_origin;
 pub mod scrape;

@@ -7,6 +7,7 @@
 //! with SASL GSSAPI ([`Slapd::start_kerberos`]) as any principal of the test realm, which reads
 //! like every bound identity.
 
+use crate::ports::ReservedPort;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,10 +18,11 @@ pub const SERVICE_DN: &str = "cn=portcullis,ou=services,dc=lab,dc=test";
 
 pub struct Slapd {
     pub dir: tempfile::TempDir,
-    /// `ldap://` (StartTLS offered).
+    /// `ldap://` (StartTLS offered). Reserved, because [`Slapd::resume`] binds it again.
     pub port: u16,
     /// `ldaps://`.
     pub tls_port: u16,
+    _reserved: [ReservedPort; 2],
     child: Option<Child>,
     /// slapd's environment: the realm and keytab for SASL GSSAPI.
     env: Vec<(&'static str, PathBuf)>,
@@ -104,13 +106,6 @@ fn hash(password: &str) -> String {
         .output()
         .unwrap_or_else(|e| panic!("slappasswd: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Slapd {
@@ -253,10 +248,12 @@ impl Slapd {
         }
         let conf = w.join("slapd.conf").display().to_string();
         run("/usr/sbin/slapadd", &["-q", "-f", &conf], Some(&ldif));
+        let reserved = [ReservedPort::new(), ReservedPort::new()];
         let mut slapd = Slapd {
             dir,
-            port: free_port(),
-            tls_port: free_port(),
+            port: reserved[0].port(),
+            tls_port: reserved[1].port(),
+            _reserved: reserved,
             child: None,
             env,
         };
@@ -284,26 +281,53 @@ impl Slapd {
         self.dir.path().join("ca.pem")
     }
 
-    /// Starts slapd again on the same ports and data (after [`Slapd::stop`]).
+    /// Starts slapd again on the same ports and data (after [`Slapd::stop`]); waits until it
+    /// accepts connections. A start that exits (a port still held by a connection closing) is
+    /// tried again for up to 10 s.
     pub fn resume(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.spawn_and_wait(deadline) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("slapd did not start ({attempts} attempts): {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn spawn_and_wait(&mut self, deadline: Instant) -> Result<(), String> {
         let w = self.dir.path();
         let listen = format!("{}/ {}/", self.url(), self.url_tls());
-        let child = Command::new("/usr/sbin/slapd")
+        let log_path = w.join("slapd.log");
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("slapd.log: {e}"));
+        let mut child = Command::new("/usr/sbin/slapd")
             .args(["-h", &listen, "-f"])
             .arg(w.join("slapd.conf"))
             .args(["-d", "0"])
             .envs(self.env.iter().map(|(k, v)| (*k, v)))
             .env("KRB5RCACHEDIR", w)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("slapd: {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "slapd did not start");
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("slapd exited ({status}): {}", log.trim()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("slapd did not listen in time".into())
     }
 
     /// Stops slapd and waits for it to exit.

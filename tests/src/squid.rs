@@ -2,7 +2,8 @@
 //! the foreground on a loopback port of its own, with its own directory: tests run in parallel.
 //! The set-up follows /work/shared/recipes/PARENT.md.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use crate::ports::ReservedPort;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub fn available() -> bool {
 /// A running Squid; killed when dropped.
 pub struct Squid {
     pub addr: SocketAddr,
+    /// Held for [`Squid::restart`], which binds the same port again.
+    port: ReservedPort,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -42,16 +45,19 @@ impl Squid {
         for (user, password) in users {
             crate::htpasswd(&users_file, "-B", user, password);
         }
+        let port = ReservedPort::new();
         let mut squid = Squid {
-            addr: free_port(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port.port())),
+            port,
             dir,
             child: None,
         };
-        // The port is found free, then handed to Squid: another test may take it in between,
-        // so a failed start is tried again on another.
+        // The reserved port is free of tests, not of everything else on the machine: a failed
+        // start is tried again on another.
         let mut last_err = String::new();
         for _ in 0..5 {
-            squid.addr = free_port();
+            squid.port = ReservedPort::new();
+            squid.addr = SocketAddr::from(([127, 0, 0, 1], squid.port.port()));
             write_config(squid.dir.path(), squid.addr, &users_file);
             run("chown", &["-R", "proxy:proxy", &work]);
             match squid.spawn() {
@@ -130,12 +136,6 @@ impl Drop for Squid {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run(program: &str, args: &[&str]) {

@@ -41,14 +41,6 @@ fn proxy_protocol_addr(proxy: &TestProxy) -> SocketAddr {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Haproxy(Child);
 
 impl Drop for Haproxy {
@@ -78,7 +70,7 @@ async fn two_instances_behind_haproxy_see_the_real_client() {
     let (a, b) = (instance(), instance());
     let (pa, pb) = (proxy_protocol_addr(&a), proxy_protocol_addr(&b));
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = portcullis_e2e::ports::free_port();
     let cfg = dir.path().join("haproxy.cfg");
     std::fs::write(
         &cfg,

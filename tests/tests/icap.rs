@@ -295,7 +295,10 @@ async fn eicar_upload_is_blocked_before_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_down_fails_closed_by_default_and_open_when_bypassed() {
     let origin = TestOrigin::http().await;
-    let down = format!("icap://127.0.0.1:{}/echo", icap::free_port());
+    let down = format!(
+        "icap://127.0.0.1:{}/echo",
+        portcullis_e2e::ports::free_port()
+    );
     let url = origin.url("/bytes/3000");
 
     let closed = proxy(&service("av", &down, "respmod", ""), "\"av\"", "");
