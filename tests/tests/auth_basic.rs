@@ -201,6 +201,41 @@ async fn verified_credentials_are_cached() {
     assert_eq!(proxy.stderr().matches("password hash verified").count(), 3);
 }
 
+/// A browser (or Outlook) opens several connections at once with the same credentials: they
+/// all miss the cache together, and one bcrypt verification answers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_together_share_one_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.htpasswd");
+    // Cost 12: slow enough (a few hundred ms) that the six requests overlap the first hash.
+    let out = Command::new("htpasswd")
+        .args(["-cbB", "-C", "12"])
+        .arg(&file)
+        .args(["alice", "pw-alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let origin = TestOrigin::http().await;
+    let proxy = TestProxy::start(&basic_config(&file, ""));
+    let (url, proxy_url) = (origin.url("/"), proxy.url());
+    let burst = |user: &'static str| {
+        let (url, proxy_url) = (&url, &proxy_url);
+        futures_util::future::join_all(
+            (0..6).map(move |_| async move { curl(&["-x", proxy_url, "-U", user, url]).await }),
+        )
+    };
+    for r in burst("alice:pw-alice").await {
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let verifications = proxy.stderr().matches("password hash verified").count();
+    assert_eq!(verifications, 1, "{}", proxy.stderr());
+    // The same for a wrong password: one hash, six refusals.
+    for r in burst("alice:wrong").await {
+        assert_eq!(r.status, 407, "{r:?}");
+    }
+    assert_eq!(proxy.stderr().matches("password hash verified").count(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htpasswd_changes_are_picked_up_and_broken_files_keep_the_old_users() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Basic authentication against an htpasswd file: verified-credential cache, reload on change.
+//! Basic authentication against an htpasswd file: verified-credential cache, one hash per
+//! burst of identical credentials, reload on change.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::OnceCell;
 
 use super::htpasswd::Users;
 use super::{AuthSetupError, AuthStats};
@@ -25,9 +27,17 @@ pub(super) struct Basic {
     /// (size, mtime) of the loaded file, to notice edits.
     loaded_stamp: Mutex<Option<(u64, SystemTime)>>,
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    /// Verifications running now, by credentials and load of the file. A browser or Outlook
+    /// opens several connections at once with the same credentials; they all miss the cache,
+    /// and each would otherwise run the deliberately slow hash (bcrypt: milliseconds of CPU
+    /// each). The first runs it, the others wait for its answer.
+    in_flight: Mutex<HashMap<InFlightKey, Arc<OnceCell<bool>>>>,
     cache_key: [u8; 32],
     ttl: Duration,
 }
+
+/// Keyed credentials hash ([`Basic::cache_key`]) and the generation they are checked against.
+type InFlightKey = ([u8; 32], u64);
 
 /// Credentials found good: who, until when, and against which load of the file.
 pub(super) struct Verified {
@@ -54,6 +64,7 @@ impl Basic {
             generation: AtomicU64::new(next_generation()),
             loaded_stamp: Mutex::new(stamp),
             cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             cache_key,
             ttl,
         })
@@ -90,6 +101,29 @@ impl Basic {
                 }
             }
         }
+        let flight = InFlight::join(self, (key, generation));
+        let ok = *flight
+            .cell
+            .get_or_init(|| self.hash_and_remember(user, password, key, generation, stats))
+            .await;
+        drop(flight);
+        ok.then(|| Verified {
+            user: Arc::from(user),
+            until: Instant::now() + self.ttl,
+            generation,
+        })
+    }
+
+    /// Runs the password hash on the blocking pool; good credentials go into the cache before
+    /// the waiting requests are answered, so none arriving after them hashes again.
+    async fn hash_and_remember(
+        self: &Arc<Self>,
+        user: &str,
+        password: &[u8],
+        key: [u8; 32],
+        generation: u64,
+        stats: &AuthStats,
+    ) -> bool {
         let this = Arc::clone(self);
         let user_owned = user.to_owned();
         let password = password.to_vec();
@@ -108,33 +142,31 @@ impl Basic {
         .unwrap_or(false);
         let n = stats.hash_verifications.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(user, ok, hash_verifications = n, "password hash verified");
-        if !ok {
-            return None;
+        if ok {
+            self.remember(key, Arc::from(user), generation);
         }
-        let user: Arc<str> = Arc::from(user);
-        let until = Instant::now() + self.ttl;
-        if let Ok(mut cache) = self.cache.lock() {
+        ok
+    }
+
+    fn remember(&self, key: [u8; 32], user: Arc<str>, generation: u64) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHE_MAX {
+            let now = Instant::now();
+            cache.retain(|_, e| e.expires > now);
             if cache.len() >= CACHE_MAX {
-                let now = Instant::now();
-                cache.retain(|_, e| e.expires > now);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
+                cache.clear();
             }
-            cache.insert(
-                key,
-                CacheEntry {
-                    user: Arc::clone(&user),
-                    expires: until,
-                    generation,
-                },
-            );
         }
-        Some(Verified {
-            user,
-            until,
-            generation,
-        })
+        cache.insert(
+            key,
+            CacheEntry {
+                user,
+                expires: Instant::now() + self.ttl,
+                generation,
+            },
+        );
     }
 
     /// Keyed hash of the credentials: the cache never holds a password, not even hashed
@@ -170,6 +202,41 @@ impl Basic {
                 tracing::error!(error = %e, "htpasswd reload failed; keeping the previous users");
                 false
             }
+        }
+    }
+}
+
+/// One request's share in a running verification. Dropping it (answered, or the client gone
+/// mid-hash) removes the entry once nobody else waits on it unanswered, so abandoned
+/// attempts leave nothing behind; a waiter left on an unanswered cell runs the hash itself.
+struct InFlight<'a> {
+    basic: &'a Basic,
+    key: InFlightKey,
+    cell: Arc<OnceCell<bool>>,
+}
+
+impl<'a> InFlight<'a> {
+    fn join(basic: &'a Basic, key: InFlightKey) -> InFlight<'a> {
+        let cell = match basic.in_flight.lock() {
+            Ok(mut map) => Arc::clone(map.entry(key).or_default()),
+            // A poisoned map only costs the sharing: hash alone.
+            Err(_) => Arc::default(),
+        };
+        InFlight { basic, key, cell }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Ok(mut map) = self.basic.in_flight.lock() else {
+            return;
+        };
+        let ours = map
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // The map holds one reference and this share another.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            map.remove(&self.key);
         }
     }
 }
@@ -214,5 +281,37 @@ mod tests {
         assert!(!second.is_current(verified.generation));
         first.reload(true);
         assert!(!first.is_current(verified.generation));
+    }
+
+    /// A burst of connections with the same credentials runs the hash once; wrong ones share
+    /// their one failure; an attempt abandoned mid-hash leaves nothing behind.
+    #[tokio::test]
+    async fn a_burst_of_identical_credentials_is_hashed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
+        let basic = Arc::new(
+            Basic::load(users_file(dir.path(), "a", line), Duration::from_secs(60)).unwrap(),
+        );
+        let stats = Arc::new(AuthStats::default());
+        let burst = |password: &'static [u8]| {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let (basic, stats) = (Arc::clone(&basic), Arc::clone(&stats));
+                tasks.spawn(async move { basic.verify("alice", password, &stats).await.is_some() });
+            }
+            tasks
+        };
+        let answers = burst(b"password").join_all().await;
+        assert_eq!(answers, vec![true; 8]);
+        assert_eq!(stats.hash_verifications.load(Ordering::Relaxed), 1);
+        let answers = burst(b"wrong").join_all().await;
+        assert_eq!(answers, vec![false; 8]);
+        assert_eq!(stats.hash_verifications.load(Ordering::Relaxed), 2);
+        assert!(basic.in_flight.lock().unwrap().is_empty());
+
+        // Polled once (the hash started), then dropped as a closed connection would be.
+        let abandoned = basic.verify("alice", b"other", &stats);
+        let _ = tokio::time::timeout(Duration::ZERO, abandoned).await;
+        assert!(basic.in_flight.lock().unwrap().is_empty());
     }
 }
