@@ -96,17 +96,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !upgrade && !present.contains(&true) {
         return;
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        // Connection cannot be used to strip the message's framing or its target.
-        .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH)
-        .collect();
+    // Connection and TE are read before they go; a request that only carries
+    // Proxy-Authorization (every authenticated one) skips both.
+    let has = |name: &HeaderName| fixed.iter().zip(present).any(|(f, p)| p && *f == name);
+    let te_trailers = has(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let named: Vec<HeaderName> = if has(&header::CONNECTION) {
+        connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            // Connection cannot be used to strip the message's framing or its target.
+            .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in named {
         if !(upgrade && name == header::UPGRADE) {
             headers.remove(&name);

@@ -241,7 +241,7 @@ async fn authenticate(
     match outcome.await {
         AuthOutcome::Exempt => Authenticated::Exempt,
         AuthOutcome::Authenticated { user, reply } => Authenticated::User {
-            name: user.to_string(),
+            name: String::from(&*user),
             reply,
         },
         AuthOutcome::Challenge {
