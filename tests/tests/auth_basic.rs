@@ -229,11 +229,13 @@ async fn connections_opened_together_share_one_hash() {
     }
     let verifications = proxy.stderr().matches("password hash verified").count();
     assert_eq!(verifications, 1, "{}", proxy.stderr());
-    // The same for a wrong password: one hash, six refusals.
+    // A wrong password's burst shares its hash too. Failures are not cached, so a request
+    // that arrives after the shared hash finished hashes again: fewer than one per request.
     for r in burst("alice:wrong").await {
         assert_eq!(r.status, 407, "{r:?}");
     }
-    assert_eq!(proxy.stderr().matches("password hash verified").count(), 2);
+    let wrong = proxy.stderr().matches("password hash verified").count() - 1;
+    assert!((1..6).contains(&wrong), "{wrong} hashes for 6 wrong logins");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
