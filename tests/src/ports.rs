@@ -68,6 +68,11 @@ impl ReservedPort {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
 }
 
 impl Default for ReservedPort {

@@ -47,7 +47,7 @@ impl Squid {
         }
         let port = ReservedPort::new();
         let mut squid = Squid {
-            addr: SocketAddr::from(([127, 0, 0, 1], port.port())),
+            addr: port.addr(),
             port,
             dir,
             child: None,
@@ -56,14 +56,14 @@ impl Squid {
         // start is tried again on another.
         let mut last_err = String::new();
         for _ in 0..5 {
-            squid.port = ReservedPort::new();
-            squid.addr = SocketAddr::from(([127, 0, 0, 1], squid.port.port()));
             write_config(squid.dir.path(), squid.addr, &users_file);
             run("chown", &["-R", "proxy:proxy", &work]);
             match squid.spawn() {
                 Ok(()) => return squid,
                 Err(e) => last_err = e,
             }
+            squid.port = ReservedPort::new();
+            squid.addr = squid.port.addr();
         }
         panic!("Squid did not start: {last_err}");
     }

@@ -309,6 +309,28 @@ mod tests {
         assert_eq!(stats.hash_verifications.load(Ordering::Relaxed), 2);
         assert!(basic.in_flight.lock().unwrap().is_empty());
 
+        // Sharing never lends an answer across credentials: right and wrong passwords (and
+        // another user with the right one) arriving together each get their own.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (user, password)) in [
+            ("alice", &b"password"[..]),
+            ("alice", b"guess"),
+            ("bob", b"password"),
+        ]
+        .into_iter()
+        .cycle()
+        .take(9)
+        .enumerate()
+        {
+            let (basic, stats) = (Arc::clone(&basic), Arc::clone(&stats));
+            tasks.spawn(
+                async move { (i % 3, basic.verify(user, password, &stats).await.is_some()) },
+            );
+        }
+        for (kind, ok) in tasks.join_all().await {
+            assert_eq!(ok, kind == 0, "request kind {kind}");
+        }
+
         // Polled once (the hash started), then dropped as a closed connection would be.
         let abandoned = basic.verify("alice", b"other", &stats);
         let _ = tokio::time::timeout(Duration::ZERO, abandoned).await;
