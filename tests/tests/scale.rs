@@ -229,6 +229,24 @@ fn reconnect_burst_is_answered_without_listen_overflows() {
     }
 }
 
+/// The descriptor table is grown at start-up to what `server.max_connections` needs. Grown on
+/// demand instead, it doubles from 64 slots as connections arrive, and in a multi-threaded
+/// process each doubling waits for an RCU grace period: that held the first reconnect burst
+/// after a start up by ~150 ms (`bench/scale`), queueing the whole burst behind it.
+#[test]
+fn the_descriptor_table_is_sized_for_max_connections_at_start() {
+    let proxy = TestProxy::start("[server]\nmax_connections = 5000\n");
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    // Two descriptors per connection and the proxy's reserve, as far as the limit allows.
+    let wanted = (2 * 5000 + 256).min(hard);
+    let slots = proc_status_kib(proxy.pid() as u32, "FDSize:");
+    assert!(
+        slots >= wanted,
+        "descriptor table of {slots} slots before any connection; {wanted} wanted"
+    );
+}
+
 /// What an idle keep-alive client connection costs after one request: Outlook and browsers keep
 /// many open. Two things once held several KiB each on every such connection for its whole
 /// life — a large future inline in each connection's task, and hyper's slot for the request

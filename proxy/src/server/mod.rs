@@ -97,7 +97,7 @@ pub(crate) async fn run(
     } else {
         None
     };
-    listen::raise_fd_limit(config.server.max_connections);
+    listen::prepare_descriptors(config.server.max_connections);
     let loaded = load_files(&config, &metrics).await?;
     let listeners = bind_listeners(&config)?;
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
