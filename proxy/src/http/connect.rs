@@ -87,9 +87,9 @@ pub(super) async fn handle(
                 hop,
                 route,
             };
-            // Boxed: the interception's state (TLS handshakes, the decrypted connection) is
-            // several times a relay's, and every tunnel's task would otherwise reserve room
-            // for it while it idles.
+            // Boxed, so that a relayed tunnel's task does not reserve room for it. `run` boxes
+            // the interception proper (TLS handshakes, the decrypted connection) only once the
+            // ClientHello is in, so a client that has not spoken yet holds a few KiB.
             Box::pin(super::inspect::run(
                 proxy_task, conn, txn, client, upstream, target, plan,
             ))

@@ -9,6 +9,10 @@ use tokio::net::TcpStream;
 
 /// Longest ClientHello we buffer (post-quantum key shares make them ~2 KB; 64 KiB is generous).
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
+/// The first read: enough to tell a TLS record from anything else.
+const FIRST_READ: usize = 64;
+/// The buffer a ClientHello is read into once it has begun (grown if one is larger).
+const HELLO_BUFFER: usize = 4096;
 
 /// What the client sent first.
 pub(crate) enum FirstBytes {
@@ -25,7 +29,10 @@ pub(crate) async fn peek<C: AsyncRead + Unpin>(
     upstream: Option<&TcpStream>,
     wait: Duration,
 ) -> FirstBytes {
-    let mut buf = BytesMut::with_capacity(4096);
+    // The first read goes to a few bytes inside this future; the buffer for the rest of the
+    // ClientHello is taken once they have arrived. A tunnel whose client has not spoken yet —
+    // thousands of them right after a reconnect burst — then holds no buffer at all.
+    let mut first = [0u8; FIRST_READ];
     let mut probe = [0u8; 1];
     let origin_spoke = async {
         match upstream {
@@ -36,11 +43,16 @@ pub(crate) async fn peek<C: AsyncRead + Unpin>(
         }
     };
     tokio::select! {
-        read = tokio::time::timeout(wait, client.read_buf(&mut buf)) => match read {
-            Ok(Ok(n)) if n > 0 && buf[0] == 0x16 => FirstBytes::Tls(buf),
-            _ => FirstBytes::Other(buf.freeze()),
+        read = tokio::time::timeout(wait, client.read(&mut first)) => match read {
+            Ok(Ok(n)) if n > 0 && first[0] == 0x16 => {
+                let mut buf = BytesMut::with_capacity(HELLO_BUFFER);
+                buf.extend_from_slice(&first[..n]);
+                FirstBytes::Tls(buf)
+            }
+            Ok(Ok(n)) => FirstBytes::Other(Bytes::copy_from_slice(&first[..n])),
+            _ => FirstBytes::Other(Bytes::new()),
         },
-        () = origin_spoke => FirstBytes::Other(buf.freeze()),
+        () = origin_spoke => FirstBytes::Other(Bytes::new()),
     }
 }
 
@@ -54,7 +66,8 @@ pub(crate) async fn read_client_hello<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut acceptor = rustls::server::Acceptor::default();
+    // Boxed: rustls' connection state is large, and this future lives in the tunnel's task.
+    let mut acceptor = Box::new(rustls::server::Acceptor::default());
     let mut fed = 0;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -77,5 +90,71 @@ where
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(seen.freeze()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use std::sync::Arc;
+
+    /// A real ClientHello for `name`, as rustls writes it (well over `FIRST_READ` bytes).
+    fn client_hello(name: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut bytes = Vec::new();
+        client.write_tls(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_longer_than_the_first_read_arrives_whole() {
+        let hello = client_hello("mail.example.com");
+        assert!(hello.len() > FIRST_READ * 2, "{} bytes", hello.len());
+        let mut reader: &[u8] = &hello;
+        let FirstBytes::Tls(first) = peek(&mut reader, None, Duration::from_secs(1)).await else {
+            panic!("a ClientHello was not taken for TLS");
+        };
+        assert!(first.len() <= FIRST_READ);
+        let (accepted, seen) = read_client_hello(&mut reader, first, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            accepted.client_hello().server_name(),
+            Some("mail.example.com")
+        );
+        // Every byte is kept, in order, for a relay that replays them.
+        assert_eq!(&seen[..], &hello[..]);
+    }
+
+    #[tokio::test]
+    async fn other_first_bytes_come_back_and_the_rest_stays_unread() {
+        let text =
+            b"EHLO client.example.com\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n";
+        assert!(text.len() > FIRST_READ);
+        let mut reader: &[u8] = text;
+        let FirstBytes::Other(first) = peek(&mut reader, None, Duration::from_secs(1)).await else {
+            panic!("plain text was taken for TLS");
+        };
+        // What peek read plus what is still unread is the whole stream: nothing lost.
+        let mut all = first.to_vec();
+        all.extend_from_slice(reader);
+        assert_eq!(&all[..], &text[..]);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_gives_up_after_the_wait_with_nothing() {
+        let (mut client, _peer) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let FirstBytes::Other(first) = peek(&mut client, None, Duration::from_millis(50)).await
+        else {
+            panic!("silence was taken for TLS");
+        };
+        assert!(first.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }

@@ -151,7 +151,19 @@ pub(super) async fn run(
     let decision = tls.decide_on_sni(&txn, &plan);
     let settled = tls.settle(&mut txn, &plan, decision);
     let hello = Hello { accepted, seen };
-    conclude(&tls, &conn, txn, hello, client, Some(upstream), settled).await;
+    // Boxed: the handshakes' and the decrypted connection's state is several times what
+    // waiting for the ClientHello needs, and a tunnel's task would otherwise reserve room for
+    // it from the CONNECT on — for every client that has not spoken yet, too.
+    Box::pin(conclude(
+        &tls,
+        &conn,
+        txn,
+        hello,
+        client,
+        Some(upstream),
+        settled,
+    ))
+    .await;
 }
 
 /// Carries out what [`Interception::settle`] decided: relay the bytes, or finish the
