@@ -271,6 +271,15 @@ async fn burst(proxy: SocketAddr, target: SocketAddr, n: usize, clients: u8) -> 
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    // Per 50 ms window since the burst began: connections sent, and 200s received. A proxy
+    // that keeps pace answers in the window it was sent in; a stall shows as a gap.
+    let window = |ms: f64| (ms / 50.0) as usize;
+    let windows = window(secs * 1000.0) + 1;
+    let (mut sent_per, mut answered_per) = (vec![0u32; windows], vec![0u32; windows]);
+    for &(time, start) in &slow {
+        sent_per[window(start).min(windows - 1)] += 1;
+        answered_per[window(start + time).min(windows - 1)] += 1;
+    }
     slow.sort_by(|a, b| b.0.total_cmp(&a.0));
     let slowest_started: Vec<u64> = slow.iter().take(10).map(|s| s.1 as u64).collect();
     times.sort_by(f64::total_cmp);
@@ -284,6 +293,7 @@ async fn burst(proxy: SocketAddr, target: SocketAddr, n: usize, clients: u8) -> 
             "ok": times.len(), "errors": errors.total(), "error_kinds": errors.0, "secs": secs,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": times.last(),
             "slowest_started_ms": slowest_started,
+            "sent_per_50ms": sent_per, "answered_per_50ms": answered_per,
         })
     );
     drop(held);
