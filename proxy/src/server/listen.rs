@@ -87,7 +87,7 @@ pub(super) fn prepare_descriptors(max_connections: usize) {
 ///
 /// Left to grow on demand, the table doubles from 64 entries as connections arrive, and in a
 /// multi-threaded process every doubling waits for an RCU grace period (`expand_fdtable` in
-/// the kernel's `fs/file.c` calls `synchronize_rcu()`), tens of milliseconds in which the
+/// the kernel's `fs/file.c` calls `synchronize_rcu()`), a few scheduler ticks in which the
 /// thread opening the descriptor — the accept loop, or a CONNECT dialling its origin — stands
 /// still. Eight doublings on the way to 10,000 connections stalled the first reconnect burst
 /// after a start for ~150 ms, queueing thousands of clients behind them; done here, it is one
