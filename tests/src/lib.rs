@@ -23,7 +23,7 @@ pub use scrape::{scrape, scrape_until, Scrape};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-pub use users::htpasswd;
+pub use users::{htpasswd, htpasswd_with};
 
 /// Path of the `portcullis` binary under test.
 ///

@@ -8,13 +8,19 @@ use std::process::Command;
 /// renamed over the original, as config management does, so a proxy watching the file never
 /// reads it half-written.
 pub fn htpasswd(file: &Path, flag: &str, user: &str, password: &str) {
+    htpasswd_with(file, &[flag], user, password);
+}
+
+/// [`htpasswd`] with several options, e.g. `["-B", "-C", "12"]` for bcrypt at cost 12.
+pub fn htpasswd_with(file: &Path, flags: &[&str], user: &str, password: &str) {
     let tmp = file.with_extension("new");
     if file.exists() {
         std::fs::copy(file, &tmp).unwrap_or_else(|e| panic!("{e}"));
     }
     let create = if tmp.exists() { "-b" } else { "-cb" };
     let out = Command::new("htpasswd")
-        .args([create, flag])
+        .arg(create)
+        .args(flags)
         .arg(&tmp)
         .args([user, password])
         .output()

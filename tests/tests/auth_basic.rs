@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use portcullis_e2e::{curl, htpasswd, raw, TestOrigin, TestProxy};
+use portcullis_e2e::{curl, htpasswd, htpasswd_with, raw, TestOrigin, TestProxy};
 
 /// An htpasswd file with one user per supported hash format and tool: u_<format> / pw-<format>.
 fn users_file(dir: &Path) -> std::path::PathBuf {
@@ -208,13 +208,7 @@ async fn connections_opened_together_share_one_hash() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users.htpasswd");
     // Cost 12: slow enough (a few hundred ms) that the six requests overlap the first hash.
-    let out = Command::new("htpasswd")
-        .args(["-cbB", "-C", "12"])
-        .arg(&file)
-        .args(["alice", "pw-alice"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    htpasswd_with(&file, &["-B", "-C", "12"], "alice", "pw-alice");
     let origin = TestOrigin::http().await;
     let proxy = TestProxy::start(&basic_config(&file, ""));
     let (url, proxy_url) = (origin.url("/"), proxy.url());

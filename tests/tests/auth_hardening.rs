@@ -3,10 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{curl, htpasswd, TestOrigin, TestProxy};
+use portcullis_e2e::{curl, htpasswd, htpasswd_with, TestOrigin, TestProxy};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -39,13 +38,7 @@ async fn an_unknown_user_costs_as_much_as_a_wrong_password() {
     let file = dir.path().join("users");
     // Cost 12, as a careful administrator chooses: the dummy verified for unknown users must
     // cost the same, or the answer's speed says whether a name exists.
-    let out = Command::new("htpasswd")
-        .args(["-cbB", "-C", "12"])
-        .arg(&file)
-        .args(["alice", "alice-secret"])
-        .output()
-        .expect("htpasswd (apache2-utils)");
-    assert!(out.status.success(), "{out:?}");
+    htpasswd_with(&file, &["-B", "-C", "12"], "alice", "alice-secret");
     let origin = TestOrigin::http().await;
     let proxy = TestProxy::start(&basic_config(&file, "[auth.throttle]\nfailures = 1000\n"));
     let url = origin.url("/");
